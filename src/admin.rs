@@ -1,0 +1,44 @@
+//! The admin service on its own port: `GET /metrics` (Prometheus text) and `GET /health`.
+
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use http::Response;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use std::sync::Arc;
+
+pub struct AdminApp {
+    pub metrics: Arc<Metrics>,
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    let len = r.body().len();
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let h = session.req_header();
+        match (h.method.as_str(), h.uri.path()) {
+            ("GET", "/metrics") => respond(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(),
+            ),
+            ("GET", "/health") => respond(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+            _ => respond(
+                404,
+                "application/json",
+                br#"{"error":{"message":"Unknown admin URL (try /metrics or /health)","type":"invalid_request_error","param":null,"code":"unknown_url"}}"#.to_vec(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,717 @@
+//! Configuration: one YAML file holds Pingora's server settings (`server:`) and detour's own.
+//!
+//! Runs once at start-up (and for `detour -t`). Loading never panics: every fault is a
+//! [`ConfigError`] that names the YAML path, e.g. `models.gpt-4o[1].provider: unknown provider
+//! `opnai``. Provider keys are read from the environment here, once, into [`Secret`]s.
+
+mod raw;
+
+use http::header::{HeaderName, HeaderValue};
+use pingora_core::server::configuration::ServerConf;
+use raw::{RawConfig, RawModelRoute, RawProvider, RawTimeouts};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The annotated reference config, compiled in and used when no `-c` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../conf/detour.yaml");
+/// The demo config `detour demo` runs: two mock providers on loopback, one of them failing.
+pub const DEMO_CONFIG: &str = include_str!("../../conf/demo.yaml");
+
+/// A config fault, with the YAML path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A provider key. Never printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    /// The raw key, for building an auth header. Do not log the result.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where a provider's key stands after reading the environment at start-up.
+#[derive(Debug, Clone)]
+pub enum ApiKey {
+    /// The provider takes no key (a local server, the mock).
+    None,
+    Present(Secret),
+    /// The config names an env var that is unset or empty: the provider is skipped.
+    Missing {
+        env: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI and every OpenAI-compatible API: `{base}/chat/completions`, bearer auth.
+    OpenAi,
+    /// Azure OpenAI: `{base}/openai/deployments/{deployment}/chat/completions?api-version=`.
+    Azure,
+}
+
+impl ProviderKind {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "openai" => Some(ProviderKind::OpenAi),
+            "azure" => Some(ProviderKind::Azure),
+            _ => None,
+        }
+    }
+}
+
+/// Per-attempt deadlines. Every attempt also stops at the request's overall deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect plus TLS handshake.
+    pub connect: Duration,
+    /// From the request sent to the response header (and, for JSON, the whole answer).
+    pub first_byte: Duration,
+    /// Longest gap between two body chunks.
+    pub idle: Duration,
+    /// The whole attempt, body included.
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(120),
+            idle: Duration::from_secs(60),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub tls: bool,
+    /// Host name or IP literal, for DNS, SNI and the `Host` header.
+    pub host: String,
+    pub port: u16,
+    /// `host` or `host:port` when the port is not the scheme's default.
+    pub authority: String,
+    /// Path prefix of the base URL without a trailing slash, e.g. `/v1`.
+    pub base_path: String,
+    pub key: ApiKey,
+    pub api_version: Option<String>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub timeouts: Timeouts,
+    pub http2: bool,
+}
+
+impl Provider {
+    /// The request path (and query) for a chat completion with this provider-side model.
+    pub fn chat_path(&self, route: &ModelRoute) -> String {
+        match self.kind {
+            ProviderKind::OpenAi => format!("{}/chat/completions", self.base_path),
+            ProviderKind::Azure => {
+                let version = route
+                    .api_version
+                    .as_deref()
+                    .or(self.api_version.as_deref())
+                    .unwrap_or("2024-10-21");
+                format!(
+                    "{}/openai/deployments/{}/chat/completions?api-version={}",
+                    self.base_path,
+                    route.deployment.as_deref().unwrap_or(&route.id),
+                    version
+                )
+            }
+        }
+    }
+}
+
+/// One provider serving one catalog model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRoute {
+    /// Index into [`Config::providers`].
+    pub provider: usize,
+    /// The provider-side model id written into the forwarded body.
+    pub id: String,
+    pub deployment: Option<String>,
+    pub api_version: Option<String>,
+}
+
+/// Which failures move on to the next target. Everything else goes back to the client.
+#[derive(Debug, Clone)]
+pub struct FallbackTriggers {
+    status: Vec<bool>,
+    pub on_connect_error: bool,
+    pub on_timeout: bool,
+}
+
+impl FallbackTriggers {
+    pub fn on_status(&self, status: u16) -> bool {
+        self.status.get(status as usize).copied().unwrap_or(false)
+    }
+}
+
+impl Default for FallbackTriggers {
+    fn default() -> Self {
+        let mut status = vec![false; 600];
+        for s in [401usize, 403, 404, 408, 429] {
+            status[s] = true;
+        }
+        for s in status.iter_mut().skip(500) {
+            *s = true;
+        }
+        FallbackTriggers {
+            status,
+            on_connect_error: true,
+            on_timeout: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_chain_length: usize,
+    pub max_buffered_response_bytes: usize,
+}
+
+/// The validated configuration. Built once; shared read-only by every request.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConf,
+    pub listen: Vec<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub limits: Limits,
+    pub fallback: FallbackTriggers,
+    pub access_log: bool,
+    pub providers: Vec<Provider>,
+    provider_index: HashMap<String, usize>,
+    /// Catalog: model name → providers that serve it, in preference order.
+    pub models: HashMap<String, Vec<ModelRoute>>,
+    /// Model names sorted, for `GET /v1/models`.
+    pub model_names: Vec<String>,
+}
+
+impl Config {
+    /// Parse and validate YAML text, reading provider keys from the process environment.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_with_env(text, &|name| std::env::var(name).ok())
+    }
+
+    /// Same as [`Config::from_yaml`] with an injectable environment (for tests).
+    pub fn from_yaml_with_env(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::new(path, e.into_inner().to_string())
+        })?;
+        validate(raw, env)
+    }
+
+    /// Read and validate a config file.
+    pub fn load(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read config file {path}: {e}")))?;
+        Self::from_yaml(&text)
+    }
+
+    pub fn provider_index(&self, name: &str) -> Option<usize> {
+        self.provider_index.get(name).copied()
+    }
+}
+
+/// Parse `250ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        _ => None,
+    }
+}
+
+fn timeouts(raw: &RawTimeouts, base: Timeouts, path: &str) -> Result<Timeouts, ConfigError> {
+    let one = |v: &Option<String>, name: &str, dflt: Duration| -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(dflt),
+            Some(s) => match parse_duration(s) {
+                Some(d) if !d.is_zero() => Ok(d),
+                _ => Err(ConfigError::new(
+                    format!("{path}.{name}"),
+                    format!("invalid duration `{s}` (use e.g. 500ms, 5s, 2m)"),
+                )),
+            },
+        }
+    };
+    Ok(Timeouts {
+        connect: one(&raw.connect, "connect", base.connect)?,
+        first_byte: one(&raw.first_byte, "first-byte", base.first_byte)?,
+        idle: one(&raw.idle, "idle", base.idle)?,
+        total: one(&raw.total, "total", base.total)?,
+    })
+}
+
+fn parse_addr(s: &str, path: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError::new(
+            path,
+            format!("`{s}` is not an ip:port address (e.g. 127.0.0.1:8080)"),
+        )
+    })
+}
+
+fn fallback_triggers(raw: &raw::RawFallback) -> Result<FallbackTriggers, ConfigError> {
+    let mut t = FallbackTriggers::default();
+    if let Some(list) = &raw.on_status {
+        t.status = vec![false; 600];
+        for (i, v) in list.iter().enumerate() {
+            let path = format!("fallback.on-status[{i}]");
+            let range = match v {
+                serde_yaml::Value::Number(n) => match n.as_u64() {
+                    Some(c @ 100..=599) => c..=c,
+                    _ => return Err(ConfigError::new(path, "status must be 100..=599")),
+                },
+                serde_yaml::Value::String(s) if s.len() == 3 && s.ends_with("xx") => {
+                    match s.as_bytes()[0] {
+                        d @ b'1'..=b'5' => {
+                            let base = u64::from(d - b'0') * 100;
+                            base..=base + 99
+                        }
+                        _ => return Err(ConfigError::new(path, format!("unknown class `{s}`"))),
+                    }
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        path,
+                        "expected a status code (429) or a class (\"5xx\")",
+                    ))
+                }
+            };
+            for c in range {
+                t.status[c as usize] = true;
+            }
+        }
+    }
+    if let Some(b) = raw.on_connect_error {
+        t.on_connect_error = b;
+    }
+    if let Some(b) = raw.on_timeout {
+        t.on_timeout = b;
+    }
+    Ok(t)
+}
+
+fn provider(
+    i: usize,
+    p: &RawProvider,
+    base: Timeouts,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Provider, ConfigError> {
+    let path = format!("providers[{i}]");
+    if p.name.is_empty()
+        || !p
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(ConfigError::new(
+            format!("{path}.name"),
+            format!(
+                "`{}` is not a valid provider name (letters, digits, - _ . only)",
+                p.name
+            ),
+        ));
+    }
+    let kind = ProviderKind::parse(&p.kind).ok_or_else(|| {
+        ConfigError::new(
+            format!("{path}.kind"),
+            format!(
+                "unknown provider kind `{}` (expected openai or azure)",
+                p.kind
+            ),
+        )
+    })?;
+    let uri: http::Uri = p.base_url.parse().map_err(|_| {
+        ConfigError::new(
+            format!("{path}.base-url"),
+            format!("`{}` is not a URL", p.base_url),
+        )
+    })?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.base-url"),
+                "the URL must start with http:// or https://",
+            ))
+        }
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| ConfigError::new(format!("{path}.base-url"), "the URL has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let default_port = if tls { 443 } else { 80 };
+    let port = uri.port_u16().unwrap_or(default_port);
+    let authority = match uri.port_u16() {
+        Some(p) if p != default_port => format!("{}:{p}", uri.host().unwrap_or_default()),
+        _ => uri.host().unwrap_or_default().to_string(),
+    };
+    if uri.query().is_some() {
+        return Err(ConfigError::new(
+            format!("{path}.base-url"),
+            "the base URL must not have a query",
+        ));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    let key = match &p.api_key_env {
+        None => ApiKey::None,
+        Some(name) => match env(name) {
+            Some(v) if !v.trim().is_empty() => ApiKey::Present(Secret::new(v.trim().to_string())),
+            _ => ApiKey::Missing { env: name.clone() },
+        },
+    };
+    if kind == ProviderKind::Azure && p.api_version.is_none() {
+        return Err(ConfigError::new(
+            format!("{path}.api-version"),
+            "an azure provider needs an api-version (e.g. 2024-10-21)",
+        ));
+    }
+    let mut headers = Vec::new();
+    for (k, v) in &p.headers {
+        let hp = format!("{path}.headers.{k}");
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| ConfigError::new(&hp, "invalid header name"))?;
+        let value =
+            HeaderValue::from_str(v).map_err(|_| ConfigError::new(&hp, "invalid header value"))?;
+        headers.push((name, value));
+    }
+    Ok(Provider {
+        name: p.name.clone(),
+        kind,
+        tls,
+        host,
+        port,
+        authority,
+        base_path,
+        key,
+        api_version: p.api_version.clone(),
+        headers,
+        timeouts: timeouts(&p.timeouts, base, &format!("{path}.timeouts"))?,
+        http2: p.http2.unwrap_or(true),
+    })
+}
+
+fn route(
+    path: &str,
+    model: &str,
+    r: &RawModelRoute,
+    index: &HashMap<String, usize>,
+) -> Result<ModelRoute, ConfigError> {
+    let provider = *index.get(&r.provider).ok_or_else(|| {
+        ConfigError::new(
+            format!("{path}.provider"),
+            format!("unknown provider `{}`", r.provider),
+        )
+    })?;
+    Ok(ModelRoute {
+        provider,
+        id: r.id.clone().unwrap_or_else(|| model.to_string()),
+        deployment: r.deployment.clone(),
+        api_version: r.api_version.clone(),
+    })
+}
+
+fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let server: ServerConf = match raw.server {
+        None => ServerConf::default(),
+        Some(v) => {
+            serde_yaml::from_value(v).map_err(|e| ConfigError::new("server", e.to_string()))?
+        }
+    };
+    if server.threads == 0 {
+        return Err(ConfigError::new("server.threads", "must be at least 1"));
+    }
+    if raw.listen.is_empty() {
+        return Err(ConfigError::new("listen", "at least one address is needed"));
+    }
+    let listen = raw
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_addr(s, &format!("listen[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let admin_listen = raw
+        .admin
+        .as_ref()
+        .map(|a| parse_addr(&a.listen, "admin.listen"))
+        .transpose()?;
+    let base_timeouts = timeouts(&raw.timeouts, Timeouts::default(), "timeouts")?;
+    let limits = Limits {
+        max_body_bytes: raw.limits.max_body_bytes.unwrap_or(32 * 1024 * 1024),
+        max_chain_length: raw.limits.max_chain_length.unwrap_or(10),
+        max_buffered_response_bytes: raw
+            .limits
+            .max_buffered_response_bytes
+            .unwrap_or(4 * 1024 * 1024),
+    };
+    if limits.max_chain_length == 0 {
+        return Err(ConfigError::new(
+            "limits.max-chain-length",
+            "must be at least 1",
+        ));
+    }
+    if limits.max_body_bytes == 0 {
+        return Err(ConfigError::new(
+            "limits.max-body-bytes",
+            "must be at least 1",
+        ));
+    }
+    let fallback = fallback_triggers(&raw.fallback)?;
+    if raw.providers.is_empty() {
+        return Err(ConfigError::new(
+            "providers",
+            "at least one provider is needed",
+        ));
+    }
+    let mut providers = Vec::with_capacity(raw.providers.len());
+    let mut provider_index = HashMap::new();
+    for (i, p) in raw.providers.iter().enumerate() {
+        let prov = provider(i, p, base_timeouts, env)?;
+        if provider_index.insert(prov.name.clone(), i).is_some() {
+            return Err(ConfigError::new(
+                format!("providers[{i}].name"),
+                format!("duplicate provider name `{}`", prov.name),
+            ));
+        }
+        providers.push(prov);
+    }
+    let mut models = HashMap::new();
+    for (name, routes) in &raw.models {
+        let mpath = format!("models.{name}");
+        if name.is_empty() || name.contains(',') || name.starts_with('!') || name.trim() != name {
+            return Err(ConfigError::new(
+                &mpath,
+                "a model name must be non-empty, without commas, spaces at its ends or a leading !",
+            ));
+        }
+        if provider_index.contains_key(name.as_str()) {
+            return Err(ConfigError::new(
+                &mpath,
+                format!("model `{name}` has the same name as a provider"),
+            ));
+        }
+        if routes.is_empty() {
+            return Err(ConfigError::new(
+                &mpath,
+                "a model needs at least one provider",
+            ));
+        }
+        let mut list: Vec<ModelRoute> = Vec::with_capacity(routes.len());
+        for (j, r) in routes.iter().enumerate() {
+            let rpath = format!("{mpath}[{j}]");
+            let route = route(&rpath, name, r, &provider_index)?;
+            if list.iter().any(|x| x.provider == route.provider) {
+                return Err(ConfigError::new(
+                    format!("{rpath}.provider"),
+                    format!("provider `{}` is listed twice for this model", r.provider),
+                ));
+            }
+            if providers[route.provider].kind != ProviderKind::Azure
+                && (r.deployment.is_some() || r.api_version.is_some())
+            {
+                return Err(ConfigError::new(
+                    &rpath,
+                    "deployment and api-version apply to azure providers only",
+                ));
+            }
+            list.push(route);
+        }
+        models.insert(name.clone(), list);
+    }
+    let mut model_names: Vec<String> = models.keys().cloned().collect();
+    model_names.sort();
+    Ok(Config {
+        server,
+        listen,
+        admin_listen,
+        limits,
+        fallback,
+        access_log: raw.access_log.unwrap_or(true),
+        providers,
+        provider_index,
+        models,
+        model_names,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const MIN: &str = r#"
+listen: ["127.0.0.1:8080"]
+providers:
+  - name: openai
+    kind: openai
+    base-url: https://api.openai.com/v1
+    api-key-env: OPENAI_API_KEY
+  - name: azure
+    kind: azure
+    base-url: https://res.openai.azure.com
+    api-key-env: AZURE_KEY
+    api-version: "2024-10-21"
+models:
+  gpt-4o:
+    - provider: openai
+    - provider: azure
+      deployment: my-4o
+"#;
+
+    #[test]
+    fn minimal_config_loads() {
+        let env = |n: &str| (n == "OPENAI_API_KEY").then(|| "sk-test".to_string());
+        let c = Config::from_yaml_with_env(MIN, &env).expect("valid");
+        assert_eq!(c.providers.len(), 2);
+        assert!(matches!(c.providers[0].key, ApiKey::Present(_)));
+        assert!(matches!(&c.providers[1].key, ApiKey::Missing { env } if env == "AZURE_KEY"));
+        assert_eq!(c.providers[0].base_path, "/v1");
+        assert_eq!(c.providers[0].authority, "api.openai.com");
+        assert_eq!(c.providers[0].port, 443);
+        let routes = &c.models["gpt-4o"];
+        assert_eq!(
+            c.providers[1].chat_path(&routes[1]),
+            "/openai/deployments/my-4o/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(c.providers[0].chat_path(&routes[0]), "/v1/chat/completions");
+    }
+
+    #[test]
+    fn every_shipped_config_loads() {
+        Config::from_yaml_with_env(DEFAULT_CONFIG, &no_env).expect("default config");
+        Config::from_yaml_with_env(DEMO_CONFIG, &no_env).expect("demo config");
+    }
+
+    #[test]
+    fn unknown_provider_is_named_with_its_path() {
+        let bad = MIN.replace("- provider: azure", "- provider: opnai");
+        let e = Config::from_yaml_with_env(&bad, &no_env).expect_err("must fail");
+        assert_eq!(e.path, "models.gpt-4o[1].provider");
+        assert_eq!(
+            e.to_string(),
+            "models.gpt-4o[1].provider: unknown provider `opnai`"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_path() {
+        let bad = MIN.replace("    kind: azure", "    kind: azure\n    colour: blue");
+        let e = Config::from_yaml_with_env(&bad, &no_env).expect_err("must fail");
+        assert_eq!(e.path, "providers[1].colour");
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn bad_kind_and_duration_and_status() {
+        let bad = MIN.replace("kind: azure", "kind: azur");
+        let e = Config::from_yaml_with_env(&bad, &no_env).expect_err("kind");
+        assert_eq!(e.path, "providers[1].kind");
+        let bad = format!("{MIN}timeouts:\n  connect: 5 parsecs\n");
+        let e = Config::from_yaml_with_env(&bad, &no_env).expect_err("duration");
+        assert_eq!(e.path, "timeouts.connect");
+        let bad = format!("{MIN}fallback:\n  on-status: [429, \"7xx\"]\n");
+        let e = Config::from_yaml_with_env(&bad, &no_env).expect_err("status");
+        assert_eq!(e.path, "fallback.on-status[1]");
+    }
+
+    #[test]
+    fn status_triggers_from_config() {
+        let c = format!("{MIN}fallback:\n  on-status: [429, \"5xx\"]\n");
+        let c = Config::from_yaml_with_env(&c, &no_env).expect("valid");
+        assert!(c.fallback.on_status(429));
+        assert!(c.fallback.on_status(503));
+        assert!(!c.fallback.on_status(401));
+        assert!(!c.fallback.on_status(400));
+        let d = FallbackTriggers::default();
+        for s in [401, 403, 404, 408, 429, 500, 502, 503, 504, 529] {
+            assert!(d.on_status(s), "{s}");
+        }
+        for s in [200, 400, 409, 413, 422] {
+            assert!(!d.on_status(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("sk-very-secret".into());
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        let env = |_: &str| Some("sk-very-secret".to_string());
+        let c = Config::from_yaml_with_env(MIN, &env).expect("valid");
+        assert!(!format!("{c:?}").contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+}

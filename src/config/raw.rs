@@ -1,0 +1,102 @@
+//! Raw serde structs: the YAML exactly as written. `mod.rs` validates them into [`super::Config`].
+//!
+//! Every struct denies unknown fields so a typo is an error that names its YAML path, not a
+//! silently ignored setting.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole file. Pingora's own settings live under `server:`; everything else is detour's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    /// Pingora `ServerConf` keys, passed through as they are (threads, pid_file, upgrade_sock,
+    /// grace_period_seconds, ...). Pingora's own names use snake_case.
+    #[serde(default)]
+    pub server: Option<serde_yaml::Value>,
+    /// Addresses the gateway listens on.
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub fallback: RawFallback,
+    /// Timeouts every provider inherits unless it sets its own.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub access_log: Option<bool>,
+    pub providers: Vec<RawProvider>,
+    #[serde(default)]
+    pub models: BTreeMap<String, Vec<RawModelRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawAdmin {
+    pub listen: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawLimits {
+    pub max_body_bytes: Option<usize>,
+    pub max_chain_length: Option<usize>,
+    /// Largest non-streaming upstream answer buffered before commit; larger ones are relayed.
+    pub max_buffered_response_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawFallback {
+    /// Status codes (`429`) or classes (`"5xx"`) that move on to the next target.
+    pub on_status: Option<Vec<serde_yaml::Value>>,
+    pub on_connect_error: Option<bool>,
+    pub on_timeout: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawTimeouts {
+    pub connect: Option<String>,
+    pub first_byte: Option<String>,
+    pub idle: Option<String>,
+    pub total: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawProvider {
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    /// Name of the environment variable that holds the key. No key: no auth header is sent.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Azure only: the default `api-version` query parameter.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Offer HTTP/2 in ALPN (TLS upstreams only). Default true.
+    #[serde(default)]
+    pub http2: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawModelRoute {
+    pub provider: String,
+    /// The provider-side model id; defaults to the catalog name.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Azure: the deployment name; defaults to the provider-side id.
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Azure: overrides the provider's `api-version` for this model.
+    #[serde(default)]
+    pub api_version: Option<String>,
+}

@@ -1,0 +1,169 @@
+//! Pure classification of one attempt's result: what went wrong, whether to move on, and what
+//! to tell the client about it. No I/O.
+
+use crate::config::FallbackTriggers;
+
+/// Why an attempt did not serve the request. Bounded: these are metric label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailClass {
+    RateLimited,
+    AuthError,
+    NotFound,
+    RequestTimeout,
+    ServerError,
+    /// A 4xx outside the trigger list: the client's own fault, passed back unchanged.
+    ClientError,
+    /// Any other status the trigger list names.
+    OtherStatus,
+    ConnectError,
+    ConnectTimeout,
+    FirstByteTimeout,
+    /// The upstream closed or reset the connection before the answer was complete.
+    UpstreamClosed,
+    /// Nothing usable came back (empty stream, unreadable header).
+    BadResponse,
+}
+
+impl FailClass {
+    pub fn label(self) -> &'static str {
+        match self {
+            FailClass::RateLimited => "rate_limited",
+            FailClass::AuthError => "auth_error",
+            FailClass::NotFound => "not_found",
+            FailClass::RequestTimeout => "request_timeout",
+            FailClass::ServerError => "server_error",
+            FailClass::ClientError => "client_error",
+            FailClass::OtherStatus => "other_status",
+            FailClass::ConnectError => "connect_error",
+            FailClass::ConnectTimeout => "connect_timeout",
+            FailClass::FirstByteTimeout => "first_byte_timeout",
+            FailClass::UpstreamClosed => "upstream_closed",
+            FailClass::BadResponse => "bad_response",
+        }
+    }
+
+    pub fn of_status(status: u16) -> FailClass {
+        match status {
+            429 => FailClass::RateLimited,
+            401 | 403 => FailClass::AuthError,
+            404 => FailClass::NotFound,
+            408 => FailClass::RequestTimeout,
+            500..=599 => FailClass::ServerError,
+            400..=499 => FailClass::ClientError,
+            _ => FailClass::OtherStatus,
+        }
+    }
+
+    /// Whether the trigger list lets this failure move on to the next target.
+    pub fn falls_back(self, status: Option<u16>, t: &FallbackTriggers) -> bool {
+        match self {
+            FailClass::ConnectError | FailClass::UpstreamClosed | FailClass::BadResponse => {
+                t.on_connect_error
+            }
+            FailClass::ConnectTimeout | FailClass::FirstByteTimeout => t.on_timeout,
+            _ => status.is_some_and(|s| t.on_status(s)),
+        }
+    }
+}
+
+/// What to do with a response header from an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// 2xx: this is the answer.
+    Serve,
+    /// A trigger status: read the error, move on.
+    Next(FailClass),
+    /// Any other status: give it to the client unchanged (the next provider would refuse too).
+    PassThrough,
+}
+
+pub fn decide(status: u16, t: &FallbackTriggers) -> Decision {
+    if (200..300).contains(&status) {
+        Decision::Serve
+    } else if t.on_status(status) {
+        Decision::Next(FailClass::of_status(status))
+    } else {
+        Decision::PassThrough
+    }
+}
+
+/// The one-line reason reported in the `attempts` list for a failed status.
+///
+/// Auth failures never echo the provider's text: providers quote part of the key they were
+/// given, and that key is detour's, not the client's. Any other text has the key masked.
+pub fn error_message(status: u16, body: &[u8], key: Option<&str>) -> String {
+    if status == 401 || status == 403 {
+        return format!("provider rejected detour's credentials ({status})");
+    }
+    let text = extract_message(body).unwrap_or_else(|| {
+        http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("error")
+            .to_string()
+    });
+    let mut text = crate::api::truncate(text.trim(), 300).to_string();
+    if let Some(k) = key.filter(|k| k.len() >= 4) {
+        if text.contains(k) {
+            text = text.replace(k, "***");
+        }
+    }
+    text
+}
+
+/// `{"error":{"message":..}}`, `{"error":".."}`, `{"message":..}`, or a short plain-text body.
+fn extract_message(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let m = v
+            .pointer("/error/message")
+            .or_else(|| v.get("error").filter(|e| e.is_string()))
+            .or_else(|| v.get("message"));
+        return m.and_then(|m| m.as_str()).map(str::to_string);
+    }
+    let s = std::str::from_utf8(body).ok()?.trim();
+    if s.is_empty() || s.starts_with('<') {
+        return None;
+    }
+    Some(s.chars().take(200).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_follow_the_trigger_list() {
+        let t = FallbackTriggers::default();
+        assert_eq!(decide(200, &t), Decision::Serve);
+        assert_eq!(decide(429, &t), Decision::Next(FailClass::RateLimited));
+        assert_eq!(decide(401, &t), Decision::Next(FailClass::AuthError));
+        assert_eq!(decide(403, &t), Decision::Next(FailClass::AuthError));
+        assert_eq!(decide(404, &t), Decision::Next(FailClass::NotFound));
+        assert_eq!(decide(408, &t), Decision::Next(FailClass::RequestTimeout));
+        assert_eq!(decide(503, &t), Decision::Next(FailClass::ServerError));
+        for s in [400, 409, 413, 422] {
+            assert_eq!(decide(s, &t), Decision::PassThrough, "{s}");
+        }
+    }
+
+    #[test]
+    fn messages_are_extracted_and_keys_masked() {
+        let b = br#"{"error":{"message":"Rate limit exceeded","type":"x"}}"#;
+        assert_eq!(error_message(429, b, None), "Rate limit exceeded");
+        assert_eq!(
+            error_message(500, br#"{"error":"boom sk-abcdef"}"#, Some("sk-abcdef")),
+            "boom ***"
+        );
+        assert_eq!(error_message(503, b"", None), "Service Unavailable");
+        assert_eq!(
+            error_message(502, b"<html>bad gateway</html>", None),
+            "Bad Gateway"
+        );
+        let leak = br#"{"error":{"message":"Incorrect API key provided: sk-ab***xyz"}}"#;
+        let m = error_message(401, leak, Some("sk-abcxyz"));
+        assert!(!m.contains("sk-"), "{m}");
+    }
+}

@@ -1,0 +1,738 @@
+//! The attempt loop: try each planned target in order until one serves the request.
+//!
+//! Runs inside `request_filter` for `POST /v1/chat/completions` after the body has been read and
+//! planned. Nothing is written to the client until an attempt has produced its first body bytes
+//! (streams) or its whole answer (JSON up to `max-buffered-response-bytes`), so every failure
+//! before that point falls back invisibly. After that point a failure can only be reported in
+//! band: an SSE error event and no `[DONE]`.
+
+pub mod classify;
+pub mod upstream;
+
+use crate::api::{AttemptReport, ChatRequest, GatewayError};
+use crate::config::{ApiKey, Config, Provider};
+use crate::metrics::Metrics;
+use crate::plan::{Plan, Target};
+use crate::sse::{error_event, EventAligner};
+use bytes::Bytes;
+use classify::{decide, Decision, FailClass};
+use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::ConnectorOptions;
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::time::timeout_at;
+
+/// The most of an upstream error body read to find its message.
+const ERROR_BODY_CAP: usize = 64 * 1024;
+/// The longest wait for an upstream error body after its header.
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
+
+/// One attempt as logged and counted.
+#[derive(Debug, Clone)]
+pub struct AttemptLog {
+    pub provider: usize,
+    pub source: String,
+    /// `success`, `skipped`, or a [`FailClass`] label.
+    pub outcome: &'static str,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration: Duration,
+}
+
+/// Everything one request did, for the access log and metrics (`logging()` reads it).
+#[derive(Debug, Default)]
+pub struct RequestLog {
+    pub request_id: String,
+    pub started: Option<Instant>,
+    pub stream: bool,
+    pub is_chat: bool,
+    /// Request outcome label; empty until decided.
+    pub outcome: &'static str,
+    pub status: u16,
+    pub attempts: Vec<AttemptLog>,
+    /// Set when an answer failed after the client had started receiving it.
+    pub post_commit_error: Option<String>,
+}
+
+impl RequestLog {
+    /// Attempts actually sent upstream (skipped ones excluded).
+    pub fn attempts_made(&self) -> usize {
+        self.attempts
+            .iter()
+            .filter(|a| a.outcome != "skipped")
+            .count()
+    }
+}
+
+struct Failure {
+    class: FailClass,
+    status: Option<u16>,
+    message: String,
+}
+
+enum Outcome {
+    /// A response went to the client: the answer, a passed-through 4xx, or a stream that failed
+    /// after commit (reported in band).
+    Done,
+    Failed(Failure),
+    ClientGone,
+}
+
+pub struct Engine {
+    pub cfg: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    connector: Connector,
+    peers: upstream::Peers,
+    fresh_group: AtomicU64,
+}
+
+/// Run `fut`, but give up (`None`) as soon as the client closes its connection.
+async fn unless_client_gone<F: Future>(s: &mut Session, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        r = fut => Some(r),
+        _ = s.read_body_or_idle(true) => None,
+    }
+}
+
+impl Engine {
+    pub fn new(cfg: Arc<Config>, metrics: Arc<Metrics>, options: ConnectorOptions) -> Engine {
+        let connector = Connector::new(Some(options));
+        let peers = upstream::Peers::new(&cfg.providers);
+        Engine {
+            cfg,
+            metrics,
+            connector,
+            peers,
+            fresh_group: AtomicU64::new(1),
+        }
+    }
+
+    /// Serve one planned chat completion. `Ok` means a response was written; `Err` is an error
+    /// the caller writes (all attempts failed) or must not write (the client is gone).
+    pub async fn serve(
+        &self,
+        s: &mut Session,
+        log: &mut RequestLog,
+        req: &ChatRequest,
+        body: &Bytes,
+        plan: &Plan,
+    ) -> Result<(), GatewayError> {
+        let mut reports = Vec::with_capacity(plan.targets.len() + plan.skipped.len());
+        for sk in &plan.skipped {
+            self.metrics
+                .attempts
+                .with_label_values(&[self.cfg.providers[sk.provider].name.as_str(), "skipped"])
+                .inc();
+            log.attempts.push(AttemptLog {
+                provider: sk.provider,
+                source: sk.source.clone(),
+                outcome: "skipped",
+                status: None,
+                error: Some(sk.reason.clone()),
+                duration: Duration::ZERO,
+            });
+            reports.push(AttemptReport {
+                source: sk.source.clone(),
+                error: sk.reason.clone(),
+                status: None,
+                skipped: true,
+            });
+        }
+        for (index, target) in plan.targets.iter().enumerate() {
+            let provider = &self.cfg.providers[target.route.provider];
+            let started = Instant::now();
+            let attempt_body = req.body_for_model(body, &target.route.id);
+            let outcome = self
+                .attempt(s, log, provider, target, index, attempt_body, req.stream)
+                .await;
+            let pname = provider.name.as_str();
+            match outcome {
+                Outcome::Done => return Ok(()),
+                Outcome::ClientGone => return Err(GatewayError::ClientClosed),
+                Outcome::Failed(f) => {
+                    let label = f.class.label();
+                    self.metrics
+                        .attempts
+                        .with_label_values(&[pname, label])
+                        .inc();
+                    if index + 1 < plan.targets.len() {
+                        self.metrics
+                            .fallbacks
+                            .with_label_values(&[pname, label])
+                            .inc();
+                    }
+                    let source = target.source(&self.cfg);
+                    log.attempts.push(AttemptLog {
+                        provider: target.route.provider,
+                        source: source.clone(),
+                        outcome: label,
+                        status: f.status,
+                        error: Some(f.message.clone()),
+                        duration: started.elapsed(),
+                    });
+                    reports.push(AttemptReport {
+                        source,
+                        error: f.message,
+                        status: f.status,
+                        skipped: false,
+                    });
+                    if !f.class.falls_back(f.status, &self.cfg.fallback) {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut statuses = reports.iter().map(|r| r.status);
+        let first = statuses.next().flatten();
+        let status = match first {
+            Some(s) if statuses.all(|x| x == Some(s)) => s,
+            _ => 502,
+        };
+        Err(GatewayError::AllFailed {
+            status,
+            attempts: reports,
+        })
+    }
+
+    fn record_success(
+        &self,
+        log: &mut RequestLog,
+        provider: &Provider,
+        target: &Target,
+        outcome: &'static str,
+        status: u16,
+        started: Instant,
+    ) {
+        self.metrics
+            .attempts
+            .with_label_values(&[provider.name.as_str(), outcome])
+            .inc();
+        log.attempts.push(AttemptLog {
+            provider: target.route.provider,
+            source: target.source(&self.cfg),
+            outcome,
+            status: Some(status),
+            error: None,
+            duration: started.elapsed(),
+        });
+        log.status = status;
+    }
+
+    /// Open a session to `peer` and send the request; returns it with the response header read.
+    /// A failure on a reused pooled connection is retried once on a fresh one.
+    async fn send(
+        &self,
+        s: &mut Session,
+        peer: &HttpPeer,
+        provider: &Provider,
+        header: &pingora_http::RequestHeader,
+        body: &Bytes,
+        deadline: Instant,
+    ) -> Result<Option<(HttpSession, HttpPeer)>, Failure> {
+        let mut peer = peer.clone();
+        let mut fresh_retry_done = false;
+        loop {
+            let connect_deadline = deadline.min(Instant::now() + provider.timeouts.connect);
+            let connect = timeout_at(
+                connect_deadline.into(),
+                self.connector.get_http_session(&peer),
+            );
+            let (mut up, reused) = match unless_client_gone(s, connect).await {
+                None => return Ok(None),
+                Some(Err(_)) => {
+                    return Err(Failure {
+                        class: FailClass::ConnectTimeout,
+                        status: None,
+                        message: format!(
+                            "connect timeout after {} ms",
+                            provider.timeouts.connect.as_millis()
+                        ),
+                    })
+                }
+                Some(Ok(Err(e))) => {
+                    let class = if matches!(
+                        e.etype(),
+                        pingora_error::ErrorType::ConnectTimedout
+                            | pingora_error::ErrorType::TLSHandshakeTimedout
+                    ) {
+                        FailClass::ConnectTimeout
+                    } else {
+                        FailClass::ConnectError
+                    };
+                    return Err(Failure {
+                        class,
+                        status: None,
+                        message: format!("connect failed: {}", short_error(&e)),
+                    });
+                }
+                Some(Ok(Ok(x))) => x,
+            };
+            let exchange = async {
+                up.write_request_header(Box::new(header.clone())).await?;
+                up.write_request_body(body.clone(), true).await?;
+                up.finish_request_body().await?;
+                up.read_response_header().await
+            };
+            let now = Instant::now();
+            let fb_deadline = deadline.min(now + provider.timeouts.first_byte);
+            let budget = fb_deadline.saturating_duration_since(now);
+            match unless_client_gone(s, timeout_at(fb_deadline.into(), exchange)).await {
+                None => return Ok(None),
+                Some(Err(_)) => {
+                    return Err(Failure {
+                        class: FailClass::FirstByteTimeout,
+                        status: None,
+                        message: format!("no response within {} ms", budget.as_millis()),
+                    })
+                }
+                Some(Ok(Ok(()))) => return Ok(Some((up, peer))),
+                Some(Ok(Err(e))) => {
+                    if reused && !fresh_retry_done {
+                        // A pooled connection the upstream had closed: one more try on a new one.
+                        fresh_retry_done = true;
+                        peer.group_key = self.fresh_group.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    return Err(Failure {
+                        class: FailClass::UpstreamClosed,
+                        status: None,
+                        message: format!(
+                            "upstream closed the connection before responding: {}",
+                            short_error(&e)
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// One target: connect, send, classify, and if it serves, relay the answer to the client.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        s: &mut Session,
+        log: &mut RequestLog,
+        provider: &Provider,
+        target: &Target,
+        index: usize,
+        body: Bytes,
+        stream: bool,
+    ) -> Outcome {
+        let started = Instant::now();
+        let deadline = started + provider.timeouts.total;
+        let peer = match self.peers.get(target.route.provider, provider).await {
+            Ok(p) => p,
+            Err(m) => {
+                return Outcome::Failed(Failure {
+                    class: FailClass::ConnectError,
+                    status: None,
+                    message: m,
+                })
+            }
+        };
+        let header = match upstream::request_header(
+            provider,
+            target,
+            s.req_header(),
+            body.len(),
+            &log.request_id,
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                return Outcome::Failed(Failure {
+                    class: FailClass::BadResponse,
+                    status: None,
+                    message: format!("could not build the upstream request: {}", short_error(&e)),
+                })
+            }
+        };
+        let (up, peer) = match self
+            .send(s, &peer, provider, &header, &body, deadline)
+            .await
+        {
+            Ok(Some(x)) => x,
+            Ok(None) => return Outcome::ClientGone,
+            Err(f) => return Outcome::Failed(f),
+        };
+        let Some(resp) = up.response_header().cloned() else {
+            return Outcome::Failed(Failure {
+                class: FailClass::BadResponse,
+                status: None,
+                message: "no response header".into(),
+            });
+        };
+        let status = resp.status.as_u16();
+        self.metrics
+            .upstream_ttfb
+            .with_label_values(&[provider.name.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        match decide(status, &self.cfg.fallback) {
+            Decision::Next(class) => {
+                let key = match &provider.key {
+                    ApiKey::Present(k) => Some(k.expose()),
+                    _ => None,
+                };
+                let err_body = self.read_small_body(s, up, &peer).await;
+                let message = classify::error_message(status, &err_body, key);
+                Outcome::Failed(Failure {
+                    class,
+                    status: Some(status),
+                    message,
+                })
+            }
+            Decision::PassThrough => {
+                // The client's own fault: the next provider would refuse it too.
+                let outcome = "client_error";
+                let out = self
+                    .relay_json(s, log, up, &peer, provider, target, index, &resp, deadline)
+                    .await;
+                if let Outcome::Done = out {
+                    self.record_success(log, provider, target, outcome, status, started);
+                    log.outcome = "upstream_client_error";
+                }
+                out
+            }
+            Decision::Serve => {
+                let is_sse = resp
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|ct| ct.starts_with("text/event-stream"));
+                let out = if stream && is_sse {
+                    self.relay_stream(
+                        s, log, up, &peer, provider, target, index, &resp, started, deadline,
+                    )
+                    .await
+                } else {
+                    self.relay_json(s, log, up, &peer, provider, target, index, &resp, deadline)
+                        .await
+                };
+                if let Outcome::Done = out {
+                    self.record_success(log, provider, target, "success", status, started);
+                    if log.outcome.is_empty() {
+                        log.outcome = "success";
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Read a (small) error body; the connection goes back to the pool if it was read whole.
+    async fn read_small_body(
+        &self,
+        s: &mut Session,
+        mut up: HttpSession,
+        peer: &HttpPeer,
+    ) -> Bytes {
+        let mut buf = Vec::new();
+        let read = async {
+            while let Ok(Some(chunk)) = up.read_response_body().await {
+                buf.extend_from_slice(&chunk);
+                if buf.len() > ERROR_BODY_CAP {
+                    break;
+                }
+            }
+        };
+        let deadline = Instant::now() + ERROR_BODY_WAIT;
+        let finished = unless_client_gone(s, timeout_at(deadline.into(), read)).await;
+        if matches!(finished, Some(Ok(()))) {
+            self.release(up, peer).await;
+        }
+        Bytes::from(buf)
+    }
+
+    /// The headers every answer carries.
+    fn detour_headers(
+        &self,
+        h: &mut ResponseHeader,
+        log: &RequestLog,
+        provider: &Provider,
+        target: &Target,
+        index: usize,
+    ) -> pingora_core::Result<()> {
+        h.insert_header("x-detour-provider", provider.name.as_str())?;
+        h.insert_header("x-detour-model", target.route.id.as_str())?;
+        h.insert_header("x-detour-attempts", log.attempts_made() + 1)?;
+        h.insert_header("x-detour-fallback-index", index)?;
+        h.insert_header("x-request-id", log.request_id.as_str())?;
+        Ok(())
+    }
+
+    /// Copy the upstream headers a client may want (type, caching, rate-limit info).
+    fn copy_upstream_headers(
+        resp: &ResponseHeader,
+        h: &mut ResponseHeader,
+    ) -> pingora_core::Result<()> {
+        for (name, value) in resp.headers.iter() {
+            let n = name.as_str();
+            if n == "content-type"
+                || n == "cache-control"
+                || n == "retry-after"
+                || n.starts_with("x-ratelimit-")
+                || n.starts_with("openai-")
+            {
+                h.append_header(name.clone(), value.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A JSON answer (or a passed-through error): read it whole before committing, up to the
+    /// configured size, so a body cut short still falls back; write it with `Content-Length`.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_json(
+        &self,
+        s: &mut Session,
+        log: &mut RequestLog,
+        mut up: HttpSession,
+        peer: &HttpPeer,
+        provider: &Provider,
+        target: &Target,
+        index: usize,
+        resp: &ResponseHeader,
+        deadline: Instant,
+    ) -> Outcome {
+        let cap = self.cfg.limits.max_buffered_response_bytes;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut total = 0usize;
+        let mut complete = false;
+        while total <= cap {
+            let idle = deadline.min(Instant::now() + provider.timeouts.idle);
+            match unless_client_gone(s, timeout_at(idle.into(), up.read_response_body())).await {
+                None => return Outcome::ClientGone,
+                Some(Err(_)) => {
+                    return Outcome::Failed(Failure {
+                        class: FailClass::FirstByteTimeout,
+                        status: None,
+                        message: "upstream stalled while sending its answer".into(),
+                    })
+                }
+                Some(Ok(Err(e))) => {
+                    return Outcome::Failed(Failure {
+                        class: FailClass::UpstreamClosed,
+                        status: None,
+                        message: format!(
+                            "upstream closed the connection mid-answer: {}",
+                            short_error(&e)
+                        ),
+                    })
+                }
+                Some(Ok(Ok(None))) => {
+                    complete = true;
+                    break;
+                }
+                Some(Ok(Ok(Some(c)))) => {
+                    total += c.len();
+                    chunks.push(c);
+                }
+            }
+        }
+        let status = resp.status.as_u16();
+        let mut h = match ResponseHeader::build(status, Some(12)) {
+            Ok(h) => h,
+            Err(_) => return Outcome::ClientGone,
+        };
+        let built = Self::copy_upstream_headers(resp, &mut h)
+            .and_then(|_| self.detour_headers(&mut h, log, provider, target, index))
+            .and_then(|_| {
+                if complete {
+                    h.insert_header(http::header::CONTENT_LENGTH, total)
+                } else {
+                    h.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+                }
+            });
+        if built.is_err() {
+            return Outcome::Failed(Failure {
+                class: FailClass::BadResponse,
+                status: None,
+                message: "unusable response header".into(),
+            });
+        }
+        if s.write_response_header(Box::new(h), false).await.is_err() {
+            return Outcome::ClientGone;
+        }
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
+            let end = complete && i + 1 == n;
+            if s.write_response_body(Some(c), end).await.is_err() {
+                return Outcome::ClientGone;
+            }
+        }
+        if complete {
+            if n == 0 && s.write_response_body(None, true).await.is_err() {
+                return Outcome::ClientGone;
+            }
+            self.release(up, peer).await;
+            return Outcome::Done;
+        }
+        // Larger than the buffer: relay the rest as it comes. A failure now can only cut it.
+        loop {
+            let idle = deadline.min(Instant::now() + provider.timeouts.idle);
+            match unless_client_gone(s, timeout_at(idle.into(), up.read_response_body())).await {
+                None => return Outcome::ClientGone,
+                Some(Ok(Ok(Some(c)))) => {
+                    if s.write_response_body(Some(c), false).await.is_err() {
+                        return Outcome::ClientGone;
+                    }
+                }
+                Some(Ok(Ok(None))) => {
+                    let _ = s.write_response_body(None, true).await;
+                    self.release(up, peer).await;
+                    return Outcome::Done;
+                }
+                Some(Err(_)) | Some(Ok(Err(_))) => {
+                    log.post_commit_error = Some("upstream failed mid-answer".into());
+                    log.outcome = "stream_error";
+                    // Ending the body short of what was announced tells the client it is cut.
+                    return Outcome::Done;
+                }
+            }
+        }
+    }
+
+    /// An SSE answer: wait for its first body bytes before committing, then relay each chunk as
+    /// it arrives (the same `Bytes` when it ends on an event boundary).
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_stream(
+        &self,
+        s: &mut Session,
+        log: &mut RequestLog,
+        mut up: HttpSession,
+        peer: &HttpPeer,
+        provider: &Provider,
+        target: &Target,
+        index: usize,
+        resp: &ResponseHeader,
+        started: Instant,
+        deadline: Instant,
+    ) -> Outcome {
+        let mut aligner = EventAligner::default();
+        // Before commit: the first whole event, within the first-byte budget.
+        let first = loop {
+            let wait = deadline.min(Instant::now() + provider.timeouts.first_byte);
+            match unless_client_gone(s, timeout_at(wait.into(), up.read_response_body())).await {
+                None => return Outcome::ClientGone,
+                Some(Err(_)) => {
+                    return Outcome::Failed(Failure {
+                        class: FailClass::FirstByteTimeout,
+                        status: None,
+                        message: "the stream sent no event within the first-byte timeout".into(),
+                    })
+                }
+                Some(Ok(Err(e))) => {
+                    return Outcome::Failed(Failure {
+                        class: FailClass::UpstreamClosed,
+                        status: None,
+                        message: format!(
+                            "upstream closed the stream before its first event: {}",
+                            short_error(&e)
+                        ),
+                    })
+                }
+                Some(Ok(Ok(None))) => {
+                    return Outcome::Failed(Failure {
+                        class: FailClass::BadResponse,
+                        status: None,
+                        message: "upstream ended the stream without any event".into(),
+                    })
+                }
+                Some(Ok(Ok(Some(c)))) => {
+                    if let Some(seg) = aligner.push(c) {
+                        break seg;
+                    }
+                }
+            }
+        };
+        let mut h = match ResponseHeader::build(resp.status.as_u16(), Some(12)) {
+            Ok(h) => h,
+            Err(_) => return Outcome::ClientGone,
+        };
+        let built = Self::copy_upstream_headers(resp, &mut h)
+            .and_then(|_| self.detour_headers(&mut h, log, provider, target, index))
+            .and_then(|_| {
+                if s.as_downstream().is_http2() {
+                    Ok(())
+                } else {
+                    h.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+                }
+            });
+        if built.is_err() {
+            return Outcome::Failed(Failure {
+                class: FailClass::BadResponse,
+                status: None,
+                message: "unusable response header".into(),
+            });
+        }
+        if s.write_response_header(Box::new(h), false).await.is_err()
+            || s.write_response_body(Some(first), false).await.is_err()
+        {
+            return Outcome::ClientGone;
+        }
+        self.metrics
+            .stream_ttft
+            .with_label_values(&[provider.name.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        // Committed. From here a failure is reported in band and never looks complete.
+        let failure: &str = loop {
+            let idle = deadline.min(Instant::now() + provider.timeouts.idle);
+            match unless_client_gone(s, timeout_at(idle.into(), up.read_response_body())).await {
+                None => return Outcome::ClientGone,
+                Some(Ok(Ok(Some(c)))) => {
+                    if let Some(seg) = aligner.push(c) {
+                        if s.write_response_body(Some(seg), false).await.is_err() {
+                            return Outcome::ClientGone;
+                        }
+                    }
+                }
+                Some(Ok(Ok(None))) => {
+                    if aligner.saw_done() && aligner.pending() == 0 {
+                        if s.write_response_body(None, true).await.is_err() {
+                            return Outcome::ClientGone;
+                        }
+                        self.release(up, peer).await;
+                        return Outcome::Done;
+                    }
+                    break "the upstream ended the stream without [DONE]";
+                }
+                Some(Ok(Err(_))) => break "the upstream connection failed mid-stream",
+                Some(Err(_)) => break "the upstream stream stalled past the idle timeout",
+            }
+        };
+        log.post_commit_error = Some(failure.to_string());
+        log.outcome = "stream_error";
+        let ev = error_event(
+            &format!("{failure}; the answer is incomplete"),
+            "stream_interrupted",
+        );
+        let _ = s.write_response_body(Some(ev), false).await;
+        let _ = s.write_response_body(None, true).await;
+        Outcome::Done
+    }
+
+    /// Give a finished upstream session back to the pool; an unfinished one is dropped (closed).
+    async fn release(&self, mut up: HttpSession, peer: &HttpPeer) {
+        if up.response_done() {
+            self.connector
+                .release_http_session(up, peer, peer.options.idle_timeout)
+                .await;
+        }
+    }
+}
+
+/// An upstream error without the peer details Pingora appends (addresses, fd numbers).
+fn short_error(e: &pingora_error::Error) -> String {
+    let mut s = e.etype().as_str().to_string();
+    if let Some(ctx) = e.context.as_ref() {
+        s.push_str(": ");
+        s.push_str(crate::api::truncate(ctx.as_str(), 160));
+    }
+    s
+}

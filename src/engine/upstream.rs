@@ -1,0 +1,197 @@
+//! Attempt → `HttpPeer` and upstream request header.
+//!
+//! Host names are resolved here, asynchronously and cached (`HttpPeer::new` resolves blocking and
+//! panics on a DNS failure, so it is only ever handed an address). IP-literal providers never
+//! touch DNS.
+
+use crate::config::{ApiKey, Provider, ProviderKind};
+use crate::plan::Target;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+/// How long a resolved address is used before it is looked up again.
+const DNS_TTL: Duration = Duration::from_secs(30);
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// A resolved peer and when its address expires (`None`: an IP literal, never).
+type Slot = RwLock<Option<(HttpPeer, Option<Instant>)>>;
+
+/// Per-provider peers, rebuilt when their DNS entry expires.
+pub struct Peers {
+    slots: Vec<Slot>,
+}
+
+fn build_peer(p: &Provider, addr: SocketAddr) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, p.tls, p.host.clone());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(p.timeouts.connect);
+    o.total_connection_timeout = Some(p.timeouts.connect);
+    o.idle_timeout = Some(POOL_IDLE);
+    if p.tls && p.http2 {
+        o.set_http_version(2, 1);
+        o.max_h2_streams = 100;
+    }
+    peer
+}
+
+impl Peers {
+    pub fn new(providers: &[Provider]) -> Peers {
+        let slots = providers
+            .iter()
+            .map(|p| {
+                let fixed = p
+                    .host
+                    .parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| (build_peer(p, SocketAddr::new(ip, p.port)), None));
+                RwLock::new(fixed)
+            })
+            .collect();
+        Peers { slots }
+    }
+
+    /// The peer for provider `i`, resolving its host if the cached address expired. A failed
+    /// lookup falls back to the last known address, if any.
+    pub async fn get(&self, i: usize, p: &Provider) -> Result<HttpPeer, String> {
+        let slot = self.slots.get(i).ok_or("no such provider")?;
+        let stale = match slot.read() {
+            Ok(g) => match &*g {
+                Some((peer, None)) => return Ok(peer.clone()),
+                Some((peer, Some(exp))) if *exp > Instant::now() => return Ok(peer.clone()),
+                Some((peer, _)) => Some(peer.clone()),
+                None => None,
+            },
+            Err(_) => None,
+        };
+        let looked_up = tokio::time::timeout(
+            p.timeouts.connect,
+            tokio::net::lookup_host((p.host.as_str(), p.port)),
+        )
+        .await;
+        let addr = match looked_up {
+            Ok(Ok(mut addrs)) => addrs.next(),
+            _ => None,
+        };
+        match addr {
+            Some(addr) => {
+                let peer = build_peer(p, addr);
+                if let Ok(mut g) = slot.write() {
+                    *g = Some((peer.clone(), Some(Instant::now() + DNS_TTL)));
+                }
+                Ok(peer)
+            }
+            None => stale.ok_or_else(|| format!("DNS lookup of {} failed", p.host)),
+        }
+    }
+}
+
+/// Client headers never forwarded: hop-by-hop, framing, credentials, detour's own controls.
+fn forwardable(name: &str) -> bool {
+    !matches!(
+        name,
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "expect"
+            | "authorization"
+            | "api-key"
+            | "x-api-key"
+            | "cookie"
+            | "accept-encoding"
+            | "content-type"
+            | "x-request-id"
+    ) && !name.starts_with("x-detour-")
+}
+
+/// The upstream request header for one attempt.
+pub fn request_header(
+    p: &Provider,
+    target: &Target,
+    client: &RequestHeader,
+    body_len: usize,
+    request_id: &str,
+) -> pingora_core::Result<RequestHeader> {
+    let path = p.chat_path(&target.route);
+    let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8 + client.headers.len()))?;
+    for (name, value) in client.headers.iter() {
+        if forwardable(name.as_str()) {
+            h.append_header(name.clone(), value.clone())?;
+        }
+    }
+    h.insert_header(http::header::HOST, p.authority.as_str())?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CONTENT_LENGTH, body_len)?;
+    h.insert_header("x-request-id", request_id)?;
+    if let ApiKey::Present(key) = &p.key {
+        match p.kind {
+            ProviderKind::OpenAi => {
+                let v = format!("Bearer {}", key.expose());
+                h.insert_header(http::header::AUTHORIZATION, v)?;
+            }
+            ProviderKind::Azure => h.insert_header("api-key", key.expose())?,
+        }
+    }
+    for (name, value) in &p.headers {
+        h.insert_header(name.clone(), value.clone())?;
+    }
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn header_rewrites_auth_and_drops_hop_by_hop() {
+        let yaml = r#"
+listen: ["127.0.0.1:8080"]
+providers:
+  - {name: az, kind: azure, base-url: "https://res.example.com:8443", api-key-env: K, api-version: "2024-10-21", headers: {x-extra: "1"}}
+models:
+  gpt-4o: [{provider: az, deployment: dep}]
+"#;
+        let env = |_: &str| Some("provider-key".to_string());
+        let c = Config::from_yaml_with_env(yaml, &env).expect("valid");
+        let plan = crate::plan::plan("gpt-4o", &c).expect("plan");
+        let mut client = RequestHeader::build("POST", b"/v1/chat/completions", None).expect("h");
+        for (k, v) in [
+            ("authorization", "Bearer client-key"),
+            ("connection", "keep-alive"),
+            ("host", "gateway"),
+            ("accept-encoding", "gzip"),
+            ("x-detour-timeout", "5"),
+            ("openai-beta", "assistants=v2"),
+        ] {
+            client.append_header(k, v).expect("h");
+        }
+        let h =
+            request_header(&c.providers[0], &plan.targets[0], &client, 42, "rid").expect("header");
+        assert_eq!(
+            h.uri.to_string(),
+            "/openai/deployments/dep/chat/completions?api-version=2024-10-21"
+        );
+        let get = |n: &str| h.headers.get(n).and_then(|v| v.to_str().ok());
+        assert_eq!(get("api-key"), Some("provider-key"));
+        assert_eq!(get("authorization"), None);
+        assert_eq!(get("connection"), None);
+        assert_eq!(get("accept-encoding"), None);
+        assert_eq!(get("x-detour-timeout"), None);
+        assert_eq!(get("host"), Some("res.example.com:8443"));
+        assert_eq!(get("content-length"), Some("42"));
+        assert_eq!(get("openai-beta"), Some("assistants=v2"));
+        assert_eq!(get("x-extra"), Some("1"));
+    }
+}

@@ -1,0 +1,15 @@
+//! detour: an OpenAI-compatible LLM gateway on Pingora that walks a model fallback chain.
+//!
+//! The request path runs in one direction: [`proxy`] routes and reads the request, [`api`]
+//! validates it, [`plan`] turns its `model` chain into targets, [`engine`] tries them in order and
+//! relays the first answer (with [`sse`] for streams); [`metrics`] counts it all.
+
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod mock;
+pub mod plan;
+pub mod proxy;
+pub mod sse;

@@ -1,0 +1,275 @@
+//! `detour`: the gateway (Pingora flags `-c -d -t -u`), `detour mock` and `detour demo`.
+
+use detour::admin::AdminApp;
+use detour::config::{Config, DEFAULT_CONFIG, DEMO_CONFIG};
+use detour::metrics::Metrics;
+use detour::mock::{Fault, MockConfig, MockServer};
+use detour::proxy::DetourProxy;
+use pingora_core::connectors::ConnectorOptions;
+use pingora_core::server::configuration::Opt;
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+use std::process::exit;
+use std::sync::Arc;
+use std::time::Duration;
+
+const USAGE: &str = "\
+detour — an OpenAI-compatible LLM gateway that walks a model fallback chain
+
+USAGE:
+  detour [-c FILE] [-d] [-u] [-t]   run the gateway (no -c: the built-in conf/detour.yaml)
+      -c, --conf FILE   config file (YAML: Pingora's `server:` settings plus detour's)
+      -t, --test        validate the config and exit (non-zero with the faulty YAML path)
+      -d, --daemon      run in the background (pid file: server.pid_file)
+      -u, --upgrade     take the listeners over from a running detour (send it SIGQUIT)
+  detour demo                        mock providers on 127.0.0.1:9101/9102 + the gateway on :8080
+  detour mock [OPTIONS]              a fault-injecting mock provider (OpenAI API)
+      --listen ADDR (127.0.0.1:9101)  --name NAME  --status CODE  --delay-ms MS
+      --fault none|hang|reset|reset-mid-stream|stall-mid-stream|close-mid-body
+      --fault-after N  --chunks N  --chunk-interval-ms MS  --threads N
+      Per request, headers x-mock-status, x-mock-delay-ms, x-mock-fault, x-mock-fault-after,
+      x-mock-chunks and x-mock-chunk-interval-ms override these.
+";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("mock") => mock_main(&args[2..]),
+        Some("demo") => demo_main(),
+        Some("help") | Some("-h") | Some("--help") => {
+            print!("{USAGE}");
+        }
+        _ => gateway_main(),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DETOUR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn gateway_main() {
+    let opt = Opt::parse_args();
+    let (cfg, source) = match &opt.conf {
+        Some(path) => (Config::load(path), path.clone()),
+        None => (
+            Config::from_yaml(DEFAULT_CONFIG),
+            "built-in default (conf/detour.yaml)".to_string(),
+        ),
+    };
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("detour: invalid config {source}: {e}");
+            exit(1);
+        }
+    };
+    if opt.test {
+        println!("detour: config {source} is valid");
+        exit(0);
+    }
+    init_logging();
+    run_gateway(opt, cfg)
+}
+
+fn run_gateway(mut opt: Opt, mut cfg: Config) -> ! {
+    opt.conf = None; // the config is already loaded; Pingora gets its part below
+    let server_conf = std::mem::take(&mut cfg.server);
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+    let names: Vec<String> = cfg.providers.iter().map(|p| p.name.clone()).collect();
+    let metrics = match Metrics::new(&names) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            eprintln!("detour: cannot create metrics: {e}");
+            exit(1);
+        }
+    };
+    let listen = cfg.listen.clone();
+    let admin = cfg.admin_listen;
+    let options = ConnectorOptions::from_server_conf(&server.configuration);
+    let proxy = DetourProxy::new(Arc::new(cfg), metrics.clone(), options);
+    let mut gateway =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "detour");
+    for addr in &listen {
+        gateway.add_tcp(&addr.to_string());
+    }
+    server.add_service(gateway);
+    if let Some(addr) = admin {
+        let mut svc = Service::new("detour-admin".to_string(), AdminApp { metrics });
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+    server.run_forever()
+}
+
+fn mock_main(args: &[String]) {
+    let mut cfg = MockConfig {
+        record: false,
+        ..MockConfig::default()
+    };
+    let mut listen = "127.0.0.1:9101".to_string();
+    let mut threads = 1usize;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || -> String {
+            match it.next() {
+                Some(v) => v.clone(),
+                None => {
+                    eprintln!("detour mock: {flag} needs a value\n\n{USAGE}");
+                    exit(2);
+                }
+            }
+        };
+        let bad = |what: &str| -> ! {
+            eprintln!("detour mock: invalid value for {what}");
+            exit(2);
+        };
+        match flag.as_str() {
+            "--listen" => listen = value(),
+            "--name" => cfg.name = value(),
+            "--status" => cfg.status = value().parse().unwrap_or_else(|_| bad("--status")),
+            "--delay-ms" => {
+                cfg.delay =
+                    Duration::from_millis(value().parse().unwrap_or_else(|_| bad("--delay-ms")))
+            }
+            "--fault" => cfg.fault = value().parse::<Fault>().unwrap_or_else(|e| bad(&e)),
+            "--fault-after" => {
+                cfg.fault_after = value().parse().unwrap_or_else(|_| bad("--fault-after"))
+            }
+            "--chunks" => cfg.chunks = value().parse().unwrap_or_else(|_| bad("--chunks")),
+            "--chunk-interval-ms" => {
+                cfg.chunk_interval = Duration::from_millis(
+                    value()
+                        .parse()
+                        .unwrap_or_else(|_| bad("--chunk-interval-ms")),
+                )
+            }
+            "--threads" => threads = value().parse().unwrap_or_else(|_| bad("--threads")),
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return;
+            }
+            other => {
+                eprintln!("detour mock: unknown option {other}\n\n{USAGE}");
+                exit(2);
+            }
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("detour mock: cannot start runtime: {e}");
+            exit(1);
+        }
+    };
+    rt.block_on(async {
+        let name = cfg.name.clone();
+        match MockServer::start(&listen, cfg).await {
+            Ok(m) => {
+                println!("detour mock `{name}` listening on http://{}/v1", m.addr);
+                std::future::pending::<()>().await;
+            }
+            Err(e) => {
+                eprintln!("detour mock: cannot listen on {listen}: {e}");
+                exit(1);
+            }
+        }
+    });
+}
+
+fn demo_main() {
+    let cfg = match Config::from_yaml(DEMO_CONFIG) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("detour: invalid demo config: {e}");
+            exit(1);
+        }
+    };
+    // The two mock providers run on their own small runtime beside the gateway.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let flaky = MockConfig {
+                name: "flaky".into(),
+                status: 429,
+                record: false,
+                ..MockConfig::default()
+            };
+            let steady = MockConfig {
+                name: "steady".into(),
+                chunk_interval: Duration::from_millis(150),
+                record: false,
+                ..MockConfig::default()
+            };
+            let started = async {
+                let a = MockServer::start("127.0.0.1:9101", flaky).await?;
+                let b = MockServer::start("127.0.0.1:9102", steady).await?;
+                Ok::<_, std::io::Error>((a, b))
+            }
+            .await;
+            match started {
+                Ok(servers) => {
+                    let _ = ready_tx.send(Ok(()));
+                    let _keep = servers;
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("mock providers: {e}")));
+                }
+            }
+        });
+    });
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("detour demo: {e}");
+            exit(1);
+        }
+        Err(_) => {
+            eprintln!("detour demo: the mock providers did not start");
+            exit(1);
+        }
+    }
+    println!(
+        r#"
+detour demo: gateway on http://127.0.0.1:8080, metrics on http://127.0.0.1:9090/metrics
+  mock provider `flaky`  http://127.0.0.1:9101/v1  answers every request with 429
+  mock provider `steady` http://127.0.0.1:9102/v1  answers (streams one chunk every 150 ms)
+  model `gpt-4o` = flaky, then steady.  Stop with Ctrl-C.
+
+Watch a fallback (x-detour-provider: steady, x-detour-attempts: 2):
+  curl -i http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \
+    -d '{{"model":"gpt-4o","messages":[{{"role":"user","content":"hi"}}]}}'
+
+The same, streaming:
+  curl -N http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \
+    -d '{{"model":"gpt-4o","stream":true,"messages":[{{"role":"user","content":"hi"}}]}}'
+
+Every attempt failing gives one error listing them all:
+  curl -s http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \
+    -d '{{"model":"gpt-4o/flaky,gpt-4o-mini/flaky","messages":[]}}'
+"#
+    );
+    init_logging();
+    run_gateway(Opt::default(), cfg)
+}

@@ -1,0 +1,496 @@
+//! `detour mock`: a fault-injecting mock provider that speaks OpenAI's chat completions API.
+//!
+//! It exists so that detour can be tried, tested and benchmarked without keys or internet.
+//! A minimal HTTP/1.1 server on tokio (keep-alive, Content-Length request bodies) so that every
+//! fault is exact: a status, a delay before the header, a hang, a TCP reset before the header or
+//! in the middle of a stream, a stall mid-stream, a JSON body cut short.
+//!
+//! Behaviour is set per server ([`MockConfig`], CLI flags) and can be overridden per request with
+//! headers: `x-mock-status`, `x-mock-delay-ms`, `x-mock-fault`, `x-mock-fault-after`,
+//! `x-mock-chunks`, `x-mock-chunk-interval-ms`.
+
+use bytes::{Bytes, BytesMut};
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A fault the mock injects instead of (or in the middle of) a normal answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Read the request, never answer.
+    Hang,
+    /// TCP reset before any byte of the response.
+    Reset,
+    /// Streams: send the header and `fault_after` chunks, then reset.
+    ResetMidStream,
+    /// Streams: send the header and `fault_after` chunks, then go silent.
+    StallMidStream,
+    /// JSON: announce the full Content-Length, send half the body, close.
+    CloseMidBody,
+}
+
+impl FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "none" => Fault::None,
+            "hang" => Fault::Hang,
+            "reset" => Fault::Reset,
+            "reset-mid-stream" => Fault::ResetMidStream,
+            "stall-mid-stream" => Fault::StallMidStream,
+            "close-mid-body" => Fault::CloseMidBody,
+            _ => return Err(format!("unknown fault `{s}` (none, hang, reset, reset-mid-stream, stall-mid-stream, close-mid-body)")),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Shown in the answer: "Hello from {name}".
+    pub name: String,
+    /// Status of every answer; non-2xx answers carry an OpenAI error body.
+    pub status: u16,
+    /// Wait before the response header.
+    pub delay: Duration,
+    pub fault: Fault,
+    /// Chunks sent before a mid-stream fault.
+    pub fault_after: usize,
+    /// Content chunks in a stream.
+    pub chunks: usize,
+    pub chunk_interval: Duration,
+    /// Keep the requests (headers and body) for tests to inspect.
+    pub record: bool,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            name: "mock".into(),
+            status: 200,
+            delay: Duration::ZERO,
+            fault: Fault::None,
+            fault_after: 2,
+            chunks: 5,
+            chunk_interval: Duration::ZERO,
+            record: true,
+        }
+    }
+}
+
+/// A request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl RecordedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a running mock has seen.
+#[derive(Debug, Default)]
+pub struct MockStats {
+    /// Requests received (fully read), whatever was answered.
+    pub calls: AtomicUsize,
+    /// Streams whose client went away before the mock finished writing.
+    pub aborted_streams: AtomicUsize,
+    /// Streams and JSON answers written to the end.
+    pub completed: AtomicUsize,
+    /// TCP connections accepted.
+    pub connections: AtomicUsize,
+    pub requests: Mutex<Vec<RecordedRequest>>,
+}
+
+/// A mock bound to a port, serving on the current tokio runtime.
+pub struct MockServer {
+    pub addr: SocketAddr,
+    pub stats: Arc<MockStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Bind `addr` (use `127.0.0.1:0` for a free port) and serve in a background task.
+    pub async fn start(addr: &str, cfg: MockConfig) -> std::io::Result<MockServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let stats = Arc::new(MockStats::default());
+        let task = tokio::spawn(serve(listener, Arc::new(cfg), stats.clone()));
+        Ok(MockServer { addr, stats, task })
+    }
+
+    pub fn calls(&self) -> usize {
+        self.stats.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.stats
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// `http://127.0.0.1:PORT/v1`, for a provider's base-url.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Accept connections forever.
+pub async fn serve(listener: TcpListener, cfg: Arc<MockConfig>, stats: Arc<MockStats>) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(connection(sock, cfg.clone(), stats.clone()));
+    }
+}
+
+struct Parsed {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    header_len: usize,
+    content_length: usize,
+}
+
+fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, ()> {
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut hs);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            let mut content_length = 0;
+            let mut headers = Vec::with_capacity(req.headers.len());
+            for h in req.headers.iter() {
+                let v = String::from_utf8_lossy(h.value).into_owned();
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    content_length = v.trim().parse().map_err(|_| ())?;
+                }
+                headers.push((h.name.to_ascii_lowercase(), v));
+            }
+            Ok(Some(Parsed {
+                method: req.method.unwrap_or("").to_string(),
+                path: req.path.unwrap_or("").to_string(),
+                headers,
+                header_len: n,
+                content_length,
+            }))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(()),
+    }
+}
+
+/// The effective behaviour of one request: the server's, with header overrides.
+struct Plan {
+    status: u16,
+    delay: Duration,
+    fault: Fault,
+    fault_after: usize,
+    chunks: usize,
+    chunk_interval: Duration,
+}
+
+fn plan_for(cfg: &MockConfig, headers: &[(String, String)]) -> Plan {
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.trim());
+    Plan {
+        status: get("x-mock-status")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cfg.status),
+        delay: get("x-mock-delay-ms")
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(cfg.delay),
+        fault: get("x-mock-fault")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cfg.fault),
+        fault_after: get("x-mock-fault-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cfg.fault_after),
+        chunks: get("x-mock-chunks")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cfg.chunks),
+        chunk_interval: get("x-mock-chunk-interval-ms")
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(cfg.chunk_interval),
+    }
+}
+
+async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockStats>) {
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        // Read one request head.
+        let head = loop {
+            match parse_head(&buf) {
+                Ok(Some(p)) => break p,
+                Ok(None) => {}
+                Err(()) => {
+                    let _ = sock
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+            }
+            match sock.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let total = head.header_len + head.content_length;
+        while buf.len() < total {
+            match sock.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        let req = buf.split_to(total).freeze();
+        let body = req.slice(head.header_len..);
+        stats.calls.fetch_add(1, Ordering::SeqCst);
+        let plan = plan_for(&cfg, &head.headers);
+        let model = model_of(&body);
+        let stream = stream_of(&body);
+        let (method, path) = (head.method.clone(), head.path.clone());
+        if cfg.record {
+            if let Ok(mut r) = stats.requests.lock() {
+                r.push(RecordedRequest {
+                    method: head.method,
+                    path: head.path,
+                    headers: head.headers,
+                    body,
+                });
+            }
+        }
+        if !plan.delay.is_zero() {
+            tokio::time::sleep(plan.delay).await;
+        }
+        let keep = match (method.as_str(), path.split('?').next().unwrap_or("")) {
+            ("POST", p) if p.ends_with("/chat/completions") => {
+                match answer(sock, &cfg, &stats, &plan, &model, stream).await {
+                    Some(s) => {
+                        sock = s;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            ("GET", p) if p.ends_with("/models") => {
+                let b = format!(
+                    "{{\"object\":\"list\",\"data\":[{{\"id\":\"mock-model\",\"object\":\"model\",\"owned_by\":\"{}\"}}]}}",
+                    cfg.name
+                );
+                write_json(&mut sock, 200, b.as_bytes()).await
+            }
+            _ => {
+                write_json(
+                    &mut sock,
+                    404,
+                    br#"{"error":{"message":"Unknown request URL","type":"invalid_request_error","param":null,"code":"unknown_url"}}"#,
+                )
+                .await
+            }
+        };
+        if !keep {
+            return;
+        }
+    }
+}
+
+fn model_of(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct M {
+        #[serde(default)]
+        model: Option<String>,
+    }
+    serde_json::from_slice::<M>(body)
+        .ok()
+        .and_then(|m| m.model)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn stream_of(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct S {
+        #[serde(default)]
+        stream: Option<bool>,
+    }
+    serde_json::from_slice::<S>(body)
+        .ok()
+        .and_then(|s| s.stream)
+        .unwrap_or(false)
+}
+
+fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
+}
+
+async fn write_json(sock: &mut TcpStream, status: u16, body: &[u8]) -> bool {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        reason(status),
+        body.len()
+    );
+    let mut out = Vec::with_capacity(head.len() + body.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(body);
+    sock.write_all(&out).await.is_ok()
+}
+
+fn reset(sock: TcpStream) {
+    // SO_LINGER 0 makes close() send RST instead of FIN.
+    #[allow(deprecated)]
+    let _ = sock.set_linger(Some(Duration::ZERO));
+    drop(sock);
+}
+
+/// Answer one chat completion; gives the socket back when the connection stays open.
+async fn answer(
+    mut sock: TcpStream,
+    cfg: &MockConfig,
+    stats: &MockStats,
+    plan: &Plan,
+    model: &str,
+    stream: bool,
+) -> Option<TcpStream> {
+    match plan.fault {
+        Fault::Hang => {
+            // Wait until the client gives up (EOF or error), never answering.
+            let mut b = [0u8; 1024];
+            while let Ok(n) = sock.read(&mut b).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            return None;
+        }
+        Fault::Reset => {
+            reset(sock);
+            return None;
+        }
+        _ => {}
+    }
+    if !(200..300).contains(&plan.status) {
+        let (msg, kind) = match plan.status {
+            429 => ("Rate limit exceeded", "rate_limit_error"),
+            401 => ("Incorrect API key provided", "invalid_request_error"),
+            400 => ("Invalid request from mock", "invalid_request_error"),
+            s if s >= 500 => (
+                "The server had an error while processing your request",
+                "server_error",
+            ),
+            _ => ("Mock error", "invalid_request_error"),
+        };
+        let body = format!(
+            "{{\"error\":{{\"message\":\"{msg} ({})\",\"type\":\"{kind}\",\"param\":null,\"code\":null}}}}",
+            cfg.name
+        );
+        return write_json(&mut sock, plan.status, body.as_bytes())
+            .await
+            .then_some(sock);
+    }
+    let id = format!("chatcmpl-{}", cfg.name);
+    let model_json = serde_json::to_string(model).unwrap_or_else(|_| "\"\"".into());
+    if !stream {
+        let content = format!("Hello from {}", cfg.name);
+        let body = format!(
+            "{{\"id\":\"{id}\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":{model_json},\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{content}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}}}}"
+        );
+        if plan.fault == Fault::CloseMidBody {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(&body.as_bytes()[..body.len() / 2]).await;
+            let _ = sock.flush().await;
+            return None;
+        }
+        let ok = write_json(&mut sock, 200, body.as_bytes()).await;
+        if ok {
+            stats.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        return ok.then_some(sock);
+    }
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+    let chunk_of = |delta: &str, finish: &str| {
+        format!(
+            "data: {{\"id\":\"{id}\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":{model_json},\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+        )
+    };
+    let mut events = Vec::with_capacity(plan.chunks + 3);
+    events.push(chunk_of(r#"{"role":"assistant","content":""}"#, "null"));
+    for i in 0..plan.chunks {
+        let word = if i == 0 {
+            format!("Hello from {}", cfg.name)
+        } else {
+            format!(" tok{i}")
+        };
+        events.push(chunk_of(&format!("{{\"content\":\"{word}\"}}"), "null"));
+    }
+    events.push(chunk_of("{}", "\"stop\""));
+    events.push("data: [DONE]\n\n".to_string());
+    let mut first = true;
+    for (i, ev) in events.iter().enumerate() {
+        if i > 0 && !plan.chunk_interval.is_zero() {
+            tokio::time::sleep(plan.chunk_interval).await;
+        }
+        if i == plan.fault_after {
+            match plan.fault {
+                Fault::ResetMidStream => {
+                    reset(sock);
+                    return None;
+                }
+                Fault::StallMidStream => {
+                    let mut b = [0u8; 64];
+                    while let Ok(n) = sock.read(&mut b).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    stats.aborted_streams.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                _ => {}
+            }
+        }
+        let mut out = String::with_capacity(ev.len() + 140);
+        if first {
+            out.push_str(head);
+            first = false;
+        }
+        out.push_str(&format!("{:x}\r\n{ev}\r\n", ev.len()));
+        if i + 1 == events.len() {
+            out.push_str("0\r\n\r\n");
+        }
+        if sock.write_all(out.as_bytes()).await.is_err() {
+            stats.aborted_streams.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+    }
+    stats.completed.fetch_add(1, Ordering::Relaxed);
+    Some(sock)
+}

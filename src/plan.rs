@@ -1,0 +1,283 @@
+//! Planning: the `model` field → the ordered list of targets to try. Pure, no I/O.
+//!
+//! Syntax (comma-separated, tried in order, spaces trimmed):
+//! - `model/provider` pins a provider; a model the catalog does not list for that provider is
+//!   passed to it as written;
+//! - `model` (a catalog name) expands to every provider that serves it, in catalog order;
+//! - `!provider` excludes that provider from the whole chain, wherever it stands.
+//!
+//! Duplicates are dropped (first place wins). Providers whose key is missing are not tried but
+//! reported as skipped.
+
+use crate::config::{ApiKey, Config, ModelRoute};
+
+/// One upstream attempt to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The model name as the client wrote it (catalog name or pass-through id).
+    pub model: String,
+    pub route: ModelRoute,
+}
+
+impl Target {
+    /// `model/provider`, as reported to the client and in logs.
+    pub fn source(&self, cfg: &Config) -> String {
+        format!("{}/{}", self.model, cfg.providers[self.route.provider].name)
+    }
+}
+
+/// A target not tried because its provider has no key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub source: String,
+    pub provider: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    pub targets: Vec<Target>,
+    pub skipped: Vec<Skipped>,
+}
+
+enum Entry<'a> {
+    Bare(&'a str),
+    Pinned(&'a str, usize),
+}
+
+/// Turn a `model` field into a plan. The error text is the client's 400 message.
+pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
+    let mut entries: Vec<Entry<'_>> = Vec::new();
+    let mut excluded: Vec<usize> = Vec::new();
+    let max = cfg.limits.max_chain_length;
+    for (n, raw) in model_field.split(',').enumerate() {
+        if n >= max {
+            let count = model_field.split(',').count();
+            return Err(format!(
+                "the model chain has {count} entries; the maximum is {max}"
+            ));
+        }
+        let e = raw.trim();
+        if e.is_empty() {
+            return Err(format!(
+                "the model chain has an empty entry at position {}",
+                n + 1
+            ));
+        }
+        if let Some(p) = e.strip_prefix('!') {
+            let p = p.trim();
+            match cfg.provider_index(p) {
+                Some(i) => excluded.push(i),
+                None => return Err(format!("unknown provider `{}` in `{}`", clip(p), clip(e))),
+            }
+            continue;
+        }
+        if cfg.models.contains_key(e) {
+            entries.push(Entry::Bare(e));
+            continue;
+        }
+        match e.rsplit_once('/') {
+            Some((m, p)) => {
+                let (m, p) = (m.trim(), p.trim());
+                let i = cfg.provider_index(p).ok_or_else(|| {
+                    format!(
+                        "unknown provider `{}` in `{}` (a model outside the catalog needs a known /provider)",
+                        clip(p),
+                        clip(e)
+                    )
+                })?;
+                if m.is_empty() {
+                    return Err(format!("missing model name in `{}`", clip(e)));
+                }
+                entries.push(Entry::Pinned(m, i));
+            }
+            None => {
+                return Err(format!(
+                    "unknown model `{}` (not in the catalog; pin a provider as `model/provider`)",
+                    clip(e)
+                ))
+            }
+        }
+    }
+
+    let mut out = Plan::default();
+    let mut push = |model: &str, route: ModelRoute| {
+        if excluded.contains(&route.provider) {
+            return;
+        }
+        let provider = &cfg.providers[route.provider];
+        if let ApiKey::Missing { env } = &provider.key {
+            if !out.skipped.iter().any(|s| s.provider == route.provider) {
+                out.skipped.push(Skipped {
+                    source: format!("{model}/{}", provider.name),
+                    provider: route.provider,
+                    reason: format!("skipped: the key variable {env} is not set"),
+                });
+            }
+            return;
+        }
+        if out
+            .targets
+            .iter()
+            .any(|t| t.route.provider == route.provider && t.route.id == route.id)
+        {
+            return;
+        }
+        out.targets.push(Target {
+            model: model.to_string(),
+            route,
+        });
+    };
+    for entry in entries {
+        match entry {
+            Entry::Bare(m) => {
+                for r in cfg.models.get(m).into_iter().flatten() {
+                    push(m, r.clone());
+                }
+            }
+            Entry::Pinned(m, i) => {
+                let route = cfg
+                    .models
+                    .get(m)
+                    .and_then(|rs| rs.iter().find(|r| r.provider == i))
+                    .cloned()
+                    .unwrap_or_else(|| ModelRoute {
+                        provider: i,
+                        id: m.to_string(),
+                        deployment: None,
+                        api_version: None,
+                    });
+                push(m, route);
+            }
+        }
+    }
+    if out.targets.is_empty() && out.skipped.is_empty() {
+        return Err("no target is left in the model chain after exclusions".into());
+    }
+    Ok(out)
+}
+
+fn clip(s: &str) -> &str {
+    crate::api::truncate(s, 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = r#"
+listen: ["127.0.0.1:8080"]
+limits:
+  max-chain-length: 4
+providers:
+  - {name: openai, kind: openai, base-url: "http://127.0.0.1:1/v1", api-key-env: K1}
+  - {name: azure, kind: azure, base-url: "http://127.0.0.1:2", api-version: "2024-10-21"}
+  - {name: groq, kind: openai, base-url: "http://127.0.0.1:3/v1"}
+  - {name: nokey, kind: openai, base-url: "http://127.0.0.1:4/v1", api-key-env: UNSET}
+models:
+  gpt-4o:
+    - {provider: openai, id: gpt-4o-2024-08-06}
+    - {provider: azure, deployment: dep-4o}
+  llama:
+    - {provider: groq, id: llama-3.3-70b-versatile}
+    - {provider: nokey}
+    - {provider: openai, id: llama-oai}
+"#;
+
+    fn cfg() -> Config {
+        let env = |n: &str| (n == "K1").then(|| "k".to_string());
+        Config::from_yaml_with_env(CFG, &env).expect("valid")
+    }
+
+    fn sources(p: &Plan, c: &Config) -> Vec<String> {
+        p.targets
+            .iter()
+            .map(|t| format!("{}={}", t.source(c), t.route.id))
+            .collect()
+    }
+
+    #[test]
+    fn bare_model_expands_in_catalog_order() {
+        let c = cfg();
+        let p = plan("gpt-4o", &c).expect("ok");
+        assert_eq!(
+            sources(&p, &c),
+            ["gpt-4o/openai=gpt-4o-2024-08-06", "gpt-4o/azure=gpt-4o"]
+        );
+        assert_eq!(p.targets[1].route.deployment.as_deref(), Some("dep-4o"));
+    }
+
+    #[test]
+    fn pinned_unknown_model_passes_through_and_exclusion_applies_everywhere() {
+        let c = cfg();
+        let p = plan(" my-model/groq , gpt-4o , !openai", &c).expect("ok");
+        assert_eq!(
+            sources(&p, &c),
+            ["my-model/groq=my-model", "gpt-4o/azure=gpt-4o"]
+        );
+        let p = plan("!azure,gpt-4o", &c).expect("ok");
+        assert_eq!(sources(&p, &c), ["gpt-4o/openai=gpt-4o-2024-08-06"]);
+    }
+
+    #[test]
+    fn slash_in_model_ids() {
+        let c = cfg();
+        let p = plan("meta-llama/Llama-3/groq", &c).expect("ok");
+        assert_eq!(
+            sources(&p, &c),
+            ["meta-llama/Llama-3/groq=meta-llama/Llama-3"]
+        );
+        let e = plan("meta-llama/Llama-3", &c).expect_err("unknown provider");
+        assert!(e.contains("unknown provider `Llama-3`"), "{e}");
+    }
+
+    #[test]
+    fn duplicates_removed_first_wins() {
+        let c = cfg();
+        let p = plan("gpt-4o/azure,gpt-4o,gpt-4o/azure", &c).expect("ok");
+        assert_eq!(
+            sources(&p, &c),
+            ["gpt-4o/azure=gpt-4o", "gpt-4o/openai=gpt-4o-2024-08-06"]
+        );
+    }
+
+    #[test]
+    fn missing_key_is_skipped_and_reported() {
+        let c = cfg();
+        let p = plan("llama", &c).expect("ok");
+        assert_eq!(
+            sources(&p, &c),
+            [
+                "llama/groq=llama-3.3-70b-versatile",
+                "llama/openai=llama-oai"
+            ]
+        );
+        assert_eq!(p.skipped.len(), 1);
+        assert_eq!(p.skipped[0].source, "llama/nokey");
+        assert!(p.skipped[0].reason.contains("UNSET"));
+        let p = plan("x/nokey", &c).expect("ok: only skipped");
+        assert!(p.targets.is_empty());
+        assert_eq!(p.skipped.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_entry() {
+        let c = cfg();
+        for (chain, needle) in [
+            ("gpt-4o,,llama", "empty entry at position 2"),
+            ("gpt-4o,", "empty entry at position 2"),
+            ("gpt-5", "unknown model `gpt-5`"),
+            ("gpt-4o/opnai", "unknown provider `opnai`"),
+            ("!opnai,gpt-4o", "unknown provider `opnai`"),
+            ("/openai", "missing model name"),
+            (
+                "a/openai,b/openai,c/openai,d/openai,e/openai",
+                "5 entries; the maximum is 4",
+            ),
+            ("gpt-4o,!openai,!azure", "no target is left"),
+        ] {
+            let e = plan(chain, &c).expect_err(chain);
+            assert!(e.contains(needle), "{chain}: {e}");
+        }
+    }
+}

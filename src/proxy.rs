@@ -1,0 +1,329 @@
+//! The Pingora service: routes by path, reads and plans the request, hands it to the engine,
+//! and logs each request once in `logging()`. No provider-specific logic lives here.
+
+use crate::api::{ChatRequest, GatewayError};
+use crate::config::Config;
+use crate::engine::{Engine, RequestLog};
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::{ProxyHttp, Session};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a client may take to send its request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct DetourProxy {
+    engine: Engine,
+    models_json: Bytes,
+    id_prefix: String,
+    next_id: AtomicU64,
+}
+
+impl DetourProxy {
+    pub fn new(
+        cfg: Arc<Config>,
+        metrics: Arc<Metrics>,
+        connector: pingora_core::connectors::ConnectorOptions,
+    ) -> DetourProxy {
+        let models_json = models_list(&cfg);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (u64::from(std::process::id()) << 32);
+        DetourProxy {
+            engine: Engine::new(cfg, metrics, connector),
+            models_json,
+            id_prefix: format!("{seed:016x}"),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.engine.cfg
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.engine.metrics
+    }
+
+    /// The client's `x-request-id` if it is short and printable, else a new one.
+    fn request_id(&self, session: &Session) -> String {
+        if let Some(v) = session.req_header().headers.get("x-request-id") {
+            if let Ok(s) = v.to_str() {
+                if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()) {
+                    return s.to_string();
+                }
+            }
+        }
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}{n:08x}", self.id_prefix)
+    }
+
+    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, GatewayError> {
+        let limit = self.cfg().limits.max_body_bytes;
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+        let mut first: Option<Bytes> = None;
+        let read = async {
+            loop {
+                match session.read_request_body().await {
+                    Ok(Some(chunk)) => {
+                        if buf.len() + chunk.len() + first.as_ref().map_or(0, |f| f.len()) > limit {
+                            return Err(GatewayError::BodyTooLarge { limit });
+                        }
+                        // The common case, one chunk, is kept as it is.
+                        if first.is_none() && buf.is_empty() {
+                            first = Some(chunk);
+                        } else {
+                            if let Some(f) = first.take() {
+                                buf.extend_from_slice(&f);
+                            }
+                            buf.extend_from_slice(&chunk);
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(GatewayError::ClientRead(e.etype().as_str().to_string())),
+                }
+            }
+        };
+        match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+            Err(_) => Err(GatewayError::ClientRead(
+                "timed out reading the body".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Ok(first.unwrap_or_else(|| buf.freeze())),
+        }
+    }
+
+    async fn write_json(
+        session: &mut Session,
+        status: u16,
+        body: Bytes,
+        request_id: &str,
+        attempts: Option<usize>,
+    ) -> Result<()> {
+        let mut h = ResponseHeader::build(status, Some(4))?;
+        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        h.insert_header("x-request-id", request_id)?;
+        if let Some(n) = attempts {
+            h.insert_header("x-detour-attempts", n)?;
+        }
+        session.write_response_header(Box::new(h), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+
+    async fn write_error(
+        session: &mut Session,
+        ctx: &mut RequestLog,
+        e: &GatewayError,
+    ) -> Result<()> {
+        ctx.status = e.status();
+        ctx.outcome = e.metric_label();
+        if matches!(e, GatewayError::ClientClosed) {
+            return Ok(());
+        }
+        if matches!(
+            e,
+            GatewayError::BodyTooLarge { .. } | GatewayError::ClientRead(_)
+        ) {
+            // The rest of the body was not read: the connection cannot carry another request.
+            session.set_keepalive(None);
+        }
+        let attempts = ctx.is_chat.then(|| ctx.attempts_made());
+        Self::write_json(session, e.status(), e.to_json(), &ctx.request_id, attempts).await
+    }
+
+    async fn chat(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<()> {
+        ctx.is_chat = true;
+        let m = self.metrics();
+        m.in_flight.inc();
+        let result = async {
+            let body = self.read_body(session).await?;
+            let req = ChatRequest::parse(&body)?;
+            ctx.stream = req.stream;
+            let plan =
+                crate::plan::plan(&req.model, self.cfg()).map_err(GatewayError::InvalidChain)?;
+            self.engine.serve(session, ctx, &req, &body, &plan).await
+        }
+        .await;
+        m.in_flight.dec();
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => Self::write_error(session, ctx, &e).await,
+        }
+    }
+}
+
+/// `GET /v1/models`: the catalog, in OpenAI's list shape.
+fn models_list(cfg: &Config) -> Bytes {
+    let data: Vec<serde_json::Value> = cfg
+        .model_names
+        .iter()
+        .map(|name| {
+            let providers: Vec<&str> = cfg.models[name]
+                .iter()
+                .map(|r| cfg.providers[r.provider].name.as_str())
+                .collect();
+            serde_json::json!({
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": providers.first().copied().unwrap_or("detour"),
+                "providers": providers,
+            })
+        })
+        .collect();
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
+            .unwrap_or_default(),
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for DetourProxy {
+    type CTX = RequestLog;
+
+    fn new_ctx(&self) -> RequestLog {
+        RequestLog::default()
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
+        // No response compression module: detour relays provider bytes as they are.
+    }
+
+    /// Every route is answered here; returning `Ok(true)` skips Pingora's proxy path.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<bool> {
+        ctx.started = Some(Instant::now());
+        ctx.request_id = self.request_id(session);
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let route = match path.as_str() {
+            "/v1/chat/completions" | "/chat/completions" => "chat",
+            "/v1/models" | "/models" => "models",
+            "/health" | "/v1/health" => "health",
+            _ => "",
+        };
+        match (route, method.as_str()) {
+            ("chat", "POST") => self.chat(session, ctx).await?,
+            ("models", "GET") => {
+                ctx.status = 200;
+                Self::write_json(
+                    session,
+                    200,
+                    self.models_json.clone(),
+                    &ctx.request_id,
+                    None,
+                )
+                .await?
+            }
+            ("health", "GET") => {
+                ctx.status = 200;
+                let b = Bytes::from_static(br#"{"status":"ok"}"#);
+                Self::write_json(session, 200, b, &ctx.request_id, None).await?
+            }
+            ("", _) => {
+                let e = GatewayError::NotFound { path };
+                Self::write_error(session, ctx, &e).await?
+            }
+            (_, m) => {
+                let e = GatewayError::MethodNotAllowed {
+                    method: m.to_string(),
+                    path,
+                };
+                Self::write_error(session, ctx, &e).await?
+            }
+        }
+        Ok(true)
+    }
+
+    /// Never reached: `request_filter` answers every request.
+    async fn upstream_peer(
+        &self,
+        _s: &mut Session,
+        _ctx: &mut RequestLog,
+    ) -> Result<Box<HttpPeer>> {
+        pingora_error::Error::e_explain(pingora_error::ErrorType::InternalError, "no upstream path")
+    }
+
+    /// Runs once per request after the response: metrics and the access log line.
+    async fn logging(
+        &self,
+        _s: &mut Session,
+        _e: Option<&pingora_error::Error>,
+        ctx: &mut RequestLog,
+    ) {
+        if !ctx.is_chat {
+            return;
+        }
+        let m = self.metrics();
+        let outcome = if ctx.outcome.is_empty() {
+            "unknown"
+        } else {
+            ctx.outcome
+        };
+        m.requests.with_label_values(&[outcome]).inc();
+        let elapsed = ctx.started.map(|t| t.elapsed()).unwrap_or_default();
+        m.duration
+            .with_label_values(&[if ctx.stream { "true" } else { "false" }])
+            .observe(elapsed.as_secs_f64());
+        m.attempts_per_request.observe(ctx.attempts_made() as f64);
+        if self.cfg().access_log {
+            access_log(self.cfg(), ctx, elapsed);
+        }
+    }
+}
+
+/// One JSON line per request on stderr. Holds no header or body content from the client:
+/// only the request id, the planned sources (catalog or pinned model names) and outcomes.
+fn access_log(cfg: &Config, ctx: &RequestLog, elapsed: Duration) {
+    use std::io::Write;
+    let attempts: Vec<serde_json::Value> = ctx
+        .attempts
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "provider": cfg.providers[a.provider].name,
+                "source": crate::api::truncate(&a.source, 160),
+                "outcome": a.outcome,
+                "status": a.status,
+                "ms": (a.duration.as_secs_f64() * 1e6).round() / 1e3,
+                "error": a.error,
+            })
+        })
+        .collect();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let line = serde_json::json!({
+        "ts": (ts * 1e3).round() / 1e3,
+        "log": "access",
+        "request_id": ctx.request_id,
+        "status": ctx.status,
+        "outcome": ctx.outcome,
+        "stream": ctx.stream,
+        "ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+        "attempts": attempts,
+        "post_commit_error": ctx.post_commit_error,
+    });
+    if let Ok(mut v) = serde_json::to_vec(&line) {
+        v.push(b'\n');
+        let _ = std::io::stderr().lock().write_all(&v);
+    }
+}
