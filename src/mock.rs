@@ -105,8 +105,9 @@ impl RecordedRequest {
 pub struct MockStats {
     /// Requests received (fully read), whatever was answered.
     pub calls: AtomicUsize,
-    /// Streams whose client went away before the mock finished writing.
-    pub aborted_streams: AtomicUsize,
+    /// Answers whose client went away first: a stream it could not finish writing, or a
+    /// hanging request whose connection the client closed.
+    pub aborted: AtomicUsize,
     /// Streams and JSON answers written to the end.
     pub completed: AtomicUsize,
     /// TCP connections accepted.
@@ -385,6 +386,7 @@ async fn answer(
                     break;
                 }
             }
+            stats.aborted.fetch_add(1, Ordering::SeqCst);
             return None;
         }
         Fault::Reset => {
@@ -454,6 +456,14 @@ async fn answer(
     events.push(chunk_of("{}", "\"stop\""));
     events.push("data: [DONE]\n\n".to_string());
     let mut first = true;
+    if plan.fault_after == 0 && matches!(plan.fault, Fault::ResetMidStream | Fault::StallMidStream)
+    {
+        // The header alone, so that the fault hits after the status but before any event.
+        if sock.write_all(head.as_bytes()).await.is_err() {
+            return None;
+        }
+        first = false;
+    }
     for (i, ev) in events.iter().enumerate() {
         if i > 0 && !plan.chunk_interval.is_zero() {
             tokio::time::sleep(plan.chunk_interval).await;
@@ -471,7 +481,7 @@ async fn answer(
                             break;
                         }
                     }
-                    stats.aborted_streams.fetch_add(1, Ordering::Relaxed);
+                    stats.aborted.fetch_add(1, Ordering::SeqCst);
                     return None;
                 }
                 _ => {}
@@ -487,7 +497,7 @@ async fn answer(
             out.push_str("0\r\n\r\n");
         }
         if sock.write_all(out.as_bytes()).await.is_err() {
-            stats.aborted_streams.fetch_add(1, Ordering::Relaxed);
+            stats.aborted.fetch_add(1, Ordering::SeqCst);
             return None;
         }
     }

@@ -1,0 +1,373 @@
+//! Test harness: the real `detour` binary on a free loopback port, mock providers on
+//! `127.0.0.1:0`, and a small HTTP/1.1 client that sees the bytes exactly as sent.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use detour::mock::{Fault, MockConfig, MockServer};
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "detour-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub async fn mock(name: &str) -> MockServer {
+    mock_with(MockConfig {
+        name: name.into(),
+        ..MockConfig::default()
+    })
+    .await
+}
+
+pub async fn mock_with(cfg: MockConfig) -> MockServer {
+    MockServer::start("127.0.0.1:0", cfg).await.unwrap()
+}
+
+/// A `providers:` entry for a mock.
+pub fn provider(name: &str, m: &MockServer) -> String {
+    format!(
+        "  - {{name: {name}, kind: openai, base-url: \"{}\", api-key-env: DETOUR_TEST_KEY}}\n",
+        m.base_url()
+    )
+}
+
+/// The secret the gateway's providers get from `DETOUR_TEST_KEY`.
+pub const PROVIDER_KEY: &str = "sk-provider-secret-0123456789";
+
+pub struct Gateway {
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: PathBuf,
+    pub child: Child,
+}
+
+impl Gateway {
+    /// Start detour with `body` (providers, models, anything but server/listen/admin) appended
+    /// to a test header with short timeouts.
+    pub async fn start(body: &str) -> Gateway {
+        Self::start_full(
+            body,
+            "timeouts: {connect: 1s, first-byte: 2s, idle: 2s, total: 20s}\n",
+        )
+        .await
+    }
+
+    pub async fn start_full(body: &str, timeouts: &str) -> Gateway {
+        let dir = temp_dir();
+        let port = free_port();
+        let admin_port = free_port();
+        let yaml = format!(
+            "server:\n  threads: 2\n  pid_file: {d}/detour.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\nlisten: [\"127.0.0.1:{port}\"]\nadmin:\n  listen: 127.0.0.1:{admin_port}\n{timeouts}{body}",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("detour.yaml"), &yaml).unwrap();
+        let child = Self::spawn(&dir, &[]);
+        let gw = Gateway {
+            port,
+            admin_port,
+            dir,
+            child,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    pub fn spawn(dir: &std::path::Path, extra: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stderr.log"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_detour"))
+            .arg("-c")
+            .arg(dir.join("detour.yaml"))
+            .args(extra)
+            .env("DETOUR_TEST_KEY", PROVIDER_KEY)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    pub async fn wait_ready(&self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(r) = tokio::time::timeout(
+                Duration::from_millis(500),
+                request(self.port, "GET", "/health", &[], b""),
+            )
+            .await
+            {
+                if r.map(|r| r.status == 200).unwrap_or(false) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("detour did not become ready; stderr: {}", self.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    pub async fn chat(&self, body: &str) -> Response {
+        self.chat_with(body, &[]).await
+    }
+
+    pub async fn chat_with(&self, body: &str, headers: &[(&str, &str)]) -> Response {
+        let mut h = vec![("content-type", "application/json")];
+        h.extend_from_slice(headers);
+        request(
+            self.port,
+            "POST",
+            "/v1/chat/completions",
+            &h,
+            body.as_bytes(),
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = request(self.admin_port, "GET", "/metrics", &[], b"")
+            .await
+            .unwrap();
+        String::from_utf8(r.body).unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// When each body chunk arrived (chunked responses), relative to the request being sent.
+    pub chunk_times: Vec<Duration>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn chat_body(model: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"stream":{stream},"x_unknown_field":{{"kept":[1,2,3]}}}}"#
+    )
+}
+
+/// Write one request and read one response (Content-Length, chunked, or until close).
+pub async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).await?;
+    send_request(&mut sock, method, path, headers, body).await?;
+    read_response(&mut sock).await
+}
+
+pub async fn send_request(
+    sock: &mut TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method != "GET" || !body.is_empty() {
+        head.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(body).await?;
+    Ok(())
+}
+
+/// Read a response head; returns the parsed head and any body bytes already read.
+pub async fn read_head(
+    sock: &mut TcpStream,
+) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut hs);
+        if let httparse::Status::Complete(n) = resp
+            .parse(&buf)
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+        {
+            let headers = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let status = resp.code.unwrap_or(0);
+            return Ok((status, headers, buf[n..].to_vec()));
+        }
+        let mut tmp = [0u8; 4096];
+        let n = sock.read(&mut tmp).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before the response head",
+            ));
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+pub async fn read_response(sock: &mut TcpStream) -> std::io::Result<Response> {
+    let start = Instant::now();
+    let (status, headers, mut rest) = read_head(sock).await?;
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    let mut chunk_times = Vec::new();
+    if let Some(cl) = get("content-length") {
+        let n: usize = cl.trim().parse().unwrap();
+        while rest.len() < n {
+            let mut tmp = vec![0u8; 65536];
+            let k = sock.read(&mut tmp).await?;
+            if k == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "body shorter than content-length",
+                ));
+            }
+            rest.extend_from_slice(&tmp[..k]);
+        }
+        body = rest[..n].to_vec();
+    } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let mut dec = ChunkDecoder::new(rest);
+        while let Some(c) = dec.next_chunk(sock).await? {
+            chunk_times.push(start.elapsed());
+            body.extend_from_slice(&c);
+        }
+    } else {
+        sock.read_to_end(&mut rest).await?;
+        body = rest;
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+        chunk_times,
+    })
+}
+
+/// Incremental chunked-transfer decoding over a socket.
+pub struct ChunkDecoder {
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl ChunkDecoder {
+    pub fn new(initial: Vec<u8>) -> Self {
+        ChunkDecoder {
+            buf: initial,
+            done: false,
+        }
+    }
+
+    async fn fill(&mut self, sock: &mut TcpStream) -> std::io::Result<()> {
+        let mut tmp = [0u8; 65536];
+        let n = sock.read(&mut tmp).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed inside a chunked body",
+            ));
+        }
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(())
+    }
+
+    /// The next chunk's data; `None` after the terminating zero-length chunk.
+    pub async fn next_chunk(&mut self, sock: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(None);
+        }
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = std::str::from_utf8(&self.buf[..pos]).unwrap().to_string();
+                let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
+                    .map_err(|e| std::io::Error::other(format!("bad chunk size {line:?}: {e}")))?;
+                let need = pos + 2 + size + 2;
+                while self.buf.len() < need {
+                    self.fill(sock).await?;
+                }
+                let data = self.buf[pos + 2..pos + 2 + size].to_vec();
+                self.buf.drain(..need);
+                if size == 0 {
+                    self.done = true;
+                    return Ok(None);
+                }
+                return Ok(Some(data));
+            }
+            self.fill(sock).await?;
+        }
+    }
+}
+
+/// SSE `data:` payloads in a body, in order.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                .map(|s| s.trim().to_string())
+        })
+        .collect()
+}
