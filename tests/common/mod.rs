@@ -1,6 +1,12 @@
 //! Test harness: the real `detour` binary on a free loopback port, mock providers on
 //! `127.0.0.1:0`, and a small HTTP/1.1 client that sees the bytes exactly as sent.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
