@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what a fresh Debian machine lacks, then runs
+# every test — unit, integration over real sockets, and the official OpenAI SDK client test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+if ! command -v cmake >/dev/null 2>&1; then          # pingora-core builds zlib-ng with cmake
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq cmake >/dev/null
+fi
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv >/dev/null
+fi
+bash scripts/sdk-venv.sh >/dev/null                 # venv with the official openai package
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "${passed} passed, ${failed} failed"
+exit "$status"

@@ -1,0 +1,283 @@
+//! The binary as an operator runs it: `-t`, `-d`, SIGTERM draining, SIGQUIT + `-u` upgrade.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn detour() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_detour"))
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+async fn wait_gone(pid: u32, limit: Duration) -> Duration {
+    let t = Instant::now();
+    while alive(pid) && t.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    t.elapsed()
+}
+
+#[test]
+fn dash_t_validates_every_shipped_config() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for entry in std::fs::read_dir(format!("{root}/conf")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = detour().arg("-t").arg("-c").arg(&path).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // No -c: the built-in default.
+    assert!(detour().arg("-t").status().unwrap().success());
+}
+
+#[test]
+fn dash_t_names_the_yaml_path_of_a_fault() {
+    let dir = temp_dir();
+    let file = dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        "listen: [\"127.0.0.1:1\"]\nproviders:\n  - {name: openai, kind: openai, base-url: \"https://api.openai.com/v1\"}\nmodels:\n  gpt-4o:\n    - {provider: openai}\n    - {provider: opnai}\n",
+    )
+    .unwrap();
+    let out = detour().arg("-t").arg("-c").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("models.gpt-4o[1].provider: unknown provider `opnai`"),
+        "{err}"
+    );
+    std::fs::write(&file, "listen: [\"127.0.0.1:1\"]\nprovders: []\n").unwrap();
+    let out = detour().arg("-t").arg("-c").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("provders"));
+    let out = detour()
+        .args(["-t", "-c", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+fn config(dir: &std::path::Path, port: u16, m: &MockServer, grace: u32) -> String {
+    format!(
+        "server:\n  threads: 2\n  pid_file: {d}/detour.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: {grace}\n  graceful_shutdown_timeout_seconds: 1\nlisten: [\"127.0.0.1:{port}\"]\naccess-log: false\nproviders:\n{}models:\n  gpt-4o: [{{provider: p1}}]\n",
+        provider("p1", m),
+        d = dir.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_mode_writes_its_pid_file() {
+    let m = mock("m").await;
+    let dir = temp_dir();
+    let port = free_port();
+    std::fs::write(dir.join("detour.yaml"), config(&dir, port, &m, 1)).unwrap();
+    let status = detour()
+        .arg("-d")
+        .arg("-c")
+        .arg(dir.join("detour.yaml"))
+        .env("DETOUR_TEST_KEY", PROVIDER_KEY)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the foreground process returns once daemonized"
+    );
+    let t = Instant::now();
+    let mut pid = None;
+    while t.elapsed() < Duration::from_secs(10) {
+        if let Ok(s) = std::fs::read_to_string(dir.join("detour.pid")) {
+            if let Ok(p) = s.trim().parse::<u32>() {
+                if request(port, "GET", "/health", &[], b"").await.is_ok() {
+                    pid = Some(p);
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = pid.expect("daemon up with a pid file");
+    let r = request(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        chat_body("gpt-4o", false).as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    signal(pid, "-TERM");
+    assert!(wait_gone(pid, Duration::from_secs(10)).await < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_in_flight_stream() {
+    let slow = mock_with(MockConfig {
+        name: "slow".into(),
+        chunks: 10,
+        chunk_interval: Duration::from_millis(100),
+        ..MockConfig::default()
+    })
+    .await;
+    let dir = temp_dir();
+    let port = free_port();
+    std::fs::write(dir.join("detour.yaml"), config(&dir, port, &slow, 3)).unwrap();
+    let mut child = Gateway::spawn(&dir, &[]);
+    let gw_pid = child.id();
+    let t = Instant::now();
+    while request(port, "GET", "/health", &[], b"").await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = chat_body("gpt-4o", true);
+    let stream = tokio::spawn(async move {
+        request(port, "POST", "/v1/chat/completions", &[], body.as_bytes()).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(gw_pid, "-TERM");
+    let r = stream.await.unwrap().expect("the stream completes");
+    assert_eq!(r.status, 200);
+    let data = sse_data(&r.body);
+    assert_eq!(
+        data.last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(data.len(), 13, "every event of the stream arrived");
+    let gone = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap();
+    assert!(gone.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_upgrade_under_load_loses_no_request() {
+    let m = mock_with(MockConfig {
+        name: "m".into(),
+        delay: Duration::from_millis(20),
+        chunks: 5,
+        chunk_interval: Duration::from_millis(40),
+        record: false,
+        ..MockConfig::default()
+    })
+    .await;
+    let dir = temp_dir();
+    let port = free_port();
+    std::fs::write(dir.join("detour.yaml"), config(&dir, port, &m, 2)).unwrap();
+    let mut old = Gateway::spawn(&dir, &[]);
+    let old_pid = old.id();
+    let t = Instant::now();
+    while request(port, "GET", "/health", &[], b"").await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Load: 8 clients, a new connection per request, half of them 200 ms streams.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (stop, ok) = (stop.clone(), ok.clone());
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut ids = std::collections::HashSet::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let stream = (c + i) % 2 == 0;
+                i += 1;
+                let body = chat_body("gpt-4o", stream);
+                match request(port, "POST", "/v1/chat/completions", &[], body.as_bytes()).await {
+                    Ok(r) if r.status == 200 => {
+                        let complete = if stream {
+                            sse_data(&r.body).last().map(String::as_str) == Some("[DONE]")
+                        } else {
+                            r.json()["choices"][0]["message"]["content"].is_string()
+                        };
+                        if complete {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                            let id = r.header("x-request-id").unwrap_or("").to_string();
+                            ids.insert(id.get(..16).unwrap_or("").to_string());
+                        } else {
+                            failures.push(format!("incomplete: {}", r.text()));
+                        }
+                    }
+                    Ok(r) => failures.push(format!("status {}: {}", r.status, r.text())),
+                    Err(e) => failures.push(format!("error: {e}")),
+                }
+            }
+            (failures, ids)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = ok.load(Ordering::SeqCst);
+    // The new process waits for the listeners; SIGQUIT makes the old one hand them over.
+    let mut new = Gateway::spawn(&dir, &["-u"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(old_pid, "-QUIT");
+    let old_exit = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let _ = old.wait();
+        t.elapsed()
+    });
+    let old_took = old_exit.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut failures = Vec::new();
+    let mut prefixes = std::collections::HashSet::new();
+    for c in clients {
+        let (f, ids) = c.await.unwrap();
+        failures.extend(f);
+        prefixes.extend(ids);
+    }
+    let total = ok.load(Ordering::SeqCst);
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        before > 10,
+        "load was running before the upgrade ({before})"
+    );
+    assert!(
+        total > before + 10,
+        "requests kept succeeding: {before} → {total}"
+    );
+    assert_eq!(
+        prefixes.len(),
+        2,
+        "both the old and the new process served: {prefixes:?}"
+    );
+    assert!(
+        old_took < Duration::from_secs(8),
+        "old process exited after {old_took:?}"
+    );
+}
