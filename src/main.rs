@@ -13,6 +13,13 @@ use std::process::exit;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// jemalloc instead of glibc malloc: Pingora gives every HTTP/1 body reader a 64 KiB buffer, of
+/// which a stream touches the first page or two. glibc reuses freed buffers for small objects
+/// and so makes all of their pages resident; jemalloc keeps size classes apart, and peak RSS with
+/// 1,000 open streams drops accordingly (README, Performance).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const USAGE: &str = "\
 detour — an OpenAI-compatible LLM gateway that walks a model fallback chain
 
@@ -76,7 +83,24 @@ fn gateway_main() {
     run_gateway(opt, cfg)
 }
 
+/// Fail fast on an address that cannot be bound: Pingora would retry, then panic in its
+/// listener thread and leave a process that serves nothing. Skipped with `-u`, where the
+/// running process hands its sockets over.
+fn check_listeners(opt: &Opt, cfg: &Config) {
+    if opt.upgrade {
+        return;
+    }
+    let addrs = cfg.listen.iter().chain(cfg.admin_listen.iter());
+    for addr in addrs {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            eprintln!("detour: cannot listen on {addr}: {e}");
+            exit(1);
+        }
+    }
+}
+
 fn run_gateway(mut opt: Opt, mut cfg: Config) -> ! {
+    check_listeners(&opt, &cfg);
     opt.conf = None; // the config is already loaded; Pingora gets its part below
     let server_conf = std::mem::take(&mut cfg.server);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);

@@ -281,3 +281,30 @@ async fn graceful_upgrade_under_load_loses_no_request() {
         "old process exited after {old_took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_in_use_is_a_clean_start_up_error() {
+    let m = mock("m").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = temp_dir();
+    std::fs::write(dir.join("detour.yaml"), config(&dir, port, &m, 1)).unwrap();
+    let t = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        detour()
+            .arg("-c")
+            .arg(dir.join("detour.yaml"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    drop(taken);
+}

@@ -16,6 +16,7 @@ use crate::plan::{Plan, Target};
 use crate::sse::{error_event, EventAligner};
 use bytes::Bytes;
 use classify::{decide, Decision, FailClass};
+use futures_util::FutureExt;
 use pingora_core::connectors::http::Connector;
 use pingora_core::connectors::ConnectorOptions;
 use pingora_core::protocols::http::client::HttpSession;
@@ -683,16 +684,38 @@ impl Engine {
         // Committed. From here a failure is reported in band and never looks complete.
         let failure: &str = loop {
             let idle = deadline.min(Instant::now() + provider.timeouts.idle);
-            match unless_client_gone(s, timeout_at(idle.into(), up.read_response_body())).await {
+            let next =
+                unless_client_gone(s, timeout_at(idle.into(), up.read_response_body())).await;
+            let mut read = match next {
                 None => return Outcome::ClientGone,
-                Some(Ok(Ok(Some(c)))) => {
-                    if let Some(seg) = aligner.push(c) {
-                        if s.write_response_body(Some(seg), false).await.is_err() {
-                            return Outcome::ClientGone;
+                Some(Err(_)) => break "the upstream stream stalled past the idle timeout",
+                Some(Ok(r)) => r,
+            };
+            // Relay everything that has already arrived in one write; never wait for more.
+            let mut out = Batch::default();
+            let end = loop {
+                match read {
+                    Ok(Some(c)) => {
+                        if let Some(seg) = aligner.push(c) {
+                            out.push(seg);
                         }
                     }
+                    Ok(None) => break Some(Ok(())),
+                    Err(_) => break Some(Err(())),
                 }
-                Some(Ok(Ok(None))) => {
+                match up.read_response_body().now_or_never() {
+                    Some(r) => read = r,
+                    None => break None,
+                }
+            };
+            if let Some(out) = out.take() {
+                if s.write_response_body(Some(out), false).await.is_err() {
+                    return Outcome::ClientGone;
+                }
+            }
+            match end {
+                None => {}
+                Some(Ok(())) => {
                     if aligner.saw_done() && aligner.pending() == 0 {
                         if s.write_response_body(None, true).await.is_err() {
                             return Outcome::ClientGone;
@@ -702,8 +725,7 @@ impl Engine {
                     }
                     break "the upstream ended the stream without [DONE]";
                 }
-                Some(Ok(Err(_))) => break "the upstream connection failed mid-stream",
-                Some(Err(_)) => break "the upstream stream stalled past the idle timeout",
+                Some(Err(())) => break "the upstream connection failed mid-stream",
             }
         };
         log.post_commit_error = Some(failure.to_string());
@@ -723,6 +745,42 @@ impl Engine {
             self.connector
                 .release_http_session(up, peer, peer.options.idle_timeout)
                 .await;
+        }
+    }
+}
+
+/// Relay segments that arrived together, written as one. A single segment stays the upstream's
+/// own `Bytes`; only a second one costs a copy.
+#[derive(Default)]
+enum Batch {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(bytes::BytesMut),
+}
+
+impl Batch {
+    fn push(&mut self, seg: Bytes) {
+        *self = match std::mem::take(self) {
+            Batch::Empty => Batch::One(seg),
+            Batch::One(first) => {
+                let mut m = bytes::BytesMut::with_capacity((first.len() + seg.len()) * 2);
+                m.extend_from_slice(&first);
+                m.extend_from_slice(&seg);
+                Batch::Many(m)
+            }
+            Batch::Many(mut m) => {
+                m.extend_from_slice(&seg);
+                Batch::Many(m)
+            }
+        }
+    }
+
+    fn take(self) -> Option<Bytes> {
+        match self {
+            Batch::Empty => None,
+            Batch::One(b) => Some(b),
+            Batch::Many(m) => Some(m.freeze()),
         }
     }
 }

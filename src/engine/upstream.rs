@@ -72,8 +72,12 @@ impl Peers {
             tokio::net::lookup_host((p.host.as_str(), p.port)),
         )
         .await;
+        // Prefer IPv4: hosts commonly publish AAAA records that a container cannot route.
         let addr = match looked_up {
-            Ok(Ok(mut addrs)) => addrs.next(),
+            Ok(Ok(addrs)) => {
+                let all: Vec<SocketAddr> = addrs.collect();
+                all.iter().find(|a| a.is_ipv4()).or(all.first()).copied()
+            }
             _ => None,
         };
         match addr {

@@ -80,11 +80,25 @@ impl Gateway {
     }
 
     pub async fn start_full(body: &str, timeouts: &str) -> Gateway {
+        Self::start_inner(body, timeouts, "").await
+    }
+
+    /// Like [`Gateway::start`], with extra lines for the `server:` section (two-space indented).
+    pub async fn start_with_server(body: &str, server_extra: &str) -> Gateway {
+        Self::start_inner(
+            body,
+            "timeouts: {connect: 2s, first-byte: 2s, idle: 2s, total: 20s}\n",
+            server_extra,
+        )
+        .await
+    }
+
+    async fn start_inner(body: &str, timeouts: &str, server_extra: &str) -> Gateway {
         let dir = temp_dir();
         let port = free_port();
         let admin_port = free_port();
         let yaml = format!(
-            "server:\n  threads: 2\n  pid_file: {d}/detour.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\nlisten: [\"127.0.0.1:{port}\"]\nadmin:\n  listen: 127.0.0.1:{admin_port}\n{timeouts}{body}",
+            "server:\n  threads: 2\n  pid_file: {d}/detour.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n{server_extra}listen: [\"127.0.0.1:{port}\"]\nadmin:\n  listen: 127.0.0.1:{admin_port}\n{timeouts}{body}",
             d = dir.display()
         );
         std::fs::write(dir.join("detour.yaml"), &yaml).unwrap();
@@ -376,4 +390,82 @@ pub fn sse_data(body: &[u8]) -> Vec<String> {
                 .map(|s| s.trim().to_string())
         })
         .collect()
+}
+
+/// A TLS front for a plain mock: a certificate for `localhost` signed by a fresh test CA,
+/// ALPN `http/1.1` only, each connection forwarded to `target`. Records the SNI it was sent.
+pub struct TlsFront {
+    pub port: u16,
+    pub ca_file: PathBuf,
+    pub sni: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub handshakes_failed: std::sync::Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn tls_front(target: std::net::SocketAddr, dir: &std::path::Path) -> TlsFront {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio_rustls::rustls;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sni = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let failed = std::sync::Arc::new(AtomicUsize::new(0));
+    let (sni2, failed2) = (sni.clone(), failed.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, sni, failed) = (acceptor.clone(), sni2.clone(), failed2.clone());
+            tokio::spawn(async move {
+                let mut tls = match acceptor.accept(tcp).await {
+                    Ok(t) => t,
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                };
+                let name = tls.get_ref().1.server_name().unwrap_or("").to_string();
+                sni.lock().unwrap().push(name);
+                if let Ok(mut up) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                }
+            });
+        }
+    });
+    TlsFront {
+        port,
+        ca_file,
+        sni,
+        handshakes_failed: failed,
+        task,
+    }
 }
