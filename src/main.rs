@@ -13,13 +13,6 @@ use std::process::exit;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// jemalloc instead of glibc malloc: Pingora gives every HTTP/1 body reader a 64 KiB buffer, of
-/// which a stream touches the first page or two. glibc reuses freed buffers for small objects
-/// and so makes all of their pages resident; jemalloc keeps size classes apart, and peak RSS with
-/// 1,000 open streams drops accordingly (README, Performance).
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 const USAGE: &str = "\
 detour — an OpenAI-compatible LLM gateway that walks a model fallback chain
 

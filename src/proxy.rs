@@ -77,6 +77,22 @@ impl DetourProxy {
         if declared.is_some_and(|n| n > limit) {
             return Err(GatewayError::BodyTooLarge { limit });
         }
+        // curl and others wait (1 s) for a go-ahead before sending a larger body. Pingora relays
+        // an upstream's 100 only on its proxy path, so detour gives it here, after the size check.
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        if expects_continue {
+            let go = ResponseHeader::build(100, Some(0))
+                .map_err(|e| GatewayError::ClientRead(e.etype().as_str().to_string()))?;
+            session
+                .write_response_header(Box::new(go), false)
+                .await
+                .map_err(|e| GatewayError::ClientRead(e.etype().as_str().to_string()))?;
+        }
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
         let mut first: Option<Bytes> = None;
         let read = async {

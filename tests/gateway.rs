@@ -843,3 +843,48 @@ async fn client_disconnect_aborts_a_silent_upstream_at_once() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_gets_a_go_ahead() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = mock("m").await;
+    let gw = Gateway::start(&format!(
+        "limits: {{max-body-bytes: 100000}}\nproviders:\n{}models:\n  gpt-4o: [{{provider: p1}}]\n",
+        provider("p1", &m)
+    ))
+    .await;
+    let body = chat_body("gpt-4o", false);
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    // The go-ahead must come before any body byte is sent (curl would wait a second).
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_millis(500), sock.read(&mut buf))
+        .await
+        .expect("no 100 Continue within 500 ms")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    sock.write_all(body.as_bytes()).await.unwrap();
+    let r = read_response(&mut sock).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Too large: refused at once, without a go-ahead.
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    sock.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, _, _) = read_head(&mut sock).await.unwrap();
+    assert_eq!(status, 413);
+}

@@ -546,6 +546,8 @@ impl Engine {
             .and_then(|_| {
                 if complete {
                     h.insert_header(http::header::CONTENT_LENGTH, total)
+                } else if s.as_downstream().is_http2() {
+                    Ok(())
                 } else {
                     h.insert_header(http::header::TRANSFER_ENCODING, "chunked")
                 }
