@@ -9,7 +9,7 @@ use pingora_core::connectors::ConnectorOptions;
 // Accepted connections get no L4 read buffer: Pingora's HTTP/1 reader already reads headers and
 // bodies into buffers of its own, and the default 64 KiB buffer (zero-filled, so resident) per
 // client connection was the largest share of RSS with many open streams (README, Performance).
-use pingora_core::listeners::{ListenerConfig, L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::Opt;
 use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
@@ -118,10 +118,8 @@ fn run_gateway(mut opt: Opt, mut cfg: Config) -> ! {
         pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "detour");
     for addr in &listen {
         gateway.add_listener(
-            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::new(
-                0,
-                DEFAULT_L4_WRITE_BUFFER_SIZE,
-            )),
+            ListenerConfig::tcp(addr.to_string())
+                .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
         );
     }
     server.add_service(gateway);

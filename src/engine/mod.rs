@@ -362,20 +362,30 @@ impl Engine {
             Ok(None) => return Outcome::ClientGone,
             Err(f) => return Outcome::Failed(f),
         };
-        let Some(resp) = up.response_header().cloned() else {
-            return Outcome::Failed(Failure {
-                class: FailClass::BadResponse,
-                status: None,
-                message: "no response header".into(),
-            });
+        let Some(resp) = up.response_header() else {
+            return Outcome::Failed(bad_response("no response header"));
         };
         let status = resp.status.as_u16();
+        let is_sse = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        // Fall back (with the failure class), or answer with the client's header, built while
+        // the upstream's is at hand (its framing comes at commit).
+        let verdict = match decide(status, &self.cfg.fallback) {
+            Decision::Next(class) => Err(class),
+            d => match self.client_header(resp, log, provider, target, index) {
+                Ok(h) => Ok((d, h)),
+                Err(_) => return Outcome::Failed(bad_response("unusable response header")),
+            },
+        };
         self.metrics
             .upstream_ttfb
             .with_label_values(&[provider.name.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        match decide(status, &self.cfg.fallback) {
-            Decision::Next(class) => {
+        match verdict {
+            Err(class) => {
                 let key = match &provider.key {
                     ApiKey::Present(k) => Some(k.expose()),
                     _ => None,
@@ -388,11 +398,11 @@ impl Engine {
                     message,
                 })
             }
-            Decision::PassThrough => {
+            Ok((Decision::PassThrough, h)) => {
                 // The client's own fault: the next provider would refuse it too.
                 let outcome = "client_error";
                 let out = self
-                    .relay_json(s, log, up, &peer, provider, target, index, &resp, deadline)
+                    .relay_json(s, log, up, &peer, provider, h, deadline)
                     .await;
                 if let Outcome::Done = out {
                     self.record_success(log, provider, target, outcome, status, started);
@@ -400,19 +410,12 @@ impl Engine {
                 }
                 out
             }
-            Decision::Serve => {
-                let is_sse = resp
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|ct| ct.starts_with("text/event-stream"));
+            Ok((_, h)) => {
                 let out = if stream && is_sse {
-                    self.relay_stream(
-                        s, log, up, &peer, provider, target, index, &resp, started, deadline,
-                    )
-                    .await
+                    self.relay_stream(s, log, up, &peer, provider, h, started, deadline)
+                        .await
                 } else {
-                    self.relay_json(s, log, up, &peer, provider, target, index, &resp, deadline)
+                    self.relay_json(s, log, up, &peer, provider, h, deadline)
                         .await
                 };
                 if let Outcome::Done = out {
@@ -450,28 +453,17 @@ impl Engine {
         Bytes::from(buf)
     }
 
-    /// The headers every answer carries.
-    fn detour_headers(
+    /// The client's response header for an answer from `target`: the upstream status, the
+    /// upstream headers a client may want (type, caching, rate-limit info) and detour's own.
+    fn client_header(
         &self,
-        h: &mut ResponseHeader,
+        resp: &ResponseHeader,
         log: &RequestLog,
         provider: &Provider,
         target: &Target,
         index: usize,
-    ) -> pingora_core::Result<()> {
-        h.insert_header("x-detour-provider", provider.name.as_str())?;
-        h.insert_header("x-detour-model", target.route.id.as_str())?;
-        h.insert_header("x-detour-attempts", log.attempts_made() + 1)?;
-        h.insert_header("x-detour-fallback-index", index)?;
-        h.insert_header("x-request-id", log.request_id.as_str())?;
-        Ok(())
-    }
-
-    /// Copy the upstream headers a client may want (type, caching, rate-limit info).
-    fn copy_upstream_headers(
-        resp: &ResponseHeader,
-        h: &mut ResponseHeader,
-    ) -> pingora_core::Result<()> {
+    ) -> pingora_core::Result<ResponseHeader> {
+        let mut h = ResponseHeader::build(resp.status, Some(12))?;
         for (name, value) in resp.headers.iter() {
             let n = name.as_str();
             if n == "content-type"
@@ -483,7 +475,12 @@ impl Engine {
                 h.append_header(name.clone(), value.clone())?;
             }
         }
-        Ok(())
+        h.insert_header("x-detour-provider", provider.name.as_str())?;
+        h.insert_header("x-detour-model", target.route.id.as_str())?;
+        h.insert_header("x-detour-attempts", log.attempts_made() + 1)?;
+        h.insert_header("x-detour-fallback-index", index)?;
+        h.insert_header("x-request-id", log.request_id.as_str())?;
+        Ok(h)
     }
 
     /// A JSON answer (or a passed-through error): read it whole before committing, up to the
@@ -496,9 +493,7 @@ impl Engine {
         mut up: HttpSession,
         peer: &HttpPeer,
         provider: &Provider,
-        target: &Target,
-        index: usize,
-        resp: &ResponseHeader,
+        h: ResponseHeader,
         deadline: Instant,
     ) -> Outcome {
         let cap = self.cfg.limits.max_buffered_response_bytes;
@@ -507,60 +502,34 @@ impl Engine {
         let mut complete = false;
         while total <= cap {
             let idle = deadline.min(Instant::now() + provider.timeouts.idle);
-            match unless_client_gone(s, timeout_at(idle.into(), up.read_response_body())).await {
-                None => return Outcome::ClientGone,
-                Some(Err(_)) => {
+            match next_chunk(s, &mut up, idle).await {
+                Read::Chunk(c) => {
+                    total += c.len();
+                    chunks.push(c);
+                }
+                Read::End => {
+                    complete = true;
+                    break;
+                }
+                Read::ClientGone => return Outcome::ClientGone,
+                Read::Timeout => {
                     return Outcome::Failed(Failure {
                         class: FailClass::FirstByteTimeout,
                         status: None,
                         message: "upstream stalled while sending its answer".into(),
                     })
                 }
-                Some(Ok(Err(e))) => {
+                Read::Failed(e) => {
                     return Outcome::Failed(Failure {
                         class: FailClass::UpstreamClosed,
                         status: None,
-                        message: format!(
-                            "upstream closed the connection mid-answer: {}",
-                            short_error(&e)
-                        ),
+                        message: format!("upstream closed the connection mid-answer: {e}"),
                     })
-                }
-                Some(Ok(Ok(None))) => {
-                    complete = true;
-                    break;
-                }
-                Some(Ok(Ok(Some(c)))) => {
-                    total += c.len();
-                    chunks.push(c);
                 }
             }
         }
-        let status = resp.status.as_u16();
-        let mut h = match ResponseHeader::build(status, Some(12)) {
-            Ok(h) => h,
-            Err(_) => return Outcome::ClientGone,
-        };
-        let built = Self::copy_upstream_headers(resp, &mut h)
-            .and_then(|_| self.detour_headers(&mut h, log, provider, target, index))
-            .and_then(|_| {
-                if complete {
-                    h.insert_header(http::header::CONTENT_LENGTH, total)
-                } else if s.as_downstream().is_http2() {
-                    Ok(())
-                } else {
-                    h.insert_header(http::header::TRANSFER_ENCODING, "chunked")
-                }
-            });
-        if built.is_err() {
-            return Outcome::Failed(Failure {
-                class: FailClass::BadResponse,
-                status: None,
-                message: "unusable response header".into(),
-            });
-        }
-        if s.write_response_header(Box::new(h), false).await.is_err() {
-            return Outcome::ClientGone;
+        if let Err(o) = commit(s, h, complete.then_some(total)).await {
+            return o;
         }
         let n = chunks.len();
         for (i, c) in chunks.into_iter().enumerate() {
@@ -579,30 +548,30 @@ impl Engine {
         // Larger than the buffer: relay the rest as it comes. A failure now can only cut it.
         loop {
             let idle = deadline.min(Instant::now() + provider.timeouts.idle);
-            match unless_client_gone(s, timeout_at(idle.into(), up.read_response_body())).await {
-                None => return Outcome::ClientGone,
-                Some(Ok(Ok(Some(c)))) => {
+            match next_chunk(s, &mut up, idle).await {
+                Read::Chunk(c) => {
                     if s.write_response_body(Some(c), false).await.is_err() {
                         return Outcome::ClientGone;
                     }
                 }
-                Some(Ok(Ok(None))) => {
+                Read::End => {
                     let _ = s.write_response_body(None, true).await;
                     self.release(up, peer).await;
                     return Outcome::Done;
                 }
-                Some(Err(_)) | Some(Ok(Err(_))) => {
+                Read::ClientGone => return Outcome::ClientGone,
+                Read::Timeout | Read::Failed(_) => {
                     log.post_commit_error = Some("upstream failed mid-answer".into());
                     log.outcome = "stream_error";
-                    // Ending the body short of what was announced tells the client it is cut.
+                    // The chunked body never gets its terminator: the client sees it is cut.
                     return Outcome::Done;
                 }
             }
         }
     }
 
-    /// An SSE answer: wait for its first body bytes before committing, then relay each chunk as
-    /// it arrives (the same `Bytes` when it ends on an event boundary).
+    /// An SSE answer: wait for its first whole event before committing, then relay what arrives
+    /// as it arrives (the upstream's own `Bytes` when a read ends on an event boundary).
     #[allow(clippy::too_many_arguments)]
     async fn relay_stream(
         &self,
@@ -611,9 +580,7 @@ impl Engine {
         mut up: HttpSession,
         peer: &HttpPeer,
         provider: &Provider,
-        target: &Target,
-        index: usize,
-        resp: &ResponseHeader,
+        h: ResponseHeader,
         started: Instant,
         deadline: Instant,
     ) -> Outcome {
@@ -621,62 +588,38 @@ impl Engine {
         // Before commit: the first whole event, within the first-byte budget.
         let first = loop {
             let wait = deadline.min(Instant::now() + provider.timeouts.first_byte);
-            match unless_client_gone(s, timeout_at(wait.into(), up.read_response_body())).await {
-                None => return Outcome::ClientGone,
-                Some(Err(_)) => {
+            match next_chunk(s, &mut up, wait).await {
+                Read::Chunk(c) => {
+                    if let Some(seg) = aligner.push(c) {
+                        break seg;
+                    }
+                }
+                Read::End => {
+                    return Outcome::Failed(bad_response(
+                        "upstream ended the stream without any event",
+                    ))
+                }
+                Read::ClientGone => return Outcome::ClientGone,
+                Read::Timeout => {
                     return Outcome::Failed(Failure {
                         class: FailClass::FirstByteTimeout,
                         status: None,
                         message: "the stream sent no event within the first-byte timeout".into(),
                     })
                 }
-                Some(Ok(Err(e))) => {
+                Read::Failed(e) => {
                     return Outcome::Failed(Failure {
                         class: FailClass::UpstreamClosed,
                         status: None,
-                        message: format!(
-                            "upstream closed the stream before its first event: {}",
-                            short_error(&e)
-                        ),
+                        message: format!("upstream closed the stream before its first event: {e}"),
                     })
-                }
-                Some(Ok(Ok(None))) => {
-                    return Outcome::Failed(Failure {
-                        class: FailClass::BadResponse,
-                        status: None,
-                        message: "upstream ended the stream without any event".into(),
-                    })
-                }
-                Some(Ok(Ok(Some(c)))) => {
-                    if let Some(seg) = aligner.push(c) {
-                        break seg;
-                    }
                 }
             }
         };
-        let mut h = match ResponseHeader::build(resp.status.as_u16(), Some(12)) {
-            Ok(h) => h,
-            Err(_) => return Outcome::ClientGone,
-        };
-        let built = Self::copy_upstream_headers(resp, &mut h)
-            .and_then(|_| self.detour_headers(&mut h, log, provider, target, index))
-            .and_then(|_| {
-                if s.as_downstream().is_http2() {
-                    Ok(())
-                } else {
-                    h.insert_header(http::header::TRANSFER_ENCODING, "chunked")
-                }
-            });
-        if built.is_err() {
-            return Outcome::Failed(Failure {
-                class: FailClass::BadResponse,
-                status: None,
-                message: "unusable response header".into(),
-            });
+        if let Err(o) = commit(s, h, None).await {
+            return o;
         }
-        if s.write_response_header(Box::new(h), false).await.is_err()
-            || s.write_response_body(Some(first), false).await.is_err()
-        {
+        if s.write_response_body(Some(first), false).await.is_err() {
             return Outcome::ClientGone;
         }
         self.metrics
@@ -686,27 +629,27 @@ impl Engine {
         // Committed. From here a failure is reported in band and never looks complete.
         let failure: &str = loop {
             let idle = deadline.min(Instant::now() + provider.timeouts.idle);
-            let next =
-                unless_client_gone(s, timeout_at(idle.into(), up.read_response_body())).await;
-            let mut read = match next {
-                None => return Outcome::ClientGone,
-                Some(Err(_)) => break "the upstream stream stalled past the idle timeout",
-                Some(Ok(r)) => r,
+            let mut read = match next_chunk(s, &mut up, idle).await {
+                Read::ClientGone => return Outcome::ClientGone,
+                Read::Timeout => break "the upstream stream stalled past the idle timeout",
+                r => r,
             };
             // Relay everything that has already arrived in one write; never wait for more.
             let mut out = Batch::default();
             let end = loop {
                 match read {
-                    Ok(Some(c)) => {
+                    Read::Chunk(c) => {
                         if let Some(seg) = aligner.push(c) {
                             out.push(seg);
                         }
                     }
-                    Ok(None) => break Some(Ok(())),
-                    Err(_) => break Some(Err(())),
+                    Read::End => break Some(Ok(())),
+                    _ => break Some(Err(())),
                 }
                 match up.read_response_body().now_or_never() {
-                    Some(r) => read = r,
+                    Some(Ok(Some(c))) => read = Read::Chunk(c),
+                    Some(Ok(None)) => read = Read::End,
+                    Some(Err(e)) => read = Read::Failed(short_error(&e)),
                     None => break None,
                 }
             };
@@ -748,6 +691,56 @@ impl Engine {
                 .release_http_session(up, peer, peer.options.idle_timeout)
                 .await;
         }
+    }
+}
+
+/// How one read of an upstream body ended.
+enum Read {
+    Chunk(Bytes),
+    End,
+    /// Nothing arrived before the deadline.
+    Timeout,
+    Failed(String),
+    ClientGone,
+}
+
+/// The next upstream body chunk, giving up at `until` or as soon as the client leaves.
+async fn next_chunk(s: &mut Session, up: &mut HttpSession, until: Instant) -> Read {
+    match unless_client_gone(s, timeout_at(until.into(), up.read_response_body())).await {
+        None => Read::ClientGone,
+        Some(Err(_)) => Read::Timeout,
+        Some(Ok(Err(e))) => Read::Failed(short_error(&e)),
+        Some(Ok(Ok(None))) => Read::End,
+        Some(Ok(Ok(Some(c)))) => Read::Chunk(c),
+    }
+}
+
+/// Write the client's header: the commit point. `Content-Length` when the whole body is known,
+/// else chunked framing (HTTP/1; HTTP/2 frames the body itself).
+async fn commit(
+    s: &mut Session,
+    mut h: ResponseHeader,
+    content_length: Option<usize>,
+) -> Result<(), Outcome> {
+    let framed = match content_length {
+        Some(n) => h.insert_header(http::header::CONTENT_LENGTH, n),
+        None if s.as_downstream().is_http2() => Ok(()),
+        None => h.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
+    };
+    if framed.is_err() {
+        return Err(Outcome::Failed(bad_response("unusable response header")));
+    }
+    if s.write_response_header(Box::new(h), false).await.is_err() {
+        return Err(Outcome::ClientGone);
+    }
+    Ok(())
+}
+
+fn bad_response(message: &str) -> Failure {
+    Failure {
+        class: FailClass::BadResponse,
+        status: None,
+        message: message.into(),
     }
 }
 
