@@ -888,3 +888,34 @@ async fn expect_100_continue_gets_a_go_ahead() {
     let (status, _, _) = read_head(&mut sock).await.unwrap();
     assert_eq!(status, 413);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_deployment_url_and_key_header() {
+    let az = mock("azure").await;
+    let gw = Gateway::start(&format!(
+        "providers:\n  - {{name: az, kind: azure, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY, api-version: \"2024-10-21\"}}\nmodels:\n  gpt-4o:\n    - {{provider: az, id: gpt-4o-2024-08-06, deployment: prod-4o}}\n",
+        az.addr
+    ))
+    .await;
+    let r = gw
+        .chat_with(
+            &chat_body("gpt-4o", true),
+            &[("authorization", "Bearer sk-client-secret")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-provider"), Some("az"));
+    assert_eq!(r.header("x-detour-model"), Some("gpt-4o-2024-08-06"));
+    let seen = &az.requests()[0];
+    assert_eq!(
+        seen.path,
+        "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(seen.header("api-key"), Some(PROVIDER_KEY));
+    assert_eq!(
+        seen.header("authorization"),
+        None,
+        "no bearer token to Azure"
+    );
+    assert!(seen.body.starts_with(br#"{"model":"gpt-4o-2024-08-06""#));
+}
