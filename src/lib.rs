@@ -11,5 +11,6 @@ pub mod engine;
 pub mod metrics;
 pub mod mock;
 pub mod plan;
+pub mod providers;
 pub mod proxy;
 pub mod sse;

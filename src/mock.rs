@@ -32,6 +32,18 @@ pub enum Fault {
     StallMidStream,
     /// JSON: announce the full Content-Length, send half the body, close.
     CloseMidBody,
+    /// Streams: status 200, `fault_after` events, then an error event (Anthropic:
+    /// `event: error` with `overloaded_error`), and a clean end.
+    ErrorInStream,
+}
+
+/// Which provider API the mock speaks, chosen by the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `POST …/chat/completions`
+    OpenAi,
+    /// `POST …/v1/messages` (Anthropic Messages API)
+    Anthropic,
 }
 
 impl FromStr for Fault {
@@ -44,7 +56,8 @@ impl FromStr for Fault {
             "reset-mid-stream" => Fault::ResetMidStream,
             "stall-mid-stream" => Fault::StallMidStream,
             "close-mid-body" => Fault::CloseMidBody,
-            _ => return Err(format!("unknown fault `{s}` (none, hang, reset, reset-mid-stream, stall-mid-stream, close-mid-body)")),
+            "error-in-stream" => Fault::ErrorInStream,
+            _ => return Err(format!("unknown fault `{s}` (none, hang, reset, reset-mid-stream, stall-mid-stream, close-mid-body, error-in-stream)")),
         })
     }
 }
@@ -288,7 +301,16 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
         }
         let keep = match (method.as_str(), path.split('?').next().unwrap_or("")) {
             ("POST", p) if p.ends_with("/chat/completions") => {
-                match answer(sock, &cfg, &stats, &plan, &model, stream).await {
+                match answer(sock, &cfg, &stats, &plan, &model, stream, Dialect::OpenAi).await {
+                    Some(s) => {
+                        sock = s;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            ("POST", p) if p.ends_with("/messages") => {
+                match answer(sock, &cfg, &stats, &plan, &model, stream, Dialect::Anthropic).await {
                     Some(s) => {
                         sock = s;
                         continue;
@@ -376,6 +398,7 @@ async fn answer(
     plan: &Plan,
     model: &str,
     stream: bool,
+    dialect: Dialect,
 ) -> Option<TcpStream> {
     match plan.fault {
         Fault::Hang => {
@@ -406,10 +429,25 @@ async fn answer(
             ),
             _ => ("Mock error", "invalid_request_error"),
         };
-        let body = format!(
-            "{{\"error\":{{\"message\":\"{msg} ({})\",\"type\":\"{kind}\",\"param\":null,\"code\":null}}}}",
-            cfg.name
-        );
+        let body = match dialect {
+            Dialect::OpenAi => format!(
+                "{{\"error\":{{\"message\":\"{msg} ({})\",\"type\":\"{kind}\",\"param\":null,\"code\":null}}}}",
+                cfg.name
+            ),
+            Dialect::Anthropic => {
+                let kind = match plan.status {
+                    429 => "rate_limit_error",
+                    529 => "overloaded_error",
+                    401 => "authentication_error",
+                    s if s >= 500 => "api_error",
+                    _ => "invalid_request_error",
+                };
+                format!(
+                    "{{\"type\":\"error\",\"error\":{{\"type\":\"{kind}\",\"message\":\"{msg} ({})\"}}}}",
+                    cfg.name
+                )
+            }
+        };
         return write_json(&mut sock, plan.status, body.as_bytes())
             .await
             .then_some(sock);
@@ -418,9 +456,16 @@ async fn answer(
     let model_json = serde_json::to_string(model).unwrap_or_else(|_| "\"\"".into());
     if !stream {
         let content = format!("Hello from {}", cfg.name);
-        let body = format!(
+        let body = if dialect == Dialect::Anthropic {
+            format!(
+                "{{\"id\":\"msg_{}\",\"type\":\"message\",\"role\":\"assistant\",\"model\":{model_json},\"content\":[{{\"type\":\"text\",\"text\":\"{content}\"}}],\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":{{\"input_tokens\":9,\"output_tokens\":3}}}}",
+                cfg.name
+            )
+        } else {
+            format!(
             "{{\"id\":\"{id}\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":{model_json},\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{content}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}}}}"
-        );
+            )
+        };
         if plan.fault == Fault::CloseMidBody {
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -443,18 +488,50 @@ async fn answer(
             "data: {{\"id\":\"{id}\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":{model_json},\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
         )
     };
-    let mut events = Vec::with_capacity(plan.chunks + 3);
-    events.push(chunk_of(r#"{"role":"assistant","content":""}"#, "null"));
-    for i in 0..plan.chunks {
-        let word = if i == 0 {
+    let word = |i: usize| {
+        if i == 0 {
             format!("Hello from {}", cfg.name)
         } else {
             format!(" tok{i}")
-        };
-        events.push(chunk_of(&format!("{{\"content\":\"{word}\"}}"), "null"));
+        }
+    };
+    let mut events = Vec::with_capacity(plan.chunks + 6);
+    match dialect {
+        Dialect::OpenAi => {
+            events.push(chunk_of(r#"{"role":"assistant","content":""}"#, "null"));
+            for i in 0..plan.chunks {
+                events.push(chunk_of(
+                    &format!("{{\"content\":\"{}\"}}", word(i)),
+                    "null",
+                ));
+            }
+            events.push(chunk_of("{}", "\"stop\""));
+            events.push("data: [DONE]\n\n".to_string());
+        }
+        Dialect::Anthropic => {
+            let ev = |name: &str, data: String| format!("event: {name}\ndata: {data}\n\n");
+            events.push(ev("message_start", format!("{{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_{}\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":{model_json},\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{{\"input_tokens\":9,\"output_tokens\":1}}}}}}", cfg.name)));
+            events.push(ev("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#.into()));
+            events.push(ev("ping", r#"{"type": "ping"}"#.into()));
+            for i in 0..plan.chunks {
+                events.push(ev("content_block_delta", format!("{{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{}\"}}}}", word(i))));
+            }
+            events.push(ev(
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#.into(),
+            ));
+            events.push(ev("message_delta", format!("{{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{}}}}}", plan.chunks)));
+            events.push(ev("message_stop", r#"{"type":"message_stop"}"#.into()));
+        }
     }
-    events.push(chunk_of("{}", "\"stop\""));
-    events.push("data: [DONE]\n\n".to_string());
+    if plan.fault == Fault::ErrorInStream {
+        let at = plan.fault_after.min(events.len());
+        events.truncate(at);
+        events.push(match dialect {
+            Dialect::Anthropic => "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n".to_string(),
+            Dialect::OpenAi => "data: {\"error\":{\"message\":\"Overloaded\",\"type\":\"server_error\"}}\n\n".to_string(),
+        });
+    }
     let mut first = true;
     if plan.fault_after == 0 && matches!(plan.fault, Fault::ResetMidStream | Fault::StallMidStream)
     {

@@ -146,6 +146,7 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
                         id: m.to_string(),
                         deployment: None,
                         api_version: None,
+                        max_output_tokens: None,
                     });
                 push(m, route);
             }

@@ -164,3 +164,62 @@ mod tests {
         assert_eq!(v["error"]["message"], "upstream \"closed\"");
     }
 }
+
+/// One decoded SSE event: its `event:` name (if any) and its `data:` lines joined by `\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Incremental SSE decoder for translated streams: bytes in (split anywhere), whole events out.
+/// Comment lines (`:`) and events without data are skipped.
+#[derive(Debug, Default)]
+pub struct SseDecoder {
+    buf: Vec<u8>,
+}
+
+impl SseDecoder {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        self.buf.extend_from_slice(bytes);
+        let Some(end) = last_boundary(&self.buf) else {
+            return Vec::new();
+        };
+        let whole: Vec<u8> = self.buf.drain(..end).collect();
+        let text = String::from_utf8_lossy(&whole);
+        let mut out = Vec::new();
+        let (mut event, mut data): (Option<String>, Option<String>) = (None, None);
+        for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+            if line.is_empty() {
+                if let Some(d) = data.take() {
+                    out.push(SseEvent {
+                        event: event.take(),
+                        data: d,
+                    });
+                }
+                event = None;
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "event" => event = Some(value.to_string()),
+                "data" => match &mut data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => data = Some(value.to_string()),
+                },
+                _ => {}
+            }
+        }
+        out
+    }
+
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}

@@ -34,13 +34,21 @@ async fn official_openai_sdk_through_a_fallback() {
         ..MockConfig::default()
     })
     .await;
+    let anth = mock_with(MockConfig {
+        name: "anth".into(),
+        chunks: 6,
+        ..MockConfig::default()
+    })
+    .await;
     let gw = Gateway::start(&format!(
-        "providers:\n{}{}models:\n  gpt-4o: [{{provider: flaky}}, {{provider: steady}}]\n  gpt-4o-mini: [{{provider: flaky}}]\n",
+        "providers:\n{}{}  - {{name: anth, kind: anthropic, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\nmodels:\n  gpt-4o: [{{provider: flaky}}, {{provider: steady}}]\n  gpt-4o-mini: [{{provider: flaky}}]\n  claude-sonnet-4: [{{provider: flaky}}, {{provider: anth, id: claude-sonnet-4-20250514}}]\n",
         provider("flaky", &flaky),
-        provider("steady", &steady)
+        provider("steady", &steady),
+        anth.addr
     ))
     .await;
     let base = format!("http://127.0.0.1:{}/v1", gw.port);
+    let (python2, base2) = (python.clone(), base.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(format!("{root}/tests/sdk/openai_sdk_check.py"))
@@ -71,4 +79,24 @@ async fn official_openai_sdk_through_a_fallback() {
         flaky.calls() > steady.calls(),
         "flaky was tried first every time"
     );
+
+    // The same SDK through a fallback onto an Anthropic target, translated both ways.
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python2)
+            .arg(format!("{root}/tests/sdk/openai_sdk_check.py"))
+            .args(["--base-url", &base2, "--model", "claude-sonnet-4"])
+            .args(["--expect-provider", "anth"])
+            .args(["--expect-content-prefix", "Hello from anth"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "SDK check through anthropic failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(anth.calls() >= 3, "anthropic served {} calls", anth.calls());
 }

@@ -91,6 +91,8 @@ pub enum ProviderKind {
     OpenAi,
     /// Azure OpenAI: `{base}/openai/deployments/{deployment}/chat/completions?api-version=`.
     Azure,
+    /// Anthropic Messages API: `{base}/v1/messages`, `x-api-key`, translated both ways.
+    Anthropic,
 }
 
 impl ProviderKind {
@@ -98,6 +100,7 @@ impl ProviderKind {
         match s {
             "openai" => Some(ProviderKind::OpenAi),
             "azure" => Some(ProviderKind::Azure),
+            "anthropic" => Some(ProviderKind::Anthropic),
             _ => None,
         }
     }
@@ -164,6 +167,7 @@ impl Provider {
                     version
                 )
             }
+            ProviderKind::Anthropic => format!("{}/v1/messages", self.base_path),
         }
     }
 }
@@ -177,6 +181,8 @@ pub struct ModelRoute {
     pub id: String,
     pub deployment: Option<String>,
     pub api_version: Option<String>,
+    /// `max_tokens` to send when the client gives none and the provider requires it.
+    pub max_output_tokens: Option<u32>,
 }
 
 /// Which failures move on to the next target. Everything else goes back to the client.
@@ -376,7 +382,7 @@ fn provider(
         ConfigError::new(
             format!("{path}.kind"),
             format!(
-                "unknown provider kind `{}` (expected openai or azure)",
+                "unknown provider kind `{}` (expected openai, azure or anthropic)",
                 p.kind
             ),
         )
@@ -471,6 +477,7 @@ fn route(
         id: r.id.clone().unwrap_or_else(|| model.to_string()),
         deployment: r.deployment.clone(),
         api_version: r.api_version.clone(),
+        max_output_tokens: r.max_output_tokens,
     })
 }
 

@@ -74,7 +74,8 @@ pub struct RawProvider {
     /// Name of the environment variable that holds the key. No key: no auth header is sent.
     #[serde(default)]
     pub api_key_env: Option<String>,
-    /// Azure only: the default `api-version` query parameter.
+    /// Azure: the default `api-version` query parameter. Anthropic: the `anthropic-version`
+    /// header (default 2023-06-01).
     #[serde(default)]
     pub api_version: Option<String>,
     #[serde(default)]
@@ -99,4 +100,8 @@ pub struct RawModelRoute {
     /// Azure: overrides the provider's `api-version` for this model.
     #[serde(default)]
     pub api_version: Option<String>,
+    /// `max_tokens` sent when the client gives none, where the provider requires one
+    /// (Anthropic). Default 4096.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
 }

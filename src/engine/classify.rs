@@ -20,8 +20,11 @@ pub enum FailClass {
     FirstByteTimeout,
     /// The upstream closed or reset the connection before the answer was complete.
     UpstreamClosed,
-    /// Nothing usable came back (empty stream, unreadable header).
+    /// Nothing usable came back (empty stream, unreadable header, untranslatable answer).
     BadResponse,
+    /// Not sent: the target cannot honour a parameter of the request (e.g. `n` > 1 on
+    /// Anthropic). Another target may.
+    Unsupported,
 }
 
 impl FailClass {
@@ -39,6 +42,7 @@ impl FailClass {
             FailClass::FirstByteTimeout => "first_byte_timeout",
             FailClass::UpstreamClosed => "upstream_closed",
             FailClass::BadResponse => "bad_response",
+            FailClass::Unsupported => "unsupported_request",
         }
     }
 
@@ -61,6 +65,7 @@ impl FailClass {
                 t.on_connect_error
             }
             FailClass::ConnectTimeout | FailClass::FirstByteTimeout => t.on_timeout,
+            FailClass::Unsupported => true,
             _ => status.is_some_and(|s| t.on_status(s)),
         }
     }

@@ -10,9 +10,10 @@ pub mod classify;
 pub mod upstream;
 
 use crate::api::{AttemptReport, ChatRequest, GatewayError};
-use crate::config::{ApiKey, Config, Provider};
+use crate::config::{ApiKey, Config, Provider, ProviderKind};
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Target};
+use crate::providers::anthropic;
 use crate::sse::{error_event, EventAligner};
 use bytes::Bytes;
 use classify::{decide, Decision, FailClass};
@@ -149,9 +150,8 @@ impl Engine {
         for (index, target) in plan.targets.iter().enumerate() {
             let provider = &self.cfg.providers[target.route.provider];
             let started = Instant::now();
-            let attempt_body = req.body_for_model(body, &target.route.id);
             let outcome = self
-                .attempt(s, log, provider, target, index, attempt_body, req.stream)
+                .attempt(s, log, provider, target, index, req, body)
                 .await;
             let pname = provider.name.as_str();
             match outcome {
@@ -323,10 +323,30 @@ impl Engine {
         provider: &Provider,
         target: &Target,
         index: usize,
-        body: Bytes,
-        stream: bool,
+        req: &ChatRequest,
+        body: &Bytes,
     ) -> Outcome {
         let started = Instant::now();
+        let stream = req.stream;
+        // The provider's request body: OpenAI's wire as sent (model spliced), or translated.
+        let (body, wire) = match provider.kind {
+            ProviderKind::OpenAi | ProviderKind::Azure => {
+                (req.body_for_model(body, &target.route.id), Wire::OpenAi)
+            }
+            ProviderKind::Anthropic => {
+                let max = target.route.max_output_tokens.unwrap_or(4096);
+                match anthropic::request(body, &target.route.id, max) {
+                    Ok((b, opts)) => (Bytes::from(b), Wire::Anthropic(opts)),
+                    Err(m) => {
+                        return Outcome::Failed(Failure {
+                            class: FailClass::Unsupported,
+                            status: Some(400),
+                            message: format!("not sent to {}: {m}", provider.name),
+                        })
+                    }
+                }
+            }
+        };
         let deadline = started + provider.timeouts.total;
         let peer = match self.peers.get(target.route.provider, provider).await {
             Ok(p) => p,
@@ -402,7 +422,7 @@ impl Engine {
                 // The client's own fault: the next provider would refuse it too.
                 let outcome = "client_error";
                 let out = self
-                    .relay_json(s, log, up, &peer, provider, h, deadline)
+                    .relay_json(s, log, up, &peer, provider, h, wire, deadline)
                     .await;
                 if let Outcome::Done = out {
                     self.record_success(log, provider, target, outcome, status, started);
@@ -412,10 +432,10 @@ impl Engine {
             }
             Ok((_, h)) => {
                 let out = if stream && is_sse {
-                    self.relay_stream(s, log, up, &peer, provider, h, started, deadline)
+                    self.relay_stream(s, log, up, &peer, provider, h, wire, started, deadline)
                         .await
                 } else {
-                    self.relay_json(s, log, up, &peer, provider, h, deadline)
+                    self.relay_json(s, log, up, &peer, provider, h, wire, deadline)
                         .await
                 };
                 if let Outcome::Done = out {
@@ -494,6 +514,7 @@ impl Engine {
         peer: &HttpPeer,
         provider: &Provider,
         h: ResponseHeader,
+        wire: Wire,
         deadline: Instant,
     ) -> Outcome {
         let cap = self.cfg.limits.max_buffered_response_bytes;
@@ -525,6 +546,27 @@ impl Engine {
                         status: None,
                         message: format!("upstream closed the connection mid-answer: {e}"),
                     })
+                }
+            }
+        }
+        if let Wire::Anthropic(_) = wire {
+            // Translated answers are read whole: the OpenAI JSON is built from the entire body.
+            if !complete {
+                return Outcome::Failed(bad_response("the answer is too large to translate"));
+            }
+            let raw: Vec<u8> = chunks.concat();
+            let translated = if h.status.is_success() {
+                anthropic::response(&raw, unix_now())
+            } else {
+                Ok(anthropic::error_body(&raw))
+            };
+            match translated {
+                Ok(b) => {
+                    total = b.len();
+                    chunks = vec![Bytes::from(b)];
+                }
+                Err(e) => {
+                    return Outcome::Failed(bad_response(&format!("untranslatable answer: {e}")))
                 }
             }
         }
@@ -581,19 +623,26 @@ impl Engine {
         peer: &HttpPeer,
         provider: &Provider,
         h: ResponseHeader,
+        wire: Wire,
         started: Instant,
         deadline: Instant,
     ) -> Outcome {
-        let mut aligner = EventAligner::default();
+        let mut relay = match wire {
+            Wire::OpenAi => Relay::Pass(EventAligner::default()),
+            Wire::Anthropic(opts) => {
+                Relay::Anthropic(anthropic::StreamTranslator::new(opts, unix_now()))
+            }
+        };
         // Before commit: the first whole event, within the first-byte budget.
         let first = loop {
             let wait = deadline.min(Instant::now() + provider.timeouts.first_byte);
             match next_chunk(s, &mut up, wait).await {
-                Read::Chunk(c) => {
-                    if let Some(seg) = aligner.push(c) {
-                        break seg;
-                    }
-                }
+                Read::Chunk(c) => match relay.push(c) {
+                    Ok(Some(seg)) => break seg,
+                    Ok(None) => {}
+                    // An error event before anything was sent (e.g. overloaded): fall back.
+                    Err(e) => return Outcome::Failed(in_band_failure(&e)),
+                },
                 Read::End => {
                     return Outcome::Failed(bad_response(
                         "upstream ended the stream without any event",
@@ -627,22 +676,26 @@ impl Engine {
             .with_label_values(&[provider.name.as_str()])
             .observe(started.elapsed().as_secs_f64());
         // Committed. From here a failure is reported in band and never looks complete.
-        let failure: &str = loop {
+        let failure: String = loop {
             let idle = deadline.min(Instant::now() + provider.timeouts.idle);
             let mut read = match next_chunk(s, &mut up, idle).await {
                 Read::ClientGone => return Outcome::ClientGone,
-                Read::Timeout => break "the upstream stream stalled past the idle timeout",
+                Read::Timeout => break "the upstream stream stalled past the idle timeout".into(),
                 r => r,
             };
+            let mut in_band: Option<anthropic::InBandError> = None;
             // Relay everything that has already arrived in one write; never wait for more.
             let mut out = Batch::default();
             let end = loop {
                 match read {
-                    Read::Chunk(c) => {
-                        if let Some(seg) = aligner.push(c) {
-                            out.push(seg);
+                    Read::Chunk(c) => match relay.push(c) {
+                        Ok(Some(seg)) => out.push(seg),
+                        Ok(None) => {}
+                        Err(e) => {
+                            in_band = Some(e);
+                            break Some(Err(()));
                         }
-                    }
+                    },
                     Read::End => break Some(Ok(())),
                     _ => break Some(Err(())),
                 }
@@ -661,19 +714,22 @@ impl Engine {
             match end {
                 None => {}
                 Some(Ok(())) => {
-                    if aligner.saw_done() && aligner.pending() == 0 {
+                    if relay.complete() {
                         if s.write_response_body(None, true).await.is_err() {
                             return Outcome::ClientGone;
                         }
                         self.release(up, peer).await;
                         return Outcome::Done;
                     }
-                    break "the upstream ended the stream without [DONE]";
+                    break "the upstream ended the stream without [DONE]".into();
                 }
-                Some(Err(())) => break "the upstream connection failed mid-stream",
+                Some(Err(())) => match in_band {
+                    Some(e) => break format!("the provider reported {}: {}", e.kind, e.message),
+                    None => break "the upstream connection failed mid-stream".into(),
+                },
             }
         };
-        log.post_commit_error = Some(failure.to_string());
+        log.post_commit_error = Some(failure.clone());
         log.outcome = "stream_error";
         let ev = error_event(
             &format!("{failure}; the answer is incomplete"),
@@ -692,6 +748,61 @@ impl Engine {
                 .await;
         }
     }
+}
+
+/// The wire format of the attempt's provider, for the response side.
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    OpenAi,
+    Anthropic(anthropic::StreamOpts),
+}
+
+/// A stream's relay: pass-through (event-aligned) or translated.
+enum Relay {
+    Pass(EventAligner),
+    Anthropic(anthropic::StreamTranslator),
+}
+
+impl Relay {
+    /// Feed one upstream chunk; the bytes to send the client now, if any.
+    fn push(&mut self, c: Bytes) -> Result<Option<Bytes>, anthropic::InBandError> {
+        match self {
+            Relay::Pass(a) => Ok(a.push(c)),
+            Relay::Anthropic(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
+        }
+    }
+
+    /// Whether the stream reached its proper end (`[DONE]`, nothing partial held back).
+    fn complete(&self) -> bool {
+        match self {
+            Relay::Pass(a) => a.saw_done() && a.pending() == 0,
+            Relay::Anthropic(t) => t.done() && t.pending() == 0,
+        }
+    }
+}
+
+/// An error event inside a 200 stream, as the failure it stands for: the status a provider
+/// uses for that error, so the configured triggers decide as for a status.
+fn in_band_failure(e: &anthropic::InBandError) -> Failure {
+    let (class, status) = match e.kind.as_str() {
+        "overloaded_error" => (FailClass::ServerError, Some(529)),
+        "api_error" => (FailClass::ServerError, Some(500)),
+        "rate_limit_error" => (FailClass::RateLimited, Some(429)),
+        "authentication_error" | "permission_error" => (FailClass::AuthError, Some(401)),
+        _ => (FailClass::BadResponse, None),
+    };
+    Failure {
+        class,
+        status,
+        message: format!("in-stream {}: {}", e.kind, e.message),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// How one read of an upstream body ended.

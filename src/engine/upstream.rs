@@ -145,7 +145,12 @@ pub fn request_header(
                 h.insert_header(http::header::AUTHORIZATION, v)?;
             }
             ProviderKind::Azure => h.insert_header("api-key", key.expose())?,
+            ProviderKind::Anthropic => h.insert_header("x-api-key", key.expose())?,
         }
+    }
+    if p.kind == ProviderKind::Anthropic {
+        let version = p.api_version.as_deref().unwrap_or("2023-06-01");
+        h.insert_header("anthropic-version", version)?;
     }
     for (name, value) in &p.headers {
         h.insert_header(name.clone(), value.clone())?;
