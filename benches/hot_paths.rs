@@ -85,5 +85,55 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(hot, benches);
+/// Anthropic translation on realistic payloads: a request with a system prompt, tools and a
+/// tool round trip; a JSON answer with text and a tool call; a 22-event stream per chunk.
+fn anthropic(c: &mut Criterion) {
+    use detour::providers::anthropic;
+    let request = br#"{"model":"claude-sonnet-4","max_tokens":1024,"temperature":0.2,"stream":true,
+      "stream_options":{"include_usage":true},
+      "tools":[{"type":"function","function":{"name":"get_weather","description":"Current weather for a city","parameters":{"type":"object","properties":{"city":{"type":"string"},"unit":{"type":"string","enum":["c","f"]}},"required":["city"]}}}],
+      "messages":[{"role":"system","content":"You are a concise assistant. Answer in one sentence unless asked otherwise."},
+        {"role":"user","content":"What is the weather in Paris and should I take an umbrella?"},
+        {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\",\"unit\":\"c\"}"}}]},
+        {"role":"tool","tool_call_id":"call_1","content":"{\"temp\":18,\"rain_probability\":0.7}"},
+        {"role":"user","content":"Thanks. And tomorrow?"}]}"#;
+    let answer = br#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-20250514",
+      "content":[{"type":"text","text":"It is 18C with a 70% chance of rain: take an umbrella. Let me check tomorrow."},
+        {"type":"tool_use","id":"toolu_01","name":"get_weather","input":{"city":"Paris","unit":"c","day":"tomorrow"}}],
+      "stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":412,"output_tokens":58}}"#;
+    let mut stream = vec![
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-20250514\",\"stop_reason\":null,\"usage\":{\"input_tokens\":412,\"output_tokens\":1}}}\n\n".to_string(),
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n".to_string(),
+    ];
+    for i in 0..20 {
+        stream.push(format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\" word{i}\"}}}}\n\n"));
+    }
+    stream.push("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":20}}\n\n".to_string());
+    stream.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string());
+    let mut g = c.benchmark_group("anthropic");
+    g.bench_function("request", |b| {
+        b.iter(|| anthropic::request(black_box(request), "claude-sonnet-4-20250514", 4096))
+    });
+    g.bench_function("response", |b| {
+        b.iter(|| anthropic::response(black_box(answer), 1))
+    });
+    g.throughput(Throughput::Elements(stream.len() as u64));
+    g.bench_function("stream-24-events", |b| {
+        b.iter(|| {
+            let mut t = anthropic::StreamTranslator::new(
+                anthropic::StreamOpts {
+                    include_usage: true,
+                },
+                1,
+            );
+            for ev in &stream {
+                let _ = black_box(t.push(ev.as_bytes()));
+            }
+            t.done()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(hot, benches, anthropic);
 criterion_main!(hot);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create (if needed) the venv used by tests/sdk/openai_sdk_check.py and
-# install the official `openai` Python SDK into it. Idempotent.
+# Create (if needed) the venv used by tests/sdk/ and install the official `openai` and
+# `anthropic` Python SDKs into it. Idempotent.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,8 +11,9 @@ if [ ! -x "$PY" ]; then
     python3 -m venv "$VENV"
 fi
 
-if ! "$PY" -c 'import openai, sys; sys.exit(openai.__version__ != "3.52.0")' >/dev/null 2>&1; then
-    "$PY" -m pip install --quiet --disable-pip-version-check "openai==3.52.0"
+# openai: the client-compatibility test; anthropic: its published types check what detour sends.
+if ! "$PY" -c 'import openai, anthropic, sys; sys.exit(openai.__version__ != "3.52.0" or anthropic.__version__ != "2.11.0")' >/dev/null 2>&1; then
+    "$PY" -m pip install --quiet --disable-pip-version-check "openai==3.52.0" "anthropic==2.11.0"
 fi
 
 echo "$PY"

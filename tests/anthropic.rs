@@ -51,7 +51,7 @@ async fn requests_and_answers_are_translated_both_ways() {
         sent,
         json!({"model":"claude-sonnet-4-20250514","system":"Be brief.",
                "messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],
-               "max_tokens":2048,"temperature":0.5,"stop_sequences":["END"]})
+               "max_tokens":2048,"stop_sequences":["END"]})
     );
 }
 
@@ -190,4 +190,107 @@ async fn unsupported_parameters_and_errors() {
     let v = r.json();
     assert_eq!(v["error"]["type"], "invalid_request_error");
     assert_eq!(v["error"]["message"], "Invalid request from mock (bad)");
+}
+
+/// What detour sends Anthropic, and what the mock answers with, validated against the official
+/// `anthropic` SDK's published types (pydantic, strict) by tests/sdk/anthropic_shapes.py.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_shapes_match_anthropics_published_types() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let venv = std::process::Command::new("bash")
+        .arg(format!("{root}/scripts/sdk-venv.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        venv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    let python = String::from_utf8(venv.stdout).unwrap().trim().to_string();
+
+    let m = mock("anth").await;
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  claude-sonnet-4: [{{provider: anth, id: claude-sonnet-4-20250514}}]\n",
+        anthropic_provider("anth", &m)
+    ))
+    .await;
+    let tools = r#"[{"type":"function","function":{"name":"get_weather","description":"Weather for a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]"#;
+    let requests = [
+        r#"{"model":"claude-sonnet-4","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}]}"#.to_string(),
+        format!(
+            r#"{{"model":"claude-sonnet-4","max_completion_tokens":512,"temperature":0.3,"top_p":0.9,"stop":["END","STOP"],"user":"user-42",
+            "tools":{tools},"tool_choice":{{"type":"function","function":{{"name":"get_weather"}}}},
+            "messages":[{{"role":"developer","content":[{{"type":"text","text":"Use tools."}}]}},
+              {{"role":"user","content":[{{"type":"text","text":"Weather here?"}},{{"type":"image_url","image_url":{{"url":"data:image/jpeg;base64,/9j/4AAQ"}}}},{{"type":"image_url","image_url":{{"url":"https://example.com/a.png"}}}}]}},
+              {{"role":"assistant","content":"Checking.","tool_calls":[{{"id":"call_1","type":"function","function":{{"name":"get_weather","arguments":"{{\"city\":\"Paris\"}}"}}}}]}},
+              {{"role":"tool","tool_call_id":"call_1","content":"18C and sunny"}},
+              {{"role":"user","content":"And tomorrow?"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"claude-sonnet-4","stream":true,"stream_options":{{"include_usage":true}},"tools":{tools},"tool_choice":"none","messages":[{{"role":"user","content":"hi"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"claude-sonnet-4","tools":{tools},"tool_choice":"required","messages":[{{"role":"user","content":"hi"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"claude-sonnet-4","stream":true,"tools":{tools},"tool_choice":"auto","messages":[{{"role":"user","content":"hi"}}]}}"#
+        ),
+    ];
+    for body in &requests {
+        let r = gw.chat(body).await;
+        assert_eq!(r.status, 200, "{body}: {}", r.text());
+    }
+    let sent: Vec<Value> = m
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(sent.len(), requests.len());
+    // The mock's own answers, fetched directly: the fixtures detour is tested against.
+    let direct = |stream: bool| {
+        let body = format!(
+            r#"{{"model":"claude-sonnet-4-20250514","max_tokens":10,"stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        async move {
+            request(m.addr.port(), "POST", "/v1/messages", &[], body.as_bytes())
+                .await
+                .unwrap()
+        }
+    };
+    let message: Value = direct(false).await.json();
+    let events: Vec<Value> = sse_data(&direct(true).await.body)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(events.len() >= 6);
+    let dir = temp_dir();
+    let input = dir.join("shapes.json");
+    std::fs::write(
+        &input,
+        serde_json::to_vec(&json!({"requests": sent, "message": message, "stream_events": events}))
+            .unwrap(),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(format!("{root}/tests/sdk/anthropic_shapes.py"))
+            .arg(&input)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "shapes rejected by the anthropic SDK's types:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "{} passed, 0 failed",
+            2 * requests.len() + 1 + events.len()
+        )),
+        "{stdout}"
+    );
 }

@@ -174,13 +174,22 @@ models:
   gpt-4o:
     - provider: mock
 EOF
+  # The same mocks speak Anthropic's Messages API on /v1/messages: model claude is translated.
+  cat >>"$WORK/gw-$name.yaml" <<EOF
+  claude:
+    - provider: anth
+EOF
+  sed -i "s|^models:|  - name: anth\n    kind: anthropic\n    base-url: http://127.0.0.1:$mock_port\nmodels:|" "$WORK/gw-$name.yaml"
   if [[ -n $near_port ]]; then
     cat >>"$WORK/gw-$name.yaml" <<EOF
   gpt-4o-near:
     - provider: near
       id: gpt-4o
+  claude-near:
+    - provider: anth-near
+      id: claude
 EOF
-    sed -i "s|^models:|  - name: near\n    kind: openai\n    base-url: http://127.0.0.1:$near_port/v1\nmodels:|" "$WORK/gw-$name.yaml"
+    sed -i "s|^models:|  - name: near\n    kind: openai\n    base-url: http://127.0.0.1:$near_port/v1\n  - name: anth-near\n    kind: anthropic\n    base-url: http://127.0.0.1:$near_port\nmodels:|" "$WORK/gw-$name.yaml"
   fi
   taskset -c "$DETOUR_CPU" "$DETOUR_BIN" -c "$WORK/gw-$name.yaml" \
     >"$WORK/gw-$name.out" 2>"$WORK/gw-$name.err" &
@@ -351,21 +360,29 @@ preflight direct-near "$NEAR_URL"
 # 2. Latency at c=1 and throughput at c=$CONC, direct vs. through detour, JSON and stream.
 #    Direct and detour runs are interleaved per mode so slow drift affects both alike.
 # ---------------------------------------------------------------------------------------------
-for mode in json stream; do
+# Mode anth: an Anthropic SSE stream from the mock (its /v1/messages), translated by detour into
+# OpenAI chunks; the direct runs read the mock's Anthropic stream as it is.
+for mode in json stream anth; do
   for target in direct detour; do
     if [[ $target == direct ]]; then url=$DIRECT_URL; else url=$DETOUR_URL; fi
+    wrk_mode=$mode model=gpt-4o near_model=gpt-4o-near near_url=$NEAR_URL
+    if [[ $mode == anth ]]; then
+      wrk_mode=stream model=claude near_model=claude-near
+      near_url=${NEAR_URL%/v1/chat/completions}/v1/messages
+      [[ $target == direct ]] && url=${DIRECT_URL%/v1/chat/completions}/v1/messages
+    fi
     # Warm-up (not reported, but checked for errors): connections, pools, page faults.
-    [[ $WARMUP == 0 || $WARMUP == 0s ]] || run_wrk "warmup-$mode-$target" "$url" "$mode" "$CONC" "$WARMUP"
+    [[ $WARMUP == 0 || $WARMUP == 0s ]] || run_wrk "warmup-$mode-$target" "$url" "$wrk_mode" "$CONC" "$WARMUP" "$model"
     # Latency: one connection, one request at a time → p50 / p99 of the full response
     # (for a stream: until the last chunk and the terminating zero-length chunk).
     # Against the mock on detour's core (see above).
     if [[ $target == direct ]]; then
-      run_wrk "$mode-$target-c1" "$NEAR_URL" "$mode" 1 "$DURATION"
+      run_wrk "$mode-$target-c1" "$near_url" "$wrk_mode" 1 "$DURATION" "$model"
     else
-      run_wrk "$mode-$target-c1" "$url" "$mode" 1 "$DURATION" gpt-4o-near
+      run_wrk "$mode-$target-c1" "$url" "$wrk_mode" 1 "$DURATION" "$near_model"
     fi
     # Throughput: CONC connections kept busy by one wrk thread → requests/s.
-    run_wrk "$mode-$target-c$CONC" "$url" "$mode" "$CONC" "$DURATION"
+    run_wrk "$mode-$target-c$CONC" "$url" "$wrk_mode" "$CONC" "$DURATION" "$model"
   done
 done
 
@@ -406,7 +423,13 @@ wrk_version=$("$WRK" -v 2>&1 | awk 'NR == 1 {print $2}')   # `wrk -v` exits 1
 profile=release
 [[ $DETOUR_BIN == */debug/* ]] && profile=debug
 
-mode_name() { [[ $1 == json ]] && echo "JSON" || echo "SSE stream, $CHUNKS chunks"; }
+mode_name() {
+  case $1 in
+    json) echo "JSON" ;;
+    stream) echo "SSE stream, $CHUNKS chunks" ;;
+    anth) echo "Anthropic SSE → OpenAI SSE, $CHUNKS chunks" ;;
+  esac
+}
 {
   echo
   echo "## detour load benchmark"
@@ -417,7 +440,7 @@ mode_name() { [[ $1 == json ]] && echo "JSON" || echo "SSE stream, $CHUNKS chunk
   fi
   echo "| Mode | Load | Metric | Direct (mock) | detour → mock | detour vs. direct |"
   echo "|---|---|---|---:|---:|---:|"
-  for mode in json stream; do
+  for mode in json stream anth; do
     d="$mode-direct-c1" g="$mode-detour-c1"
     echo "| $(mode_name $mode) | c=1 | latency p50 | $(us "${R[$d.p50_us]:-}") | $(us "${R[$g.p50_us]:-}") | $(added "${R[$d.p50_us]:-}" "${R[$g.p50_us]:-}") |"
     echo "| $(mode_name $mode) | c=1 | latency p99 | $(us "${R[$d.p99_us]:-}") | $(us "${R[$g.p99_us]:-}") | $(added "${R[$d.p99_us]:-}" "${R[$g.p99_us]:-}") |"

@@ -7,11 +7,12 @@
 //! Parameter rules (README, "Providers"): system messages → `system`; `max_tokens` /
 //! `max_completion_tokens` → `max_tokens` (else the route's `max-output-tokens`, else 4096);
 //! `stop` → `stop_sequences`; `user` → `metadata.user_id`; tools, `tool_choice`, tool calls and
-//! tool results map one to one; image parts (data URL or URL) map to image blocks;
-//! `temperature` and `top_p` pass. Refused (400): `n` > 1, `response_format` `json_schema`,
-//! `logprobs`, audio/file parts. Dropped: `presence_penalty`, `frequency_penalty`, `seed`,
-//! `logit_bias`, `response_format` `json_object`/`text`, `parallel_tool_calls`, `store`, and every
-//! field Anthropic does not know.
+//! tool results map one to one; image parts (data URL or URL) map to image blocks. Refused (400):
+//! `n` > 1, `response_format` `json_schema`, `logprobs`, audio/file parts. Dropped:
+//! `temperature` and `top_p` (not in the Messages API's published request type since the
+//! `anthropic` SDK 1.0; tests/sdk/anthropic_shapes.py checks against it), `presence_penalty`,
+//! `frequency_penalty`, `seed`, `logit_bias`, `response_format` `json_object`/`text`,
+//! `parallel_tool_calls`, `store`, and every field Anthropic does not know.
 
 use crate::sse::SseDecoder;
 use serde_json::{json, Map, Value};
@@ -185,11 +186,6 @@ pub fn request(
         .and_then(Value::as_u64)
         .unwrap_or(u64::from(default_max_tokens));
     out.insert("max_tokens".into(), json!(max));
-    for k in ["temperature", "top_p"] {
-        if let Some(v) = req.get(k).filter(|v| !v.is_null()) {
-            out.insert(k.into(), v.clone());
-        }
-    }
     match req.get("stop") {
         Some(Value::String(s)) => {
             out.insert("stop_sequences".into(), json!([s]));
@@ -560,7 +556,7 @@ mod tests {
                     {"role":"assistant","content":[{"type":"tool_use","id":"call_1","name":"get_weather","input":{"city":"Paris"}}]},
                     {"role":"user","content":[{"type":"tool_result","tool_use_id":"call_1","content":"18C"},
                         {"type":"text","text":"thanks"}]}],
-                "max_tokens":300,"temperature":0.2,"stop_sequences":["END"],"metadata":{"user_id":"u-1"},
+                "max_tokens":300,"stop_sequences":["END"],"metadata":{"user_id":"u-1"},
                 "tools":[{"name":"get_weather","description":"Weather","input_schema":{"type":"object","properties":{"city":{"type":"string"}}}}],
                 "tool_choice":{"type":"any"},"stream":true
             })
