@@ -16,6 +16,7 @@
 
 use crate::sse::SseDecoder;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 /// Options the stream translator needs from the request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -346,6 +347,52 @@ pub struct InBandError {
     pub message: String,
 }
 
+/// One Anthropic stream event, borrowed from the received bytes where it can be. Only
+/// `message_start` and `content_block_start` (once per message / block) build owned values.
+#[derive(serde::Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default)]
+    message: Option<Value>,
+    #[serde(default)]
+    content_block: Option<Value>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<ErrorInfo>,
+}
+
+#[derive(serde::Deserialize)]
+struct Delta<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Usage {
+    #[serde(default)]
+    output_tokens: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorInfo {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
 /// Anthropic SSE → OpenAI `chat.completion.chunk` SSE, incrementally.
 #[derive(Debug)]
 pub struct StreamTranslator {
@@ -354,6 +401,9 @@ pub struct StreamTranslator {
     created: u64,
     id: String,
     model: String,
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":`
+    /// — the same for every chunk of the stream, built once at `message_start`.
+    prefix: String,
     input_tokens: u64,
     output_tokens: u64,
     /// Anthropic content block index → OpenAI tool_calls index.
@@ -365,20 +415,43 @@ pub struct StreamTranslator {
     done: bool,
 }
 
+fn push_json_str(out: &mut String, s: &str) {
+    // A str always serializes; the fallback keeps the output valid JSON regardless.
+    match serde_json::to_string(s) {
+        Ok(q) => out.push_str(&q),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
 impl StreamTranslator {
     pub fn new(opts: StreamOpts, created: u64) -> Self {
-        StreamTranslator {
+        let mut t = StreamTranslator {
             decoder: SseDecoder::default(),
             opts,
             created,
             id: String::new(),
             model: String::new(),
+            prefix: String::new(),
             input_tokens: 0,
             output_tokens: 0,
             tool_index: Vec::new(),
             role_sent: false,
             done: false,
-        }
+        };
+        t.set_prefix();
+        t
+    }
+
+    fn set_prefix(&mut self) {
+        let mut p = String::with_capacity(160);
+        p.push_str("data: {\"id\":");
+        push_json_str(&mut p, &self.id);
+        p.push_str(",\"object\":\"chat.completion.chunk\",\"created\":");
+        p.push_str(&self.created.to_string());
+        p.push_str(",\"model\":");
+        push_json_str(&mut p, &self.model);
+        p.push_str(",\"choices\":[{\"index\":0,\"delta\":");
+        self.prefix = p;
     }
 
     /// Whether `[DONE]` has been produced (the upstream's `message_stop` arrived).
@@ -391,23 +464,31 @@ impl StreamTranslator {
         self.decoder.pending()
     }
 
-    fn chunk(&mut self, delta: Value, finish: Option<&str>) -> String {
-        let mut out = String::new();
+    /// Append one chunk (`delta` is already JSON), preceded by the role chunk the first time.
+    fn chunk(&mut self, out: &mut String, delta: &str, finish: Option<&str>) {
         if !self.role_sent {
             self.role_sent = true;
-            out.push_str(&self.chunk(json!({"role":"assistant","content":""}), None));
+            self.chunk(out, r#"{"role":"assistant","content":""}"#, None);
         }
-        let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.model, "choices": [{"index":0,"delta":delta,"finish_reason":finish}]});
-        out.push_str(&format!("data: {c}\n\n"));
-        out
+        out.push_str(&self.prefix);
+        out.push_str(delta);
+        out.push_str(",\"finish_reason\":");
+        match finish {
+            Some(f) => {
+                out.push('"');
+                out.push_str(f);
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str("}]}\n\n");
     }
 
     /// Feed upstream bytes; returns the OpenAI SSE bytes to send now (possibly empty).
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<u8>, InBandError> {
         let mut out = String::new();
         for ev in self.decoder.push(bytes) {
-            let data: Value = match serde_json::from_str(&ev.data) {
+            let data: Event<'_> = match serde_json::from_str(&ev.data) {
                 Ok(v) => v,
                 Err(_) => {
                     return Err(InBandError {
@@ -416,14 +497,9 @@ impl StreamTranslator {
                     })
                 }
             };
-            let kind = data
-                .get("type")
-                .and_then(Value::as_str)
-                .or(ev.event.as_deref())
-                .unwrap_or("");
-            match kind {
+            match data.kind.as_ref() {
                 "message_start" => {
-                    let m = &data["message"];
+                    let m = data.message.unwrap_or(Value::Null);
                     self.id = m
                         .get("id")
                         .and_then(Value::as_str)
@@ -434,67 +510,65 @@ impl StreamTranslator {
                         .and_then(Value::as_str)
                         .unwrap_or("")
                         .to_string();
-                    self.input_tokens = m
-                        .pointer("/usage/input_tokens")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0)
-                        + m.pointer("/usage/cache_read_input_tokens")
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0)
-                        + m.pointer("/usage/cache_creation_input_tokens")
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0);
-                    self.output_tokens = m
-                        .pointer("/usage/output_tokens")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0);
+                    let tokens = |k: &str| m.pointer(k).and_then(Value::as_u64).unwrap_or(0);
+                    self.input_tokens = tokens("/usage/input_tokens")
+                        + tokens("/usage/cache_read_input_tokens")
+                        + tokens("/usage/cache_creation_input_tokens");
+                    self.output_tokens = tokens("/usage/output_tokens");
+                    self.set_prefix();
                 }
                 "content_block_start" => {
-                    let block = &data["content_block"];
+                    let block = data.content_block.unwrap_or(Value::Null);
                     if block.get("type").and_then(Value::as_str) == Some("tool_use") {
-                        let idx = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        let idx = data.index.unwrap_or(0);
                         let n = self.tool_index.len();
                         self.tool_index.push((idx, n));
                         let delta = json!({"tool_calls":[{"index":n,"id":block.get("id"),"type":"function",
                                 "function":{"name":block.get("name"),"arguments":""}}]});
-                        out.push_str(&self.chunk(delta, None));
+                        self.chunk(&mut out, &delta.to_string(), None);
                     }
                 }
                 "content_block_delta" => {
-                    let d = &data["delta"];
-                    match d.get("type").and_then(Value::as_str) {
+                    let Some(d) = data.delta else { continue };
+                    match d.kind.as_deref() {
                         Some("text_delta") => {
-                            let t = d.get("text").and_then(Value::as_str).unwrap_or("");
-                            out.push_str(&self.chunk(json!({"content": t}), None));
+                            let mut delta =
+                                String::with_capacity(16 + d.text.as_ref().map_or(0, |t| t.len()));
+                            delta.push_str("{\"content\":");
+                            push_json_str(&mut delta, d.text.as_deref().unwrap_or(""));
+                            delta.push('}');
+                            self.chunk(&mut out, &delta, None);
                         }
                         Some("input_json_delta") => {
-                            let idx = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                            let idx = data.index.unwrap_or(0);
                             let n = self
                                 .tool_index
                                 .iter()
                                 .find(|(b, _)| *b == idx)
                                 .map(|(_, n)| *n)
                                 .unwrap_or(0);
-                            let p = d.get("partial_json").and_then(Value::as_str).unwrap_or("");
-                            out.push_str(&self.chunk(
-                                json!({"tool_calls":[{"index":n,"function":{"arguments":p}}]}),
-                                None,
-                            ));
+                            let mut delta = String::with_capacity(64);
+                            delta.push_str("{\"tool_calls\":[{\"index\":");
+                            delta.push_str(&n.to_string());
+                            delta.push_str(",\"function\":{\"arguments\":");
+                            push_json_str(&mut delta, d.partial_json.as_deref().unwrap_or(""));
+                            delta.push_str("}}]}");
+                            self.chunk(&mut out, &delta, None);
                         }
                         _ => {}
                     }
                 }
                 "message_delta" => {
-                    if let Some(o) = data.pointer("/usage/output_tokens").and_then(Value::as_u64) {
+                    if let Some(o) = data.usage.and_then(|u| u.output_tokens) {
                         self.output_tokens = o;
                     }
-                    if let Some(stop) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
-                        out.push_str(&self.chunk(json!({}), Some(finish_reason(stop))));
+                    if let Some(stop) = data.delta.as_ref().and_then(|d| d.stop_reason.as_deref()) {
+                        self.chunk(&mut out, "{}", Some(finish_reason(stop)));
                     }
                 }
                 "message_stop" => {
                     if !self.role_sent {
-                        out.push_str(&self.chunk(json!({}), Some("stop")));
+                        self.chunk(&mut out, "{}", Some("stop"));
                     }
                     if self.opts.include_usage {
                         let u = json!({"id": self.id, "object": "chat.completion.chunk",
@@ -506,18 +580,16 @@ impl StreamTranslator {
                     self.done = true;
                 }
                 "error" => {
+                    let e = data.error;
                     return Err(InBandError {
-                        kind: data
-                            .pointer("/error/type")
-                            .and_then(Value::as_str)
-                            .unwrap_or("api_error")
-                            .to_string(),
-                        message: data
-                            .pointer("/error/message")
-                            .and_then(Value::as_str)
-                            .unwrap_or("the provider reported an error mid-stream")
-                            .to_string(),
-                    })
+                        kind: e
+                            .as_ref()
+                            .and_then(|e| e.kind.clone())
+                            .unwrap_or_else(|| "api_error".into()),
+                        message: e
+                            .and_then(|e| e.message)
+                            .unwrap_or_else(|| "the provider reported an error mid-stream".into()),
+                    });
                 }
                 // ping, content_block_stop, and event types added later
                 _ => {}
