@@ -196,18 +196,6 @@ async fn unsupported_parameters_and_errors() {
 /// `anthropic` SDK's published types (pydantic, strict) by tests/sdk/anthropic_shapes.py.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sent_shapes_match_anthropics_published_types() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let venv = std::process::Command::new("bash")
-        .arg(format!("{root}/scripts/sdk-venv.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        venv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&venv.stderr)
-    );
-    let python = String::from_utf8(venv.stdout).unwrap().trim().to_string();
-
     let m = mock("anth").await;
     let gw = Gateway::start(&format!(
         "providers:\n{}models:\n  claude-sonnet-4: [{{provider: anth, id: claude-sonnet-4-20250514}}]\n",
@@ -271,15 +259,11 @@ async fn sent_shapes_match_anthropics_published_types() {
             .unwrap(),
     )
     .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(format!("{root}/tests/sdk/anthropic_shapes.py"))
-            .arg(&input)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = run_sdk_script(
+        "anthropic_shapes.py",
+        vec![input.to_string_lossy().into_owned()],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

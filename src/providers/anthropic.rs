@@ -265,6 +265,16 @@ pub fn finish_reason(stop: &str) -> &'static str {
     }
 }
 
+/// Anthropic `usage` → (prompt tokens, completion tokens). Cache reads and writes are input
+/// tokens too, so OpenAI's `prompt_tokens` counts them.
+fn token_usage(usage: &Value) -> (u64, u64) {
+    let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+    (
+        n("input_tokens") + n("cache_read_input_tokens") + n("cache_creation_input_tokens"),
+        n("output_tokens"),
+    )
+}
+
 fn usage_json(input: u64, output: u64) -> Value {
     json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
 }
@@ -299,20 +309,7 @@ pub fn response(body: &[u8], created: u64) -> Result<Vec<u8>, String> {
         .get("stop_reason")
         .and_then(Value::as_str)
         .unwrap_or("end_turn");
-    let input = m
-        .pointer("/usage/input_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
-        + m.pointer("/usage/cache_read_input_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-        + m.pointer("/usage/cache_creation_input_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-    let output = m
-        .pointer("/usage/output_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let (input, output) = token_usage(&m["usage"]);
     let out = json!({
         "id": m.get("id").cloned().unwrap_or(Value::String("msg".into())),
         "object": "chat.completion",
@@ -510,11 +507,7 @@ impl StreamTranslator {
                         .and_then(Value::as_str)
                         .unwrap_or("")
                         .to_string();
-                    let tokens = |k: &str| m.pointer(k).and_then(Value::as_u64).unwrap_or(0);
-                    self.input_tokens = tokens("/usage/input_tokens")
-                        + tokens("/usage/cache_read_input_tokens")
-                        + tokens("/usage/cache_creation_input_tokens");
-                    self.output_tokens = tokens("/usage/output_tokens");
+                    (self.input_tokens, self.output_tokens) = token_usage(&m["usage"]);
                     self.set_prefix();
                 }
                 "content_block_start" => {

@@ -212,6 +212,31 @@ impl Response {
     }
 }
 
+/// The venv python with the official SDKs (created by scripts/sdk-venv.sh if missing).
+pub fn sdk_python() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("bash")
+        .arg(format!("{root}/scripts/sdk-venv.sh"))
+        .output()
+        .expect("run scripts/sdk-venv.sh");
+    assert!(
+        out.status.success(),
+        "venv setup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Run a script from tests/sdk/ with the venv python, off the async runtime's threads.
+pub async fn run_sdk_script(script: &str, args: Vec<String>) -> std::process::Output {
+    let python = sdk_python();
+    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    tokio::task::spawn_blocking(move || Command::new(python).arg(path).args(args).output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 pub fn chat_body(model: &str, stream: bool) -> String {
     format!(
         r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"stream":{stream},"x_unknown_field":{{"kept":[1,2,3]}}}}"#
