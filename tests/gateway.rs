@@ -919,3 +919,61 @@ async fn azure_deployment_url_and_key_header() {
     );
     assert!(seen.body.starts_with(br#"{"model":"gpt-4o-2024-08-06""#));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_failure_falls_back() {
+    // `.invalid` never resolves (RFC 6761): the lookup fails and the next target serves.
+    let good = mock("good").await;
+    let gw = Gateway::start(&format!(
+        "providers:\n  - {{name: nowhere, kind: openai, base-url: \"http://detour-test.invalid:9/v1\"}}\n{}models:\n  gpt-4o: [{{provider: nowhere}}, {{provider: p2}}]\n",
+        provider("p2", &good)
+    ))
+    .await;
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-provider"), Some("p2"));
+    assert_eq!(r.header("x-detour-attempts"), Some("2"));
+    let r = gw.chat(&chat_body("gpt-4o/nowhere", false)).await;
+    assert_eq!(r.status, 502);
+    let err = r.json()["error"]["attempts"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("DNS lookup of detour-test.invalid failed"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_faults_can_be_chosen_per_request() {
+    // The x-mock-* headers reach the mock through detour (they are ordinary client headers),
+    // so one healthy mock can be made to fail per request.
+    let m = mock("m").await;
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  gpt-4o: [{{provider: p1}}]\n",
+        provider("p1", &m)
+    ))
+    .await;
+    let body = chat_body("gpt-4o", false);
+    let r = gw.chat_with(&body, &[("x-mock-status", "503")]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let r = gw.chat_with(&body, &[("x-mock-fault", "reset")]).await;
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("closed the connection"), "{}", r.text());
+    let t = Instant::now();
+    let r = gw.chat_with(&body, &[("x-mock-delay-ms", "300")]).await;
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let r = gw
+        .chat_with(&chat_body("gpt-4o", true), &[("x-mock-chunks", "2")])
+        .await;
+    assert_eq!(
+        sse_data(&r.body).len(),
+        5,
+        "role + 2 chunks + finish + [DONE]"
+    );
+    let r = gw.chat(&body).await;
+    assert_eq!(r.status, 200, "without headers the mock is healthy");
+    assert_eq!(m.calls(), 6);
+}
