@@ -44,6 +44,8 @@ pub enum Dialect {
     OpenAi,
     /// `POST …/v1/messages` (Anthropic Messages API)
     Anthropic,
+    /// `POST …/models/{model}:generateContent` / `:streamGenerateContent` (Gemini)
+    Gemini,
 }
 
 impl FromStr for Fault {
@@ -309,6 +311,24 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
                     None => return,
                 }
             }
+            ("POST", p)
+                if p.ends_with(":generateContent") || p.ends_with(":streamGenerateContent") =>
+            {
+                let model = p
+                    .rsplit('/')
+                    .next()
+                    .and_then(|m| m.split(':').next())
+                    .unwrap_or("gemini")
+                    .to_string();
+                let stream = p.ends_with(":streamGenerateContent");
+                match answer(sock, &cfg, &stats, &plan, &model, stream, Dialect::Gemini).await {
+                    Some(s) => {
+                        sock = s;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
             ("POST", p) if p.ends_with("/messages") => {
                 match answer(sock, &cfg, &stats, &plan, &model, stream, Dialect::Anthropic).await {
                     Some(s) => {
@@ -434,6 +454,21 @@ async fn answer(
                 "{{\"error\":{{\"message\":\"{msg} ({})\",\"type\":\"{kind}\",\"param\":null,\"code\":null}}}}",
                 cfg.name
             ),
+            Dialect::Gemini => {
+                let status = match plan.status {
+                    429 => "RESOURCE_EXHAUSTED",
+                    401 => "UNAUTHENTICATED",
+                    403 => "PERMISSION_DENIED",
+                    404 => "NOT_FOUND",
+                    503 => "UNAVAILABLE",
+                    s if s >= 500 => "INTERNAL",
+                    _ => "INVALID_ARGUMENT",
+                };
+                format!(
+                    "{{\"error\":{{\"code\":{},\"message\":\"{msg} ({})\",\"status\":\"{status}\"}}}}",
+                    plan.status, cfg.name
+                )
+            }
             Dialect::Anthropic => {
                 let kind = match plan.status {
                     429 => "rate_limit_error",
@@ -456,7 +491,12 @@ async fn answer(
     let model_json = serde_json::to_string(model).unwrap_or_else(|_| "\"\"".into());
     if !stream {
         let content = format!("Hello from {}", cfg.name);
-        let body = if dialect == Dialect::Anthropic {
+        let body = if dialect == Dialect::Gemini {
+            format!(
+                "{{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\"{content}\"}}]}},\"finishReason\":\"STOP\",\"index\":0}}],\"usageMetadata\":{{\"promptTokenCount\":9,\"candidatesTokenCount\":3,\"totalTokenCount\":12}},\"modelVersion\":{model_json},\"responseId\":\"{}\"}}",
+                cfg.name
+            )
+        } else if dialect == Dialect::Anthropic {
             format!(
                 "{{\"id\":\"msg_{}\",\"type\":\"message\",\"role\":\"assistant\",\"model\":{model_json},\"content\":[{{\"type\":\"text\",\"text\":\"{content}\"}}],\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":{{\"input_tokens\":9,\"output_tokens\":3}}}}",
                 cfg.name
@@ -508,6 +548,20 @@ async fn answer(
             events.push(chunk_of("{}", "\"stop\""));
             events.push("data: [DONE]\n\n".to_string());
         }
+        Dialect::Gemini => {
+            for i in 0..plan.chunks {
+                let last = i + 1 == plan.chunks;
+                let tail = if last {
+                    format!(",\"finishReason\":\"STOP\",\"index\":0}}],\"usageMetadata\":{{\"promptTokenCount\":9,\"candidatesTokenCount\":{},\"totalTokenCount\":{}}}", plan.chunks, 9 + plan.chunks)
+                } else {
+                    ",\"index\":0}]".to_string()
+                };
+                events.push(format!(
+                    "data: {{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\"{}\"}}]}}{tail},\"modelVersion\":{model_json}}}\r\n\r\n",
+                    word(i)
+                ));
+            }
+        }
         Dialect::Anthropic => {
             let ev = |name: &str, data: String| format!("event: {name}\ndata: {data}\n\n");
             events.push(ev("message_start", format!("{{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_{}\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":{model_json},\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{{\"input_tokens\":9,\"output_tokens\":1}}}}}}", cfg.name)));
@@ -530,6 +584,7 @@ async fn answer(
         events.push(match dialect {
             Dialect::Anthropic => "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n".to_string(),
             Dialect::OpenAi => "data: {\"error\":{\"message\":\"Overloaded\",\"type\":\"server_error\"}}\n\n".to_string(),
+            Dialect::Gemini => "data: {\"error\":{\"code\":503,\"message\":\"The model is overloaded.\",\"status\":\"UNAVAILABLE\"}}\r\n\r\n".to_string(),
         });
     }
     let mut first = true;

@@ -93,6 +93,9 @@ pub enum ProviderKind {
     Azure,
     /// Anthropic Messages API: `{base}/v1/messages`, `x-api-key`, translated both ways.
     Anthropic,
+    /// Gemini on Google AI Studio: `{base}/v1beta/models/{id}:generateContent` (or
+    /// `:streamGenerateContent?alt=sse`), `x-goog-api-key`, translated both ways.
+    GoogleAiStudio,
 }
 
 impl ProviderKind {
@@ -101,6 +104,7 @@ impl ProviderKind {
             "openai" => Some(ProviderKind::OpenAi),
             "azure" => Some(ProviderKind::Azure),
             "anthropic" => Some(ProviderKind::Anthropic),
+            "google-ai-studio" => Some(ProviderKind::GoogleAiStudio),
             _ => None,
         }
     }
@@ -151,7 +155,7 @@ pub struct Provider {
 
 impl Provider {
     /// The request path (and query) for a chat completion with this provider-side model.
-    pub fn chat_path(&self, route: &ModelRoute) -> String {
+    pub fn chat_path(&self, route: &ModelRoute, stream: bool) -> String {
         match self.kind {
             ProviderKind::OpenAi => format!("{}/chat/completions", self.base_path),
             ProviderKind::Azure => {
@@ -168,6 +172,9 @@ impl Provider {
                 )
             }
             ProviderKind::Anthropic => format!("{}/v1/messages", self.base_path),
+            ProviderKind::GoogleAiStudio => {
+                crate::providers::gemini::path(&self.base_path, &route.id, stream)
+            }
         }
     }
 }
@@ -382,7 +389,7 @@ fn provider(
         ConfigError::new(
             format!("{path}.kind"),
             format!(
-                "unknown provider kind `{}` (expected openai, azure or anthropic)",
+                "unknown provider kind `{}` (expected openai, azure, anthropic or google-ai-studio)",
                 p.kind
             ),
         )
@@ -643,10 +650,13 @@ models:
         assert_eq!(c.providers[0].port, 443);
         let routes = &c.models["gpt-4o"];
         assert_eq!(
-            c.providers[1].chat_path(&routes[1]),
+            c.providers[1].chat_path(&routes[1], false),
             "/openai/deployments/my-4o/chat/completions?api-version=2024-10-21"
         );
-        assert_eq!(c.providers[0].chat_path(&routes[0]), "/v1/chat/completions");
+        assert_eq!(
+            c.providers[0].chat_path(&routes[0], true),
+            "/v1/chat/completions"
+        );
     }
 
     #[test]

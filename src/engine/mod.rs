@@ -13,7 +13,7 @@ use crate::api::{AttemptReport, ChatRequest, GatewayError};
 use crate::config::{ApiKey, Config, Provider, ProviderKind};
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Target};
-use crate::providers::anthropic;
+use crate::providers::{anthropic, gemini};
 use crate::sse::{error_event, EventAligner};
 use bytes::Bytes;
 use classify::{decide, Decision, FailClass};
@@ -337,15 +337,13 @@ impl Engine {
                 let max = target.route.max_output_tokens.unwrap_or(4096);
                 match anthropic::request(body, &target.route.id, max) {
                     Ok((b, opts)) => (Bytes::from(b), Wire::Anthropic(opts)),
-                    Err(m) => {
-                        return Outcome::Failed(Failure {
-                            class: FailClass::Unsupported,
-                            status: Some(400),
-                            message: format!("not sent to {}: {m}", provider.name),
-                        })
-                    }
+                    Err(m) => return Outcome::Failed(unsupported(provider, &m)),
                 }
             }
+            ProviderKind::GoogleAiStudio => match gemini::request(body) {
+                Ok((b, opts)) => (Bytes::from(b), Wire::Gemini(opts, target.route.id.clone())),
+                Err(m) => return Outcome::Failed(unsupported(provider, &m)),
+            },
         };
         let deadline = started + provider.timeouts.total;
         let peer = match self.peers.get(target.route.provider, provider).await {
@@ -364,6 +362,7 @@ impl Engine {
             s.req_header(),
             body.len(),
             &log.request_id,
+            stream,
         ) {
             Ok(h) => h,
             Err(e) => {
@@ -549,16 +548,19 @@ impl Engine {
                 }
             }
         }
-        if let Wire::Anthropic(_) = wire {
+        if !matches!(wire, Wire::OpenAi) {
             // Translated answers are read whole: the OpenAI JSON is built from the entire body.
             if !complete {
                 return Outcome::Failed(bad_response("the answer is too large to translate"));
             }
             let raw: Vec<u8> = chunks.concat();
-            let translated = if h.status.is_success() {
-                anthropic::response(&raw, unix_now())
-            } else {
-                Ok(anthropic::error_body(&raw))
+            let ok = h.status.is_success();
+            let translated = match &wire {
+                Wire::Anthropic(_) if ok => anthropic::response(&raw, unix_now()),
+                Wire::Anthropic(_) => Ok(anthropic::error_body(&raw)),
+                Wire::Gemini(_, model) if ok => gemini::response(&raw, model, unix_now()),
+                Wire::Gemini(..) => Ok(gemini::error_body(&raw)),
+                Wire::OpenAi => Ok(raw),
             };
             match translated {
                 Ok(b) => {
@@ -631,6 +633,9 @@ impl Engine {
             Wire::OpenAi => Relay::Pass(EventAligner::default()),
             Wire::Anthropic(opts) => {
                 Relay::Anthropic(anthropic::StreamTranslator::new(opts, unix_now()))
+            }
+            Wire::Gemini(opts, model) => {
+                Relay::Gemini(gemini::StreamTranslator::new(opts, &model, unix_now()))
             }
         };
         // Before commit: the first whole event, within the first-byte budget.
@@ -714,6 +719,12 @@ impl Engine {
             match end {
                 None => {}
                 Some(Ok(())) => {
+                    // Formats without [DONE] of their own get it here, when the answer finished.
+                    if let Some(tail) = relay.finish() {
+                        if s.write_response_body(Some(tail), false).await.is_err() {
+                            return Outcome::ClientGone;
+                        }
+                    }
                     if relay.complete() {
                         if s.write_response_body(None, true).await.is_err() {
                             return Outcome::ClientGone;
@@ -751,16 +762,27 @@ impl Engine {
 }
 
 /// The wire format of the attempt's provider, for the response side.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Wire {
     OpenAi,
     Anthropic(anthropic::StreamOpts),
+    /// Gemini, with the provider-side model id (its answers may not name it).
+    Gemini(anthropic::StreamOpts, String),
+}
+
+fn unsupported(provider: &Provider, why: &str) -> Failure {
+    Failure {
+        class: FailClass::Unsupported,
+        status: Some(400),
+        message: format!("not sent to {}: {why}", provider.name),
+    }
 }
 
 /// A stream's relay: pass-through (event-aligned) or translated.
 enum Relay {
     Pass(EventAligner),
     Anthropic(anthropic::StreamTranslator),
+    Gemini(gemini::StreamTranslator),
 }
 
 impl Relay {
@@ -769,6 +791,15 @@ impl Relay {
         match self {
             Relay::Pass(a) => Ok(a.push(c)),
             Relay::Anthropic(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
+            Relay::Gemini(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
+        }
+    }
+
+    /// At the upstream's clean end: closing bytes a translated format owes the client.
+    fn finish(&mut self) -> Option<Bytes> {
+        match self {
+            Relay::Pass(_) | Relay::Anthropic(_) => None,
+            Relay::Gemini(t) => t.finish().map(Bytes::from),
         }
     }
 
@@ -777,6 +808,7 @@ impl Relay {
         match self {
             Relay::Pass(a) => a.saw_done() && a.pending() == 0,
             Relay::Anthropic(t) => t.done() && t.pending() == 0,
+            Relay::Gemini(t) => t.finished() && t.pending() == 0,
         }
     }
 }
@@ -789,6 +821,11 @@ fn in_band_failure(e: &anthropic::InBandError) -> Failure {
         "api_error" => (FailClass::ServerError, Some(500)),
         "rate_limit_error" => (FailClass::RateLimited, Some(429)),
         "authentication_error" | "permission_error" => (FailClass::AuthError, Some(401)),
+        // Gemini's status names
+        "RESOURCE_EXHAUSTED" => (FailClass::RateLimited, Some(429)),
+        "UNAVAILABLE" => (FailClass::ServerError, Some(503)),
+        "INTERNAL" => (FailClass::ServerError, Some(500)),
+        "DEADLINE_EXCEEDED" => (FailClass::ServerError, Some(504)),
         _ => (FailClass::BadResponse, None),
     };
     Failure {

@@ -126,8 +126,9 @@ pub fn request_header(
     client: &RequestHeader,
     body_len: usize,
     request_id: &str,
+    stream: bool,
 ) -> pingora_core::Result<RequestHeader> {
-    let path = p.chat_path(&target.route);
+    let path = p.chat_path(&target.route, stream);
     let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8 + client.headers.len()))?;
     for (name, value) in client.headers.iter() {
         if forwardable(name.as_str()) {
@@ -146,6 +147,7 @@ pub fn request_header(
             }
             ProviderKind::Azure => h.insert_header("api-key", key.expose())?,
             ProviderKind::Anthropic => h.insert_header("x-api-key", key.expose())?,
+            ProviderKind::GoogleAiStudio => h.insert_header("x-goog-api-key", key.expose())?,
         }
     }
     if p.kind == ProviderKind::Anthropic {
@@ -186,8 +188,8 @@ models:
         ] {
             client.append_header(k, v).expect("h");
         }
-        let h =
-            request_header(&c.providers[0], &plan.targets[0], &client, 42, "rid").expect("header");
+        let h = request_header(&c.providers[0], &plan.targets[0], &client, 42, "rid", false)
+            .expect("header");
         assert_eq!(
             h.uri.to_string(),
             "/openai/deployments/dep/chat/completions?api-version=2024-10-21"

@@ -2,3 +2,4 @@
 //! out), unit-tested over fixtures; the engine calls it around the attempt.
 
 pub mod anthropic;
+pub mod gemini;
