@@ -135,5 +135,50 @@ fn anthropic(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(hot, benches, anthropic);
+/// Gemini translation: the same request, a JSON answer with text and a function call, and a
+/// 21-event stream per chunk.
+fn gemini(c: &mut Criterion) {
+    use detour::providers::{anthropic::StreamOpts, gemini};
+    let request = br#"{"model":"gemini-2.0-flash","max_tokens":1024,"temperature":0.2,"stream":true,
+      "stream_options":{"include_usage":true},
+      "tools":[{"type":"function","function":{"name":"get_weather","description":"Current weather for a city","parameters":{"type":"object","properties":{"city":{"type":"string"},"unit":{"type":"string","enum":["c","f"]}},"required":["city"]}}}],
+      "messages":[{"role":"system","content":"You are a concise assistant. Answer in one sentence unless asked otherwise."},
+        {"role":"user","content":"What is the weather in Paris and should I take an umbrella?"},
+        {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\",\"unit\":\"c\"}"}}]},
+        {"role":"tool","tool_call_id":"call_1","content":"{\"temp\":18,\"rain_probability\":0.7}"},
+        {"role":"user","content":"Thanks. And tomorrow?"}]}"#;
+    let answer = br#"{"candidates":[{"content":{"role":"model","parts":[{"text":"It is 18C with a 70% chance of rain: take an umbrella. Let me check tomorrow."},
+        {"functionCall":{"name":"get_weather","args":{"city":"Paris","unit":"c","day":"tomorrow"}}}]},"finishReason":"STOP","index":0}],
+      "usageMetadata":{"promptTokenCount":412,"candidatesTokenCount":58,"totalTokenCount":470},"modelVersion":"gemini-2.0-flash","responseId":"r1"}"#;
+    let mut stream: Vec<String> = (0..20)
+        .map(|i| format!("data: {{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\" word{i}\"}}]}},\"index\":0}}],\"modelVersion\":\"gemini-2.0-flash\"}}\r\n\r\n"))
+        .collect();
+    stream.push("data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\".\"}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":412,\"candidatesTokenCount\":21,\"totalTokenCount\":433},\"modelVersion\":\"gemini-2.0-flash\"}\r\n\r\n".to_string());
+    let mut g = c.benchmark_group("gemini");
+    g.bench_function("request", |b| {
+        b.iter(|| gemini::request(black_box(request)))
+    });
+    g.bench_function("response", |b| {
+        b.iter(|| gemini::response(black_box(answer), "gemini-2.0-flash", 1))
+    });
+    g.throughput(Throughput::Elements(stream.len() as u64));
+    g.bench_function("stream-21-events", |b| {
+        b.iter(|| {
+            let mut t = gemini::StreamTranslator::new(
+                StreamOpts {
+                    include_usage: true,
+                },
+                "gemini-2.0-flash",
+                1,
+            );
+            for ev in &stream {
+                let _ = black_box(t.push(ev.as_bytes()));
+            }
+            t.finish()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(hot, benches, anthropic, gemini);
 criterion_main!(hot);

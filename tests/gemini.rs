@@ -127,3 +127,86 @@ async fn a_chain_across_three_kinds() {
     );
     assert_eq!(r.status, 502, "mixed statuses");
 }
+
+/// What detour sends Gemini, and what the mock answers with, validated against the official
+/// `google-genai` SDK's published types by tests/sdk/gemini_shapes.py.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_shapes_match_googles_published_types() {
+    let m = mock("gem").await;
+    let gw = Gateway::start(&format!(
+        "providers:\n{}models:\n  gemini-2.0-flash: [{{provider: gem}}]\n",
+        gemini_provider("gem", &m)
+    ))
+    .await;
+    let tools = r#"[{"type":"function","function":{"name":"get_weather","description":"Weather for a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]"#;
+    let requests = [
+        r#"{"model":"gemini-2.0-flash","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}]}"#.to_string(),
+        format!(
+            r#"{{"model":"gemini-2.0-flash","max_completion_tokens":256,"temperature":0.3,"top_p":0.9,"seed":1,"stop":["END"],
+            "presence_penalty":0.1,"frequency_penalty":0.2,"tools":{tools},"tool_choice":{{"type":"function","function":{{"name":"get_weather"}}}},
+            "messages":[{{"role":"developer","content":[{{"type":"text","text":"Use tools."}}]}},
+              {{"role":"user","content":[{{"type":"text","text":"Weather here?"}},{{"type":"image_url","image_url":{{"url":"data:image/jpeg;base64,/9j/4AAQ"}}}}]}},
+              {{"role":"assistant","content":"Checking.","tool_calls":[{{"id":"call_1","type":"function","function":{{"name":"get_weather","arguments":"{{\"city\":\"Paris\"}}"}}}}]}},
+              {{"role":"tool","tool_call_id":"call_1","content":"18C and sunny"}},
+              {{"role":"user","content":"And tomorrow?"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"gemini-2.0-flash","stream":true,"tools":{tools},"tool_choice":"required","response_format":{{"type":"json_object"}},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        ),
+        r#"{"model":"gemini-2.0-flash","response_format":{"type":"json_schema","json_schema":{"name":"w","schema":{"type":"object","properties":{"t":{"type":"number"}}}}},"tool_choice":"none","messages":[{"role":"user","content":"hi"}]}"#.to_string(),
+    ];
+    for body in &requests {
+        let r = gw.chat(body).await;
+        assert_eq!(r.status, 200, "{body}: {}", r.text());
+    }
+    let sent: Vec<Value> = m
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let direct = |path: &'static str| async move {
+        request(
+            m.addr.port(),
+            "POST",
+            path,
+            &[],
+            br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
+        )
+        .await
+        .unwrap()
+    };
+    let response = direct("/v1beta/models/gemini-2.0-flash:generateContent")
+        .await
+        .json();
+    let events: Vec<Value> = sse_data(
+        &direct("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse")
+            .await
+            .body,
+    )
+    .iter()
+    .map(|d| serde_json::from_str(d).unwrap())
+    .collect();
+    assert!(events.len() >= 3);
+    let input = temp_dir().join("gemini-shapes.json");
+    std::fs::write(
+        &input,
+        serde_json::to_vec(
+            &json!({"requests": sent, "response": response, "stream_events": events}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let out = run_sdk_script(
+        "gemini_shapes.py",
+        vec![input.to_string_lossy().into_owned()],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "shapes rejected by google-genai's types:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    assert!(stdout.matches("ok: ").count() >= 20, "{stdout}");
+}

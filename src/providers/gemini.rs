@@ -14,6 +14,7 @@
 use super::anthropic::{InBandError, StreamOpts};
 use crate::sse::SseDecoder;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 /// The request path for `model_id` below the provider's base path.
 pub fn path(base_path: &str, model_id: &str, stream: bool) -> String {
@@ -362,6 +363,69 @@ pub fn error_body(body: &[u8]) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// One streamed `GenerateContentResponse`, borrowed from the received bytes where it can be.
+#[derive(serde::Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    candidates: Vec<Candidate<'a>>,
+    #[serde(default, rename = "usageMetadata")]
+    usage: Option<UsageMeta>,
+    #[serde(default, rename = "modelVersion", borrow)]
+    model_version: Option<Cow<'a, str>>,
+    #[serde(default)]
+    error: Option<ErrorInfo>,
+}
+
+#[derive(serde::Deserialize)]
+struct Candidate<'a> {
+    #[serde(default, borrow)]
+    content: Option<CandidateContent<'a>>,
+    #[serde(default, rename = "finishReason", borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct CandidateContent<'a> {
+    #[serde(default, borrow)]
+    parts: Vec<Part<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Part<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    thought: Option<bool>,
+    #[serde(default, rename = "functionCall")]
+    function_call: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMeta {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    thoughts_token_count: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorInfo {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    match serde_json::to_string(s) {
+        Ok(q) => out.push_str(&q),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
 /// Gemini SSE (`data:` lines, each a whole `GenerateContentResponse`, no `[DONE]`) → OpenAI
 /// chunk SSE. The stream is complete when a chunk carried a `finishReason` and the upstream
 /// then ended: [`StreamTranslator::finish`] adds the usage chunk and `[DONE]`.
@@ -371,6 +435,8 @@ pub struct StreamTranslator {
     opts: StreamOpts,
     created: u64,
     model: String,
+    /// Everything of a chunk before its delta, built when the model is known.
+    prefix: String,
     calls: usize,
     role_sent: bool,
     finished: bool,
@@ -379,16 +445,31 @@ pub struct StreamTranslator {
 
 impl StreamTranslator {
     pub fn new(opts: StreamOpts, model_id: &str, created: u64) -> Self {
-        StreamTranslator {
+        let mut t = StreamTranslator {
             decoder: SseDecoder::default(),
             opts,
             created,
             model: model_id.to_string(),
+            prefix: String::new(),
             calls: 0,
             role_sent: false,
             finished: false,
             usage: (0, 0),
-        }
+        };
+        t.set_prefix();
+        t
+    }
+
+    fn set_prefix(&mut self) {
+        let mut p = String::with_capacity(140);
+        p.push_str(
+            "data: {\"id\":\"chatcmpl-gemini\",\"object\":\"chat.completion.chunk\",\"created\":",
+        );
+        p.push_str(&self.created.to_string());
+        p.push_str(",\"model\":");
+        push_json_str(&mut p, &self.model);
+        p.push_str(",\"choices\":[{\"index\":0,\"delta\":");
+        self.prefix = p;
     }
 
     pub fn pending(&self) -> usize {
@@ -400,59 +481,87 @@ impl StreamTranslator {
         self.finished
     }
 
-    fn chunk(&mut self, out: &mut String, delta: Value, finish: Option<&str>) {
+    fn chunk(&mut self, out: &mut String, delta: &str, finish: Option<&str>) {
         if !self.role_sent {
             self.role_sent = true;
-            self.chunk(out, json!({"role": "assistant", "content": ""}), None);
+            self.chunk(out, r#"{"role":"assistant","content":""}"#, None);
         }
-        let c = json!({"id": "chatcmpl-gemini", "object": "chat.completion.chunk", "created": self.created,
-            "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-        out.push_str(&format!("data: {c}\n\n"));
+        out.push_str(&self.prefix);
+        out.push_str(delta);
+        out.push_str(",\"finish_reason\":");
+        match finish {
+            Some(f) => {
+                out.push('"');
+                out.push_str(f);
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str("}]}\n\n");
     }
 
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<u8>, InBandError> {
         let mut out = String::new();
         for ev in self.decoder.push(bytes) {
-            let v: Value = serde_json::from_str(&ev.data).map_err(|_| InBandError {
+            let v: Chunk<'_> = serde_json::from_str(&ev.data).map_err(|_| InBandError {
                 kind: "invalid_event".into(),
                 message: "the provider sent an event that is not JSON".into(),
             })?;
-            if let Some(e) = v.get("error") {
+            if let Some(e) = v.error {
                 return Err(InBandError {
-                    kind: e
-                        .get("status")
-                        .and_then(Value::as_str)
-                        .unwrap_or("INTERNAL")
-                        .to_string(),
-                    message: e
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("error")
-                        .to_string(),
+                    kind: e.status.unwrap_or_else(|| "INTERNAL".into()),
+                    message: e.message.unwrap_or_else(|| "error".into()),
                 });
             }
-            if let Some(m) = v.get("modelVersion").and_then(Value::as_str) {
-                self.model = m.to_string();
+            if let Some(m) = v.model_version.as_deref() {
+                if m != self.model {
+                    self.model = m.to_string();
+                    self.set_prefix();
+                }
             }
-            let (text, calls) = candidate_parts(&v, self.calls);
+            if let Some(u) = &v.usage {
+                self.usage = (
+                    u.prompt_token_count,
+                    u.candidates_token_count + u.thoughts_token_count,
+                );
+            }
+            let Some(cand) = v.candidates.into_iter().next() else {
+                continue;
+            };
+            let mut text = String::new();
+            let mut calls = Vec::new();
+            for p in cand.content.map(|c| c.parts).unwrap_or_default() {
+                if let Some(t) = p.text {
+                    if p.thought != Some(true) {
+                        text.push_str(&t);
+                    }
+                } else if let Some(fc) = p.function_call {
+                    calls.push(fc);
+                }
+            }
             if !text.is_empty() {
-                self.chunk(&mut out, json!({"content": text}), None);
+                let mut delta = String::with_capacity(text.len() + 16);
+                delta.push_str("{\"content\":");
+                push_json_str(&mut delta, &text);
+                delta.push('}');
+                self.chunk(&mut out, &delta, None);
             }
-            for (i, call) in calls.iter().enumerate() {
-                let mut call = call.clone();
-                call["index"] = json!(self.calls + i);
-                self.chunk(&mut out, json!({"tool_calls": [call]}), None);
+            for fc in calls {
+                let n = self.calls;
+                self.calls += 1;
+                let id = fc
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("call_{n}"));
+                let delta = json!({"tool_calls": [{"index": n, "id": id, "type": "function", "function": {
+                    "name": fc.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": serde_json::to_string(fc.get("args").unwrap_or(&json!({}))).unwrap_or_default()}}]});
+                self.chunk(&mut out, &delta.to_string(), None);
             }
-            self.calls += calls.len();
-            if v.get("usageMetadata").is_some() {
-                self.usage = usage(&v);
-            }
-            if let Some(reason) = v
-                .pointer("/candidates/0/finishReason")
-                .and_then(Value::as_str)
-            {
+            if let Some(reason) = cand.finish_reason.as_deref() {
                 let f = finish_reason(reason, self.calls > 0);
-                self.chunk(&mut out, json!({}), Some(f));
+                self.chunk(&mut out, "{}", Some(f));
                 self.finished = true;
             }
         }

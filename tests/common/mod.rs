@@ -408,6 +408,7 @@ impl ChunkDecoder {
 /// SSE `data:` payloads in a body, in order.
 pub fn sse_data(body: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(body)
+        .replace("\r\n", "\n")
         .split("\n\n")
         .filter_map(|ev| {
             ev.lines()
