@@ -14,6 +14,7 @@
 //! `frequency_penalty`, `seed`, `logit_bias`, `response_format` `json_object`/`text`,
 //! `parallel_tool_calls`, `store`, and every field Anthropic does not know.
 
+use super::{push_json_str, ChunkWriter};
 use crate::sse::SseDecoder;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -398,57 +399,32 @@ pub struct StreamTranslator {
     created: u64,
     id: String,
     model: String,
-    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":`
-    /// — the same for every chunk of the stream, built once at `message_start`.
-    prefix: String,
+    /// Chunk framing; its identity is set at `message_start`. It holds the role chunk back until
+    /// the first content-bearing event, so that nothing reaches the client (no commit) before
+    /// the answer really starts: an `overloaded_error` right after `message_start` still falls
+    /// back.
+    writer: ChunkWriter,
     input_tokens: u64,
     output_tokens: u64,
     /// Anthropic content block index → OpenAI tool_calls index.
     tool_index: Vec<(u64, usize)>,
-    /// The role chunk waits for the first content-bearing event, so that nothing reaches the
-    /// client (no commit) before the answer really starts: an `overloaded_error` right after
-    /// `message_start` still falls back.
-    role_sent: bool,
     done: bool,
-}
-
-fn push_json_str(out: &mut String, s: &str) {
-    // A str always serializes; the fallback keeps the output valid JSON regardless.
-    match serde_json::to_string(s) {
-        Ok(q) => out.push_str(&q),
-        Err(_) => out.push_str("\"\""),
-    }
 }
 
 impl StreamTranslator {
     pub fn new(opts: StreamOpts, created: u64) -> Self {
-        let mut t = StreamTranslator {
+        StreamTranslator {
             decoder: SseDecoder::default(),
             opts,
             created,
             id: String::new(),
             model: String::new(),
-            prefix: String::new(),
+            writer: ChunkWriter::new("", created, ""),
             input_tokens: 0,
             output_tokens: 0,
             tool_index: Vec::new(),
-            role_sent: false,
             done: false,
-        };
-        t.set_prefix();
-        t
-    }
-
-    fn set_prefix(&mut self) {
-        let mut p = String::with_capacity(160);
-        p.push_str("data: {\"id\":");
-        push_json_str(&mut p, &self.id);
-        p.push_str(",\"object\":\"chat.completion.chunk\",\"created\":");
-        p.push_str(&self.created.to_string());
-        p.push_str(",\"model\":");
-        push_json_str(&mut p, &self.model);
-        p.push_str(",\"choices\":[{\"index\":0,\"delta\":");
-        self.prefix = p;
+        }
     }
 
     /// Whether `[DONE]` has been produced (the upstream's `message_stop` arrived).
@@ -459,26 +435,6 @@ impl StreamTranslator {
     /// Bytes of a partial upstream event still held.
     pub fn pending(&self) -> usize {
         self.decoder.pending()
-    }
-
-    /// Append one chunk (`delta` is already JSON), preceded by the role chunk the first time.
-    fn chunk(&mut self, out: &mut String, delta: &str, finish: Option<&str>) {
-        if !self.role_sent {
-            self.role_sent = true;
-            self.chunk(out, r#"{"role":"assistant","content":""}"#, None);
-        }
-        out.push_str(&self.prefix);
-        out.push_str(delta);
-        out.push_str(",\"finish_reason\":");
-        match finish {
-            Some(f) => {
-                out.push('"');
-                out.push_str(f);
-                out.push('"');
-            }
-            None => out.push_str("null"),
-        }
-        out.push_str("}]}\n\n");
     }
 
     /// Feed upstream bytes; returns the OpenAI SSE bytes to send now (possibly empty).
@@ -508,7 +464,8 @@ impl StreamTranslator {
                         .unwrap_or("")
                         .to_string();
                     (self.input_tokens, self.output_tokens) = token_usage(&m["usage"]);
-                    self.set_prefix();
+                    self.writer
+                        .set_identity(&self.id, self.created, &self.model);
                 }
                 "content_block_start" => {
                     let block = data.content_block.unwrap_or(Value::Null);
@@ -518,7 +475,7 @@ impl StreamTranslator {
                         self.tool_index.push((idx, n));
                         let delta = json!({"tool_calls":[{"index":n,"id":block.get("id"),"type":"function",
                                 "function":{"name":block.get("name"),"arguments":""}}]});
-                        self.chunk(&mut out, &delta.to_string(), None);
+                        self.writer.chunk(&mut out, &delta.to_string(), None);
                     }
                 }
                 "content_block_delta" => {
@@ -530,7 +487,7 @@ impl StreamTranslator {
                             delta.push_str("{\"content\":");
                             push_json_str(&mut delta, d.text.as_deref().unwrap_or(""));
                             delta.push('}');
-                            self.chunk(&mut out, &delta, None);
+                            self.writer.chunk(&mut out, &delta, None);
                         }
                         Some("input_json_delta") => {
                             let idx = data.index.unwrap_or(0);
@@ -546,7 +503,7 @@ impl StreamTranslator {
                             delta.push_str(",\"function\":{\"arguments\":");
                             push_json_str(&mut delta, d.partial_json.as_deref().unwrap_or(""));
                             delta.push_str("}}]}");
-                            self.chunk(&mut out, &delta, None);
+                            self.writer.chunk(&mut out, &delta, None);
                         }
                         _ => {}
                     }
@@ -556,12 +513,12 @@ impl StreamTranslator {
                         self.output_tokens = o;
                     }
                     if let Some(stop) = data.delta.as_ref().and_then(|d| d.stop_reason.as_deref()) {
-                        self.chunk(&mut out, "{}", Some(finish_reason(stop)));
+                        self.writer.chunk(&mut out, "{}", Some(finish_reason(stop)));
                     }
                 }
                 "message_stop" => {
-                    if !self.role_sent {
-                        self.chunk(&mut out, "{}", Some("stop"));
+                    if !self.writer.role_sent() {
+                        self.writer.chunk(&mut out, "{}", Some("stop"));
                     }
                     if self.opts.include_usage {
                         let u = json!({"id": self.id, "object": "chat.completion.chunk",

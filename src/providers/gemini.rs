@@ -12,6 +12,7 @@
 //! `logit_bias`, `parallel_tool_calls`, `store`, unknown fields.
 
 use super::anthropic::{InBandError, StreamOpts};
+use super::{push_json_str, ChunkWriter};
 use crate::sse::SseDecoder;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -419,13 +420,6 @@ struct ErrorInfo {
     message: Option<String>,
 }
 
-fn push_json_str(out: &mut String, s: &str) {
-    match serde_json::to_string(s) {
-        Ok(q) => out.push_str(&q),
-        Err(_) => out.push_str("\"\""),
-    }
-}
-
 /// Gemini SSE (`data:` lines, each a whole `GenerateContentResponse`, no `[DONE]`) → OpenAI
 /// chunk SSE. The stream is complete when a chunk carried a `finishReason` and the upstream
 /// then ended: [`StreamTranslator::finish`] adds the usage chunk and `[DONE]`.
@@ -435,41 +429,25 @@ pub struct StreamTranslator {
     opts: StreamOpts,
     created: u64,
     model: String,
-    /// Everything of a chunk before its delta, built when the model is known.
-    prefix: String,
+    /// Chunk framing (the role chunk waits for the first content, as for Anthropic).
+    writer: ChunkWriter,
     calls: usize,
-    role_sent: bool,
     finished: bool,
     usage: (u64, u64),
 }
 
 impl StreamTranslator {
     pub fn new(opts: StreamOpts, model_id: &str, created: u64) -> Self {
-        let mut t = StreamTranslator {
+        StreamTranslator {
             decoder: SseDecoder::default(),
             opts,
             created,
             model: model_id.to_string(),
-            prefix: String::new(),
+            writer: ChunkWriter::new("chatcmpl-gemini", created, model_id),
             calls: 0,
-            role_sent: false,
             finished: false,
             usage: (0, 0),
-        };
-        t.set_prefix();
-        t
-    }
-
-    fn set_prefix(&mut self) {
-        let mut p = String::with_capacity(140);
-        p.push_str(
-            "data: {\"id\":\"chatcmpl-gemini\",\"object\":\"chat.completion.chunk\",\"created\":",
-        );
-        p.push_str(&self.created.to_string());
-        p.push_str(",\"model\":");
-        push_json_str(&mut p, &self.model);
-        p.push_str(",\"choices\":[{\"index\":0,\"delta\":");
-        self.prefix = p;
+        }
     }
 
     pub fn pending(&self) -> usize {
@@ -479,25 +457,6 @@ impl StreamTranslator {
     /// Whether a `finishReason` arrived (the answer is whole once the upstream ends).
     pub fn finished(&self) -> bool {
         self.finished
-    }
-
-    fn chunk(&mut self, out: &mut String, delta: &str, finish: Option<&str>) {
-        if !self.role_sent {
-            self.role_sent = true;
-            self.chunk(out, r#"{"role":"assistant","content":""}"#, None);
-        }
-        out.push_str(&self.prefix);
-        out.push_str(delta);
-        out.push_str(",\"finish_reason\":");
-        match finish {
-            Some(f) => {
-                out.push('"');
-                out.push_str(f);
-                out.push('"');
-            }
-            None => out.push_str("null"),
-        }
-        out.push_str("}]}\n\n");
     }
 
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<u8>, InBandError> {
@@ -516,7 +475,8 @@ impl StreamTranslator {
             if let Some(m) = v.model_version.as_deref() {
                 if m != self.model {
                     self.model = m.to_string();
-                    self.set_prefix();
+                    self.writer
+                        .set_identity("chatcmpl-gemini", self.created, &self.model);
                 }
             }
             if let Some(u) = &v.usage {
@@ -544,7 +504,7 @@ impl StreamTranslator {
                 delta.push_str("{\"content\":");
                 push_json_str(&mut delta, &text);
                 delta.push('}');
-                self.chunk(&mut out, &delta, None);
+                self.writer.chunk(&mut out, &delta, None);
             }
             for fc in calls {
                 let n = self.calls;
@@ -557,11 +517,11 @@ impl StreamTranslator {
                 let delta = json!({"tool_calls": [{"index": n, "id": id, "type": "function", "function": {
                     "name": fc.get("name").cloned().unwrap_or(Value::Null),
                     "arguments": serde_json::to_string(fc.get("args").unwrap_or(&json!({}))).unwrap_or_default()}}]});
-                self.chunk(&mut out, &delta.to_string(), None);
+                self.writer.chunk(&mut out, &delta.to_string(), None);
             }
             if let Some(reason) = cand.finish_reason.as_deref() {
                 let f = finish_reason(reason, self.calls > 0);
-                self.chunk(&mut out, "{}", Some(f));
+                self.writer.chunk(&mut out, "{}", Some(f));
                 self.finished = true;
             }
         }

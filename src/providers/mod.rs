@@ -3,3 +3,69 @@
 
 pub mod anthropic;
 pub mod gemini;
+
+/// Append `s` as a JSON string literal.
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
+    // A str always serializes; the fallback keeps the output valid JSON regardless.
+    match serde_json::to_string(s) {
+        Ok(q) => out.push_str(&q),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+/// Writes the OpenAI `chat.completion.chunk` events of a translated stream.
+///
+/// Every chunk of a stream shares its beginning (`id`, `created`, `model`), so that part is built
+/// once. The role chunk is held back until the first chunk with content (or a finish), so that
+/// nothing reaches the client, and nothing is committed, before the answer really starts.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkWriter {
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":`
+    prefix: String,
+    role_sent: bool,
+}
+
+impl ChunkWriter {
+    pub(crate) fn new(id: &str, created: u64, model: &str) -> Self {
+        let mut w = ChunkWriter::default();
+        w.set_identity(id, created, model);
+        w
+    }
+
+    /// Set what every following chunk says of the stream (when the upstream names it).
+    pub(crate) fn set_identity(&mut self, id: &str, created: u64, model: &str) {
+        let mut p = String::with_capacity(160);
+        p.push_str("data: {\"id\":");
+        push_json_str(&mut p, id);
+        p.push_str(",\"object\":\"chat.completion.chunk\",\"created\":");
+        p.push_str(&created.to_string());
+        p.push_str(",\"model\":");
+        push_json_str(&mut p, model);
+        p.push_str(",\"choices\":[{\"index\":0,\"delta\":");
+        self.prefix = p;
+    }
+
+    pub(crate) fn role_sent(&self) -> bool {
+        self.role_sent
+    }
+
+    /// Append one chunk (`delta` is already JSON), preceded by the role chunk the first time.
+    pub(crate) fn chunk(&mut self, out: &mut String, delta: &str, finish: Option<&str>) {
+        if !self.role_sent {
+            self.role_sent = true;
+            self.chunk(out, r#"{"role":"assistant","content":""}"#, None);
+        }
+        out.push_str(&self.prefix);
+        out.push_str(delta);
+        out.push_str(",\"finish_reason\":");
+        match finish {
+            Some(f) => {
+                out.push('"');
+                out.push_str(f);
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str("}]}\n\n");
+    }
+}
