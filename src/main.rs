@@ -27,9 +27,9 @@ USAGE:
       -d, --daemon      run in the background (pid file: server.pid_file)
       -u, --upgrade     take the listeners over from a running detour (send it SIGQUIT)
   detour demo                        mock providers on 127.0.0.1:9101/9102 + the gateway on :8080
-  detour mock [OPTIONS]              a fault-injecting mock provider (OpenAI API)
+  detour mock [OPTIONS]              a fault-injecting mock provider (OpenAI, Anthropic, Gemini APIs)
       --listen ADDR (127.0.0.1:9101)  --name NAME  --status CODE  --delay-ms MS
-      --fault none|hang|reset|reset-mid-stream|stall-mid-stream|close-mid-body
+      --fault none|hang|reset|reset-mid-stream|stall-mid-stream|close-mid-body|error-in-stream
       --fault-after N  --chunks N  --chunk-interval-ms MS  --threads N
       Per request, headers x-mock-status, x-mock-delay-ms, x-mock-fault, x-mock-fault-after,
       x-mock-chunks and x-mock-chunk-interval-ms override these.
