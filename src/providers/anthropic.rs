@@ -14,7 +14,7 @@
 //! `frequency_penalty`, `seed`, `logit_bias`, `response_format` `json_object`/`text`,
 //! `parallel_tool_calls`, `store`, and every field Anthropic does not know.
 
-use super::{push_json_str, ChunkWriter};
+use super::{push_json_str, push_turn, text_of, ChunkWriter};
 use crate::sse::SseDecoder;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -28,32 +28,6 @@ pub struct StreamOpts {
 fn obj<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
     v.as_object()
         .ok_or_else(|| format!("{what} must be an object"))
-}
-
-/// Text of an OpenAI `content` that must be plain text (system and tool messages).
-fn text_of(content: &Value) -> Result<String, String> {
-    match content {
-        Value::String(s) => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        Value::Array(parts) => {
-            let mut out = String::new();
-            for p in parts {
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        out.push_str(p.get("text").and_then(Value::as_str).unwrap_or(""))
-                    }
-                    other => {
-                        return Err(format!(
-                            "content part type {} is not allowed here",
-                            other.unwrap_or("(none)")
-                        ))
-                    }
-                }
-            }
-            Ok(out)
-        }
-        _ => Err("content must be a string or an array of parts".into()),
-    }
 }
 
 /// An image_url part → an Anthropic image block.
@@ -99,19 +73,6 @@ fn blocks_of(content: &Value) -> Result<Vec<Value>, String> {
     }
 }
 
-/// Append blocks to the last message if it has the same role (Anthropic wants alternation).
-fn push_turn(messages: &mut Vec<Value>, role: &str, mut blocks: Vec<Value>) {
-    if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
-            if let Some(arr) = last.get_mut("content").and_then(Value::as_array_mut) {
-                arr.append(&mut blocks);
-                return;
-            }
-        }
-    }
-    messages.push(json!({"role":role,"content":blocks}));
-}
-
 /// OpenAI chat request body → Anthropic Messages body for `model_id`.
 pub fn request(
     body: &[u8],
@@ -140,7 +101,7 @@ pub fn request(
             }
             "user" => {
                 let b = blocks_of(content).map_err(|e| format!("messages[{i}]: {e}"))?;
-                push_turn(&mut messages, "user", b);
+                push_turn(&mut messages, "content", "user", b);
             }
             "assistant" => {
                 let mut b = blocks_of(content).map_err(|e| format!("messages[{i}]: {e}"))?;
@@ -164,13 +125,14 @@ pub fn request(
                     b.push(json!({"type":"tool_use","id":tc.get("id").cloned().unwrap_or(Value::Null),
                         "name":tc.pointer("/function/name").cloned().unwrap_or(Value::Null),"input":input}));
                 }
-                push_turn(&mut messages, "assistant", b);
+                push_turn(&mut messages, "content", "assistant", b);
             }
             "tool" => {
                 let text = text_of(content).map_err(|e| format!("messages[{i}]: {e}"))?;
                 let id = m.get("tool_call_id").cloned().unwrap_or(Value::Null);
                 push_turn(
                     &mut messages,
+                    "content",
                     "user",
                     vec![json!({"type":"tool_result","tool_use_id":id,"content":text})],
                 );

@@ -12,7 +12,7 @@
 //! `logit_bias`, `parallel_tool_calls`, `store`, unknown fields.
 
 use super::anthropic::{InBandError, StreamOpts};
-use super::{push_json_str, ChunkWriter};
+use super::{push_json_str, push_turn, text_of, ChunkWriter};
 use crate::sse::SseDecoder;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -23,28 +23,6 @@ pub fn path(base_path: &str, model_id: &str, stream: bool) -> String {
         format!("{base_path}/v1beta/models/{model_id}:streamGenerateContent?alt=sse")
     } else {
         format!("{base_path}/v1beta/models/{model_id}:generateContent")
-    }
-}
-
-fn text_of(content: &Value) -> Result<String, String> {
-    match content {
-        Value::String(s) => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(p
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string()),
-                other => Err(format!(
-                    "content part type {} is not allowed here",
-                    other.unwrap_or("(none)")
-                )),
-            })
-            .collect(),
-        _ => Err("content must be a string or an array of parts".into()),
     }
 }
 
@@ -81,18 +59,6 @@ fn parts_of(content: &Value) -> Result<Vec<Value>, String> {
     }
 }
 
-fn push_turn(contents: &mut Vec<Value>, role: &str, mut parts: Vec<Value>) {
-    if let Some(last) = contents.last_mut() {
-        if last["role"] == role {
-            if let Some(arr) = last.get_mut("parts").and_then(Value::as_array_mut) {
-                arr.append(&mut parts);
-                return;
-            }
-        }
-    }
-    contents.push(json!({"role": role, "parts": parts}));
-}
-
 /// OpenAI chat request body → Gemini `GenerateContentRequest` body.
 pub fn request(body: &[u8]) -> Result<(Vec<u8>, StreamOpts), String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
@@ -116,7 +82,12 @@ pub fn request(body: &[u8]) -> Result<(Vec<u8>, StreamOpts), String> {
                 }
                 system.push_str(&text_of(content).map_err(at)?);
             }
-            "user" => push_turn(&mut contents, "user", parts_of(content).map_err(at)?),
+            "user" => push_turn(
+                &mut contents,
+                "parts",
+                "user",
+                parts_of(content).map_err(at)?,
+            ),
             "assistant" => {
                 let mut parts = parts_of(content).map_err(at)?;
                 for tc in m
@@ -144,7 +115,7 @@ pub fn request(body: &[u8]) -> Result<(Vec<u8>, StreamOpts), String> {
                     }
                     parts.push(json!({"functionCall": {"name": name, "args": args}}));
                 }
-                push_turn(&mut contents, "model", parts);
+                push_turn(&mut contents, "parts", "model", parts);
             }
             "tool" => {
                 let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
@@ -162,6 +133,7 @@ pub fn request(body: &[u8]) -> Result<(Vec<u8>, StreamOpts), String> {
                 };
                 push_turn(
                     &mut contents,
+                    "parts",
                     "user",
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 );

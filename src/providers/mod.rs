@@ -4,6 +4,46 @@
 pub mod anthropic;
 pub mod gemini;
 
+use serde_json::{json, Value};
+
+/// The text of an OpenAI `content` that must be plain text (system, developer and tool
+/// messages): a string, null, or text parts only.
+pub(crate) fn text_of(content: &Value) -> Result<String, String> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| match p.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(p
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()),
+                other => Err(format!(
+                    "content part type {} is not allowed here",
+                    other.unwrap_or("(none)")
+                )),
+            })
+            .collect(),
+        _ => Err("content must be a string or an array of parts".into()),
+    }
+}
+
+/// Add a turn of `role` with `items` under `key` (Anthropic `content`, Gemini `parts`), merged
+/// into the previous turn when it has the same role: both APIs want the roles to alternate.
+pub(crate) fn push_turn(turns: &mut Vec<Value>, key: &str, role: &str, mut items: Vec<Value>) {
+    if let Some(last) = turns.last_mut() {
+        if last["role"] == role {
+            if let Some(arr) = last.get_mut(key).and_then(Value::as_array_mut) {
+                arr.append(&mut items);
+                return;
+            }
+        }
+    }
+    turns.push(json!({"role": role, key: items}));
+}
+
 /// Append `s` as a JSON string literal.
 pub(crate) fn push_json_str(out: &mut String, s: &str) {
     // A str always serializes; the fallback keeps the output valid JSON regardless.
