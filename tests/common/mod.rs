@@ -170,6 +170,22 @@ impl Gateway {
         .unwrap()
     }
 
+    /// The metrics text once it contains every line of `lines` (at most 2 s). Request-level
+    /// counters are updated in Pingora's `logging()` phase, which runs just after the response's
+    /// last byte is written: a client can read /metrics before it has run.
+    pub async fn metrics_with(&self, lines: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            let m = self.metrics().await;
+            if lines.iter().all(|l| m.lines().any(|x| x == *l))
+                || start.elapsed() > Duration::from_secs(2)
+            {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         let r = request(self.admin_port, "GET", "/metrics", &[], b"")
             .await
