@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod metrics;

@@ -3,7 +3,7 @@
 //! Syntax (comma-separated, tried in order, spaces trimmed):
 //! - `model/provider` pins a provider; a model the catalog does not list for that provider is
 //!   passed to it as written;
-//! - `model` (a catalog name) expands to every provider that serves it, in catalog order;
+//! - `model` (a catalog name) expands to every provider that serves it, native provider first;
 //! - `!provider` excludes that provider from the whole chain, wherever it stands.
 //!
 //! Duplicates are dropped (first place wins). Providers whose key is missing are not tried but
@@ -12,7 +12,7 @@
 use crate::config::{ApiKey, Config, ModelRoute};
 
 /// One upstream attempt to make.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     /// The model name as the client wrote it (catalog name or pass-through id).
     pub model: String,
@@ -34,7 +34,7 @@ pub struct Skipped {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
     pub targets: Vec<Target>,
     pub skipped: Vec<Skipped>,
@@ -131,7 +131,7 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
     for entry in entries {
         match entry {
             Entry::Bare(m) => {
-                for r in cfg.models.get(m).into_iter().flatten() {
+                for r in cfg.models.get(m).into_iter().flat_map(|m| &m.routes) {
                     push(m, r.clone());
                 }
             }
@@ -139,15 +139,9 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
                 let route = cfg
                     .models
                     .get(m)
-                    .and_then(|rs| rs.iter().find(|r| r.provider == i))
+                    .and_then(|model| model.routes.iter().find(|r| r.provider == i))
                     .cloned()
-                    .unwrap_or_else(|| ModelRoute {
-                        provider: i,
-                        id: m.to_string(),
-                        deployment: None,
-                        api_version: None,
-                        max_output_tokens: None,
-                    });
+                    .unwrap_or_else(|| ModelRoute::pinned(i, m));
                 push(m, route);
             }
         }

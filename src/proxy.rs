@@ -186,22 +186,46 @@ impl DetourProxy {
     }
 }
 
-/// `GET /v1/models`: the catalog, in OpenAI's list shape.
+/// `GET /v1/models`: the catalog, in OpenAI's list shape, with detour's facts per model.
 fn models_list(cfg: &Config) -> Bytes {
+    let price = |p: Option<crate::config::Price>| {
+        p.map(|p| serde_json::json!({"input_per_mtok": p.input, "output_per_mtok": p.output}))
+    };
     let data: Vec<serde_json::Value> = cfg
         .model_names
         .iter()
-        .map(|name| {
-            let providers: Vec<&str> = cfg.models[name]
+        .filter_map(|name| cfg.models.get(name).map(|m| (name, m)))
+        .map(|(name, m)| {
+            let routes: Vec<serde_json::Value> = m
+                .routes
                 .iter()
-                .map(|r| cfg.providers[r.provider].name.as_str())
+                .map(|r| {
+                    serde_json::json!({
+                        "provider": cfg.providers[r.provider].name,
+                        "id": r.id,
+                        "context_window": r.context_window,
+                        "max_output_tokens": r.max_output_tokens,
+                        "price": price(r.price),
+                        "capabilities": r.capabilities.names(),
+                    })
+                })
                 .collect();
+            let owner = m
+                .routes
+                .first()
+                .map(|r| cfg.providers[r.provider].name.as_str())
+                .unwrap_or("detour");
             serde_json::json!({
                 "id": name,
                 "object": "model",
                 "created": 0,
-                "owned_by": providers.first().copied().unwrap_or("detour"),
-                "providers": providers,
+                "owned_by": owner,
+                "context_window": m.context_window,
+                "max_output_tokens": m.max_output_tokens,
+                "price": price(m.price),
+                "capabilities": m.capabilities.map(|c| c.names()),
+                "providers": routes.iter().map(|r| r["provider"].clone()).collect::<Vec<_>>(),
+                "routes": routes,
             })
         })
         .collect();

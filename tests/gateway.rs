@@ -980,3 +980,57 @@ async fn mock_faults_can_be_chosen_per_request() {
     assert_eq!(r.status, 200, "without headers the mock is healthy");
     assert_eq!(m.calls(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_capabilities_skip_routes_and_show_in_models() {
+    let a = mock("a").await;
+    let b = mock("b").await;
+    let gw = Gateway::start(&format!(
+        "providers:\n{}{}models:\n  textonly:\n    capabilities: [tools]\n    price: {{input: 1.5, output: 2}}\n    context-window: 8192\n    routes:\n      - {{provider: p1, id: t1}}\n      - {{provider: p2, id: t2, capabilities: [tools, vision]}}\n",
+        provider("p1", &a),
+        provider("p2", &b)
+    ))
+    .await;
+    let image = r#"{"model":"textonly","messages":[{"role":"user","content":[{"type":"text","text":"what is this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}"#;
+    let r = gw.chat(image).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-provider"), Some("p2"));
+    assert_eq!(r.header("x-detour-fallback-index"), Some("1"));
+    assert_eq!(
+        a.calls(),
+        0,
+        "a route without vision is never sent an image"
+    );
+    assert_eq!(b.calls(), 1);
+    // Text only: the first route serves.
+    let r = gw.chat(&chat_body("textonly", false)).await;
+    assert_eq!(r.header("x-detour-provider"), Some("p1"));
+    assert_eq!(a.calls(), 1);
+    // Pinned to the route that cannot: a 400 naming the reason, nothing sent.
+    let r = gw
+        .chat(&image.replace("\"textonly\"", "\"textonly/p1\""))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("vision"), "{}", r.text());
+    assert_eq!(a.calls(), 1);
+    // The facts are in /v1/models.
+    let r = request(gw.port, "GET", "/v1/models", &[], b"")
+        .await
+        .unwrap();
+    let v = r.json();
+    let m = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "textonly")
+        .unwrap()
+        .clone();
+    assert_eq!(m["context_window"], 8192);
+    assert_eq!(m["price"]["input_per_mtok"], 1.5);
+    assert_eq!(m["capabilities"], serde_json::json!(["tools"]));
+    assert_eq!(
+        m["routes"][1]["capabilities"],
+        serde_json::json!(["tools", "vision"])
+    );
+    assert_eq!(m["routes"][1]["id"], "t2");
+}

@@ -4,6 +4,7 @@
 //! span of the `model` value, and [`ChatRequest::body_for_model`] splices a provider-side id in,
 //! so every field detour does not know reaches the provider byte for byte.
 
+use crate::catalog::Capabilities;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -205,6 +206,64 @@ pub struct ChatRequest {
     pub stream: bool,
 }
 
+/// What a request asks of a model, in the catalog's terms: tools, image parts, JSON mode or a
+/// JSON schema. Parsed only for a target whose catalog entry lacks one of them; a body that
+/// does not parse needs nothing here (the translator or the provider reports it).
+pub fn needs(body: &[u8]) -> Capabilities {
+    #[derive(Deserialize)]
+    struct Format<'a> {
+        #[serde(borrow, default, rename = "type")]
+        kind: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct Part<'a> {
+        #[serde(borrow, default, rename = "type")]
+        kind: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct Message<'a> {
+        #[serde(borrow, default)]
+        content: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Needs<'a> {
+        #[serde(borrow, default)]
+        tools: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        response_format: Option<Format<'a>>,
+        #[serde(borrow, default)]
+        messages: Option<Vec<Message<'a>>>,
+    }
+    let Ok(n) = serde_json::from_slice::<Needs<'_>>(body) else {
+        return Capabilities::NONE;
+    };
+    let mut caps = Capabilities::NONE;
+    if let Some(t) = n.tools {
+        if serde_json::from_str::<Vec<&RawValue>>(t.get()).is_ok_and(|v| !v.is_empty()) {
+            caps = caps.union(Capabilities::TOOLS);
+        }
+    }
+    match n.response_format.and_then(|f| f.kind).as_deref() {
+        Some("json_object") => caps = caps.union(Capabilities::JSON_MODE),
+        Some("json_schema") => caps = caps.union(Capabilities::JSON_SCHEMA),
+        _ => {}
+    }
+    let image = n
+        .messages
+        .iter()
+        .flatten()
+        .filter_map(|m| m.content)
+        .any(|c| {
+            c.get().starts_with('[')
+                && serde_json::from_str::<Vec<Part<'_>>>(c.get())
+                    .is_ok_and(|parts| parts.iter().any(|p| p.kind.as_deref() == Some("image_url")))
+        });
+    if image {
+        caps = caps.union(Capabilities::VISION);
+    }
+    caps
+}
+
 #[derive(Deserialize)]
 struct Probe<'a> {
     #[serde(borrow, default)]
@@ -399,5 +458,33 @@ mod tests {
             std::str::from_utf8(&e.to_json()).expect("utf8"),
             r#"{"error":{"message":"All fallback attempts failed","type":"all_attempts_failed","attempts":[{"source":"gpt-4o/openai","error":"Rate limit exceeded","status":429},{"source":"gpt-4o/azure","error":"connection refused"}]}}"#
         );
+    }
+
+    #[test]
+    fn needs_finds_tools_images_and_json_modes() {
+        let n = |b: &str| needs(b.as_bytes()).names();
+        assert!(n(r#"{"messages":[{"role":"user","content":"hi"}]}"#).is_empty());
+        assert!(n(r#"{"tools":[],"messages":[]}"#).is_empty());
+        assert_eq!(
+            n(r#"{"tools":[{"type":"function"}],"messages":[]}"#),
+            ["tools"]
+        );
+        assert_eq!(
+            n(
+                r#"{"messages":[{"role":"user","content":[{"type":"text","text":"image_url"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#
+            ),
+            ["vision"]
+        );
+        assert!(n(r#"{"messages":[{"role":"user","content":"an image_url"}]}"#).is_empty());
+        assert_eq!(
+            n(r#"{"response_format":{"type":"json_object"}}"#),
+            ["json-mode"]
+        );
+        assert_eq!(
+            n(r#"{"response_format":{"type":"json_schema"}}"#),
+            ["json-schema"]
+        );
+        assert!(n(r#"{"response_format":{"type":"text"}}"#).is_empty());
+        assert!(n("not json").is_empty());
     }
 }

@@ -4,11 +4,12 @@
 //! [`ConfigError`] that names the YAML path, e.g. `models.gpt-4o[1].provider: unknown provider
 //! `opnai``. Provider keys are read from the environment here, once, into [`Secret`]s.
 
-mod raw;
+pub(crate) mod raw;
 
+pub use crate::catalog::{Capabilities, Model, ModelRoute, Price};
 use http::header::{HeaderName, HeaderValue};
 use pingora_core::server::configuration::ServerConf;
-use raw::{RawConfig, RawModelRoute, RawProvider, RawTimeouts};
+use raw::{RawConfig, RawProvider, RawTimeouts};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),
@@ -179,19 +180,6 @@ impl Provider {
     }
 }
 
-/// One provider serving one catalog model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelRoute {
-    /// Index into [`Config::providers`].
-    pub provider: usize,
-    /// The provider-side model id written into the forwarded body.
-    pub id: String,
-    pub deployment: Option<String>,
-    pub api_version: Option<String>,
-    /// `max_tokens` to send when the client gives none and the provider requires it.
-    pub max_output_tokens: Option<u32>,
-}
-
 /// Which failures move on to the next target. Everything else goes back to the client.
 #[derive(Debug, Clone)]
 pub struct FallbackTriggers {
@@ -241,8 +229,8 @@ pub struct Config {
     pub access_log: bool,
     pub providers: Vec<Provider>,
     provider_index: HashMap<String, usize>,
-    /// Catalog: model name → providers that serve it, in preference order.
-    pub models: HashMap<String, Vec<ModelRoute>>,
+    /// Catalog: model name → the providers that serve it, in preference order, with facts.
+    pub models: HashMap<String, Model>,
     /// Model names sorted, for `GET /v1/models`.
     pub model_names: Vec<String>,
 }
@@ -467,27 +455,6 @@ fn provider(
     })
 }
 
-fn route(
-    path: &str,
-    model: &str,
-    r: &RawModelRoute,
-    index: &HashMap<String, usize>,
-) -> Result<ModelRoute, ConfigError> {
-    let provider = *index.get(&r.provider).ok_or_else(|| {
-        ConfigError::new(
-            format!("{path}.provider"),
-            format!("unknown provider `{}`", r.provider),
-        )
-    })?;
-    Ok(ModelRoute {
-        provider,
-        id: r.id.clone().unwrap_or_else(|| model.to_string()),
-        deployment: r.deployment.clone(),
-        api_version: r.api_version.clone(),
-        max_output_tokens: r.max_output_tokens,
-    })
-}
-
 fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let server: ServerConf = match raw.server {
         None => ServerConf::default(),
@@ -552,49 +519,12 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         }
         providers.push(prov);
     }
-    let mut models = HashMap::new();
-    for (name, routes) in &raw.models {
-        let mpath = format!("models.{name}");
-        if name.is_empty() || name.contains(',') || name.starts_with('!') || name.trim() != name {
-            return Err(ConfigError::new(
-                &mpath,
-                "a model name must be non-empty, without commas, spaces at its ends or a leading !",
-            ));
-        }
-        if provider_index.contains_key(name.as_str()) {
-            return Err(ConfigError::new(
-                &mpath,
-                format!("model `{name}` has the same name as a provider"),
-            ));
-        }
-        if routes.is_empty() {
-            return Err(ConfigError::new(
-                &mpath,
-                "a model needs at least one provider",
-            ));
-        }
-        let mut list: Vec<ModelRoute> = Vec::with_capacity(routes.len());
-        for (j, r) in routes.iter().enumerate() {
-            let rpath = format!("{mpath}[{j}]");
-            let route = route(&rpath, name, r, &provider_index)?;
-            if list.iter().any(|x| x.provider == route.provider) {
-                return Err(ConfigError::new(
-                    format!("{rpath}.provider"),
-                    format!("provider `{}` is listed twice for this model", r.provider),
-                ));
-            }
-            if providers[route.provider].kind != ProviderKind::Azure
-                && (r.deployment.is_some() || r.api_version.is_some())
-            {
-                return Err(ConfigError::new(
-                    &rpath,
-                    "deployment and api-version apply to azure providers only",
-                ));
-            }
-            list.push(route);
-        }
-        models.insert(name.clone(), list);
-    }
+    let models = crate::catalog::build(
+        raw.builtin_catalog.unwrap_or(true),
+        &raw.models,
+        &providers,
+        &provider_index,
+    )?;
     let mut model_names: Vec<String> = models.keys().cloned().collect();
     model_names.sort();
     Ok(Config {
@@ -648,7 +578,7 @@ models:
         assert_eq!(c.providers[0].base_path, "/v1");
         assert_eq!(c.providers[0].authority, "api.openai.com");
         assert_eq!(c.providers[0].port, 443);
-        let routes = &c.models["gpt-4o"];
+        let routes = &c.models["gpt-4o"].routes;
         assert_eq!(
             c.providers[1].chat_path(&routes[1], false),
             "/openai/deployments/my-4o/chat/completions?api-version=2024-10-21"

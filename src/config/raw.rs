@@ -28,8 +28,13 @@ pub struct RawConfig {
     #[serde(default)]
     pub access_log: Option<bool>,
     pub providers: Vec<RawProvider>,
+    /// Start from detour's built-in catalog (`conf/catalog/builtin.yaml`). Default true.
     #[serde(default)]
-    pub models: BTreeMap<String, Vec<RawModelRoute>>,
+    pub builtin_catalog: Option<bool>,
+    /// Catalog entries: a list of routes, or a [`RawModel`] map. Parsed in `catalog.rs`, which
+    /// tells the two shapes apart and keeps YAML paths in its errors.
+    #[serde(default)]
+    pub models: BTreeMap<String, serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,7 +92,7 @@ pub struct RawProvider {
     pub http2: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawModelRoute {
     pub provider: String,
@@ -100,8 +105,41 @@ pub struct RawModelRoute {
     /// Azure: overrides the provider's `api-version` for this model.
     #[serde(default)]
     pub api_version: Option<String>,
-    /// `max_tokens` sent when the client gives none, where the provider requires one
-    /// (Anthropic). Default 4096.
+    /// The model's answer limit; sent as `max_tokens` when the client gives none, where the
+    /// provider requires one (Anthropic, Bedrock). Default: the model's, else 4096.
     #[serde(default)]
     pub max_output_tokens: Option<u32>,
+    #[serde(default)]
+    pub context_window: Option<u32>,
+    #[serde(default)]
+    pub price: Option<RawPrice>,
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+}
+
+/// A catalog model in map form: facts every route inherits, and the routes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawModel {
+    /// The provider a bare model name tries first.
+    #[serde(default)]
+    pub native: Option<String>,
+    #[serde(default)]
+    pub context_window: Option<u32>,
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
+    #[serde(default)]
+    pub price: Option<RawPrice>,
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
+    #[serde(default)]
+    pub routes: Option<Vec<RawModelRoute>>,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: f64,
+    pub output: f64,
 }

@@ -10,7 +10,7 @@ pub mod classify;
 pub mod upstream;
 
 use crate::api::{AttemptReport, ChatRequest, GatewayError};
-use crate::config::{ApiKey, Config, Provider, ProviderKind};
+use crate::config::{ApiKey, Capabilities, Config, Provider, ProviderKind};
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Target};
 use crate::providers::{anthropic, gemini};
@@ -328,6 +328,19 @@ impl Engine {
     ) -> Outcome {
         let started = Instant::now();
         let stream = req.stream;
+        // A route the catalog says cannot serve this request is skipped like a refused one.
+        let caps = target.route.capabilities;
+        if caps != Capabilities::ALL {
+            let missing = crate::api::needs(body).missing_from(caps);
+            if !missing.is_empty() {
+                let why = format!(
+                    "the catalog lists no {} support for {}",
+                    missing.names().join(", "),
+                    target.route.id
+                );
+                return Outcome::Failed(unsupported(provider, &why));
+            }
+        }
         // The provider's request body: OpenAI's wire as sent (model spliced), or translated.
         let (body, wire) = match provider.kind {
             ProviderKind::OpenAi | ProviderKind::Azure => {

@@ -8,10 +8,11 @@
 //! `max_completion_tokens` → `max_tokens` (else the route's `max-output-tokens`, else 4096);
 //! `stop` → `stop_sequences`; `user` → `metadata.user_id`; tools, `tool_choice`, tool calls and
 //! tool results map one to one; image parts (data URL or URL) map to image blocks. Refused (400):
-//! `n` > 1, `response_format` `json_schema`, `logprobs`, audio/file parts. Dropped:
+//! `n` > 1, `response_format` `json_object`/`json_schema` (Anthropic has no JSON mode),
+//! `logprobs`, audio/file parts. Dropped:
 //! `temperature` and `top_p` (not in the Messages API's published request type since the
 //! `anthropic` SDK 1.0; tests/sdk/anthropic_shapes.py checks against it), `presence_penalty`,
-//! `frequency_penalty`, `seed`, `logit_bias`, `response_format` `json_object`/`text`,
+//! `frequency_penalty`, `seed`, `logit_bias`, `response_format` `text`,
 //! `parallel_tool_calls`, `store`, and every field Anthropic does not know.
 
 use super::{push_json_str, push_turn, text_of, ChunkWriter};
@@ -168,12 +169,11 @@ pub fn request(
     if req.get("logprobs").and_then(Value::as_bool) == Some(true) {
         return Err("anthropic does not return logprobs".into());
     }
-    if value
+    if let Some(f @ ("json_schema" | "json_object")) = value
         .pointer("/response_format/type")
         .and_then(Value::as_str)
-        == Some("json_schema")
     {
-        return Err("anthropic has no response_format json_schema".into());
+        return Err(format!("anthropic has no JSON mode (response_format {f})"));
     }
     if let Some(tools) = req.get("tools").and_then(Value::as_array) {
         let mapped: Vec<Value> = tools
