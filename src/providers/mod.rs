@@ -2,6 +2,7 @@
 //! out), unit-tested over fixtures; the engine calls it around the attempt.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 
 use serde_json::{json, Value};
