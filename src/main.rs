@@ -27,7 +27,7 @@ USAGE:
       -d, --daemon      run in the background (pid file: server.pid_file)
       -u, --upgrade     take the listeners over from a running detour (send it SIGQUIT)
   detour demo                        mock providers on 127.0.0.1:9101/9102 + the gateway on :8080
-  detour mock [OPTIONS]              a fault-injecting mock provider (OpenAI, Anthropic, Gemini APIs)
+  detour mock [OPTIONS]              a fault-injecting mock provider (OpenAI, Anthropic, Gemini, Bedrock APIs)
       --listen ADDR (127.0.0.1:9101)  --name NAME  --status CODE  --delay-ms MS
       --fault none|hang|reset|reset-mid-stream|stall-mid-stream|close-mid-body|error-in-stream
       --fault-after N  --chunks N  --chunk-interval-ms MS  --threads N

@@ -46,6 +46,9 @@ pub enum Dialect {
     Anthropic,
     /// `POST …/models/{model}:generateContent` / `:streamGenerateContent` (Gemini)
     Gemini,
+    /// `POST …/model/{modelId}/converse` / `/converse-stream` (Bedrock; streams in the binary
+    /// AWS event-stream framing)
+    Bedrock,
 }
 
 impl FromStr for Fault {
@@ -329,6 +332,21 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
                     None => return,
                 }
             }
+            ("POST", p) if p.ends_with("/converse") || p.ends_with("/converse-stream") => {
+                let stream = p.ends_with("/converse-stream");
+                let model = p
+                    .rsplit_once("/model/")
+                    .and_then(|(_, rest)| rest.rsplit_once('/'))
+                    .map(|(id, _)| percent_decode(id))
+                    .unwrap_or_else(|| "bedrock".into());
+                match answer(sock, &cfg, &stats, &plan, &model, stream, Dialect::Bedrock).await {
+                    Some(s) => {
+                        sock = s;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
             ("POST", p) if p.ends_with("/messages") => {
                 match answer(sock, &cfg, &stats, &plan, &model, stream, Dialect::Anthropic).await {
                     Some(s) => {
@@ -358,6 +376,29 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
             return;
         }
     }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn model_of(body: &[u8]) -> String {
@@ -482,6 +523,25 @@ async fn answer(
                     cfg.name
                 )
             }
+            Dialect::Bedrock => {
+                let kind = match plan.status {
+                    429 => "ThrottlingException",
+                    403 => "AccessDeniedException",
+                    404 => "ResourceNotFoundException",
+                    408 => "ModelTimeoutException",
+                    503 => "ServiceUnavailableException",
+                    s if s >= 500 => "InternalServerException",
+                    _ => "ValidationException",
+                };
+                let body = format!("{{\"message\":\"{msg} ({})\"}}", cfg.name);
+                let head = format!(
+                    "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nx-amzn-errortype: {kind}:http://internal.amazon.com/coral/com.amazon.bedrock/\r\ncontent-length: {}\r\n\r\n{body}",
+                    plan.status,
+                    reason(plan.status),
+                    body.len()
+                );
+                return sock.write_all(head.as_bytes()).await.is_ok().then_some(sock);
+            }
         };
         return write_json(&mut sock, plan.status, body.as_bytes())
             .await
@@ -495,6 +555,10 @@ async fn answer(
             format!(
                 "{{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\"{content}\"}}]}},\"finishReason\":\"STOP\",\"index\":0}}],\"usageMetadata\":{{\"promptTokenCount\":9,\"candidatesTokenCount\":3,\"totalTokenCount\":12}},\"modelVersion\":{model_json},\"responseId\":\"{}\"}}",
                 cfg.name
+            )
+        } else if dialect == Dialect::Bedrock {
+            format!(
+                "{{\"output\":{{\"message\":{{\"role\":\"assistant\",\"content\":[{{\"text\":\"{content}\"}}]}}}},\"stopReason\":\"end_turn\",\"usage\":{{\"inputTokens\":9,\"outputTokens\":3,\"totalTokens\":12}},\"metrics\":{{\"latencyMs\":1}}}}"
             )
         } else if dialect == Dialect::Anthropic {
             format!(
@@ -522,7 +586,11 @@ async fn answer(
         }
         return ok.then_some(sock);
     }
-    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+    let head = if dialect == Dialect::Bedrock {
+        "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.amazon.eventstream\r\ntransfer-encoding: chunked\r\n\r\n"
+    } else {
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+    };
     let chunk_of = |delta: &str, finish: &str| {
         format!(
             "data: {{\"id\":\"{id}\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":{model_json},\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
@@ -535,18 +603,41 @@ async fn answer(
             format!(" tok{i}")
         }
     };
-    let mut events = Vec::with_capacity(plan.chunks + 6);
+    let mut events: Vec<Vec<u8>> = Vec::with_capacity(plan.chunks + 6);
+    let mut text_events: Vec<String> = Vec::with_capacity(plan.chunks + 6);
     match dialect {
-        Dialect::OpenAi => {
-            events.push(chunk_of(r#"{"role":"assistant","content":""}"#, "null"));
+        Dialect::Bedrock => {
+            use crate::providers::bedrock::frame;
+            use serde_json::json;
+            // Real streams pad events with a "p" field; the translator must ignore it.
+            events.push(frame(
+                "messageStart",
+                &json!({"role": "assistant", "p": "abcdefgh"}),
+            ));
             for i in 0..plan.chunks {
-                events.push(chunk_of(
+                events.push(frame(
+                    "contentBlockDelta",
+                    &json!({"contentBlockIndex": 0, "delta": {"text": word(i)}, "p": "abc"}),
+                ));
+            }
+            events.push(frame("contentBlockStop", &json!({"contentBlockIndex": 0})));
+            events.push(frame("messageStop", &json!({"stopReason": "end_turn"})));
+            events.push(frame(
+                "metadata",
+                &json!({"usage": {"inputTokens": 9, "outputTokens": plan.chunks, "totalTokens": 9 + plan.chunks},
+                        "metrics": {"latencyMs": 1}}),
+            ));
+        }
+        Dialect::OpenAi => {
+            text_events.push(chunk_of(r#"{"role":"assistant","content":""}"#, "null"));
+            for i in 0..plan.chunks {
+                text_events.push(chunk_of(
                     &format!("{{\"content\":\"{}\"}}", word(i)),
                     "null",
                 ));
             }
-            events.push(chunk_of("{}", "\"stop\""));
-            events.push("data: [DONE]\n\n".to_string());
+            text_events.push(chunk_of("{}", "\"stop\""));
+            text_events.push("data: [DONE]\n\n".to_string());
         }
         Dialect::Gemini => {
             for i in 0..plan.chunks {
@@ -556,7 +647,7 @@ async fn answer(
                 } else {
                     ",\"index\":0}]".to_string()
                 };
-                events.push(format!(
+                text_events.push(format!(
                     "data: {{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\"{}\"}}]}}{tail},\"modelVersion\":{model_json}}}\r\n\r\n",
                     word(i)
                 ));
@@ -564,27 +655,32 @@ async fn answer(
         }
         Dialect::Anthropic => {
             let ev = |name: &str, data: String| format!("event: {name}\ndata: {data}\n\n");
-            events.push(ev("message_start", format!("{{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_{}\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":{model_json},\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{{\"input_tokens\":9,\"output_tokens\":1}}}}}}", cfg.name)));
-            events.push(ev("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#.into()));
-            events.push(ev("ping", r#"{"type": "ping"}"#.into()));
+            text_events.push(ev("message_start", format!("{{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_{}\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":{model_json},\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{{\"input_tokens\":9,\"output_tokens\":1}}}}}}", cfg.name)));
+            text_events.push(ev("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#.into()));
+            text_events.push(ev("ping", r#"{"type": "ping"}"#.into()));
             for i in 0..plan.chunks {
-                events.push(ev("content_block_delta", format!("{{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{}\"}}}}", word(i))));
+                text_events.push(ev("content_block_delta", format!("{{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{}\"}}}}", word(i))));
             }
-            events.push(ev(
+            text_events.push(ev(
                 "content_block_stop",
                 r#"{"type":"content_block_stop","index":0}"#.into(),
             ));
-            events.push(ev("message_delta", format!("{{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{}}}}}", plan.chunks)));
-            events.push(ev("message_stop", r#"{"type":"message_stop"}"#.into()));
+            text_events.push(ev("message_delta", format!("{{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{}}}}}", plan.chunks)));
+            text_events.push(ev("message_stop", r#"{"type":"message_stop"}"#.into()));
         }
     }
+    events.extend(text_events.into_iter().map(String::into_bytes));
     if plan.fault == Fault::ErrorInStream {
         let at = plan.fault_after.min(events.len());
         events.truncate(at);
         events.push(match dialect {
-            Dialect::Anthropic => "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n".to_string(),
-            Dialect::OpenAi => "data: {\"error\":{\"message\":\"Overloaded\",\"type\":\"server_error\"}}\n\n".to_string(),
-            Dialect::Gemini => "data: {\"error\":{\"code\":503,\"message\":\"The model is overloaded.\",\"status\":\"UNAVAILABLE\"}}\r\n\r\n".to_string(),
+            Dialect::Anthropic => b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n".to_vec(),
+            Dialect::OpenAi => b"data: {\"error\":{\"message\":\"Overloaded\",\"type\":\"server_error\"}}\n\n".to_vec(),
+            Dialect::Gemini => b"data: {\"error\":{\"code\":503,\"message\":\"The model is overloaded.\",\"status\":\"UNAVAILABLE\"}}\r\n\r\n".to_vec(),
+            Dialect::Bedrock => crate::providers::bedrock::exception_frame(
+                "serviceUnavailableException",
+                "Bedrock is unable to process your request.",
+            ),
         });
     }
     let mut first = true;
@@ -619,16 +715,18 @@ async fn answer(
                 _ => {}
             }
         }
-        let mut out = String::with_capacity(ev.len() + 140);
+        let mut out = Vec::with_capacity(ev.len() + 140);
         if first {
-            out.push_str(head);
+            out.extend_from_slice(head.as_bytes());
             first = false;
         }
-        out.push_str(&format!("{:x}\r\n{ev}\r\n", ev.len()));
+        out.extend_from_slice(format!("{:x}\r\n", ev.len()).as_bytes());
+        out.extend_from_slice(ev);
+        out.extend_from_slice(b"\r\n");
         if i + 1 == events.len() {
-            out.push_str("0\r\n\r\n");
+            out.extend_from_slice(b"0\r\n\r\n");
         }
-        if sock.write_all(out.as_bytes()).await.is_err() {
+        if sock.write_all(&out).await.is_err() {
             stats.aborted.fetch_add(1, Ordering::SeqCst);
             return None;
         }

@@ -1,6 +1,7 @@
 //! Client compatibility: the official OpenAI Python SDK (from PyPI, in a venv that
 //! `scripts/sdk-venv.sh` creates) talks to detour through a fallback, stream and non-stream,
-//! and reads the all-failed error.
+//! and reads the all-failed error; one chain ends on each translated kind (Anthropic, Gemini,
+//! Bedrock).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -27,11 +28,25 @@ async fn official_openai_sdk_through_a_fallback() {
         ..MockConfig::default()
     })
     .await;
+    let gem = mock_with(MockConfig {
+        name: "gem".into(),
+        chunks: 5,
+        ..MockConfig::default()
+    })
+    .await;
+    let bed = mock_with(MockConfig {
+        name: "bed".into(),
+        chunks: 7,
+        ..MockConfig::default()
+    })
+    .await;
     let gw = Gateway::start(&format!(
-        "providers:\n{}{}  - {{name: anth, kind: anthropic, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\nmodels:\n  gpt-4o: [{{provider: flaky}}, {{provider: steady}}]\n  gpt-4o-mini: [{{provider: flaky}}]\n  claude-sonnet-4: [{{provider: flaky}}, {{provider: anth, id: claude-sonnet-4-20250514}}]\n",
+        "providers:\n{}{}  - {{name: anth, kind: anthropic, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n  - {{name: gem, kind: google-ai-studio, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n  - {{name: bed, kind: bedrock, region: us-west-2, base-url: \"http://{}\"}}\nmodels:\n  gpt-4o: [{{provider: flaky}}, {{provider: steady}}]\n  gpt-4o-mini: [{{provider: flaky}}]\n  claude-sonnet-4: [{{provider: flaky}}, {{provider: anth, id: claude-sonnet-4-20250514}}]\n  gemini-2.0-flash: [{{provider: flaky}}, {{provider: gem}}]\n  claude-3-7-sonnet-20250219: [{{provider: flaky}}, {{provider: bed, id: \"us.anthropic.claude-3-7-sonnet-20250219-v1:0\"}}]\n",
         provider("flaky", &flaky),
         provider("steady", &steady),
-        anth.addr
+        anth.addr,
+        gem.addr,
+        bed.addr
     ))
     .await;
     let base = format!("http://127.0.0.1:{}/v1", gw.port);
@@ -63,6 +78,9 @@ async fn official_openai_sdk_through_a_fallback() {
         ),
         // The same SDK through a fallback onto an Anthropic target, translated both ways.
         ("claude-sonnet-4", "anth", &[][..]),
+        // ... onto Gemini, and onto Bedrock (SigV4, event-stream), translated both ways.
+        ("gemini-2.0-flash", "gem", &[][..]),
+        ("claude-3-7-sonnet-20250219", "bed", &[][..]),
     ] {
         let out = check(model, provider, extra).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -80,8 +98,10 @@ async fn official_openai_sdk_through_a_fallback() {
         steady.calls()
     );
     assert!(anth.calls() >= 3, "anthropic served {} calls", anth.calls());
+    assert!(gem.calls() >= 3, "gemini served {} calls", gem.calls());
+    assert!(bed.calls() >= 3, "bedrock served {} calls", bed.calls());
     assert!(
-        flaky.calls() >= steady.calls() + anth.calls(),
+        flaky.calls() >= steady.calls() + anth.calls() + gem.calls() + bed.calls(),
         "flaky was tried first every time"
     );
 }

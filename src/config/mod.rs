@@ -97,6 +97,9 @@ pub enum ProviderKind {
     /// Gemini on Google AI Studio: `{base}/v1beta/models/{id}:generateContent` (or
     /// `:streamGenerateContent?alt=sse`), `x-goog-api-key`, translated both ways.
     GoogleAiStudio,
+    /// AWS Bedrock Converse: `{base}/model/{id}/converse` (or `/converse-stream`), SigV4 with
+    /// the standard AWS env credentials (or a Bedrock API key as bearer), translated both ways.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -106,6 +109,7 @@ impl ProviderKind {
             "azure" => Some(ProviderKind::Azure),
             "anthropic" => Some(ProviderKind::Anthropic),
             "google-ai-studio" => Some(ProviderKind::GoogleAiStudio),
+            "bedrock" => Some(ProviderKind::Bedrock),
             _ => None,
         }
     }
@@ -152,6 +156,11 @@ pub struct Provider {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub timeouts: Timeouts,
     pub http2: bool,
+    /// bedrock, vertex: the region.
+    pub region: Option<String>,
+    /// bedrock with SigV4: credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// AWS_SESSION_TOKEN.
+    pub aws: Option<crate::providers::bedrock::AwsCredentials>,
 }
 
 impl Provider {
@@ -175,6 +184,9 @@ impl Provider {
             ProviderKind::Anthropic => format!("{}/v1/messages", self.base_path),
             ProviderKind::GoogleAiStudio => {
                 crate::providers::gemini::path(&self.base_path, &route.id, stream)
+            }
+            ProviderKind::Bedrock => {
+                crate::providers::bedrock::path(&self.base_path, &route.id, stream)
             }
         }
     }
@@ -377,15 +389,51 @@ fn provider(
         ConfigError::new(
             format!("{path}.kind"),
             format!(
-                "unknown provider kind `{}` (expected openai, azure, anthropic or google-ai-studio)",
+                "unknown provider kind `{}` (expected openai, azure, anthropic, google-ai-studio or bedrock)",
                 p.kind
             ),
         )
     })?;
-    let uri: http::Uri = p.base_url.parse().map_err(|_| {
+    let region = match kind {
+        ProviderKind::Bedrock => Some(
+            p.region
+                .clone()
+                .or_else(|| env("AWS_REGION"))
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .filter(|r| !r.trim().is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{path}.region"),
+                        "a bedrock provider needs a region (or AWS_REGION in the environment)",
+                    )
+                })?,
+        ),
+        _ => p.region.clone(),
+    };
+    if let Some(r) = &region {
+        if !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(ConfigError::new(
+                format!("{path}.region"),
+                format!("`{r}` is not a region name"),
+            ));
+        }
+    }
+    let base_url = match (&p.base_url, kind, &region) {
+        (Some(u), _, _) => u.clone(),
+        (None, ProviderKind::Bedrock, Some(r)) => {
+            format!("https://bedrock-runtime.{r}.amazonaws.com")
+        }
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.base-url"),
+                "a base-url is needed for this kind",
+            ))
+        }
+    };
+    let uri: http::Uri = base_url.parse().map_err(|_| {
         ConfigError::new(
             format!("{path}.base-url"),
-            format!("`{}` is not a URL", p.base_url),
+            format!("`{base_url}` is not a URL"),
         )
     })?;
     let tls = match uri.scheme_str() {
@@ -417,7 +465,29 @@ fn provider(
         ));
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
+    let mut aws = None;
     let key = match &p.api_key_env {
+        // Bedrock without an API key signs with the standard AWS credentials.
+        None if kind == ProviderKind::Bedrock => {
+            let var = |n: &str| env(n).filter(|v| !v.trim().is_empty());
+            match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+                (Some(id), Some(secret)) => {
+                    aws = Some(crate::providers::bedrock::AwsCredentials {
+                        access_key_id: id.trim().to_string(),
+                        secret_access_key: Secret::new(secret.trim().to_string()),
+                        session_token: var("AWS_SESSION_TOKEN")
+                            .map(|t| Secret::new(t.trim().to_string())),
+                    });
+                    ApiKey::None
+                }
+                (None, _) => ApiKey::Missing {
+                    env: "AWS_ACCESS_KEY_ID".into(),
+                },
+                (_, None) => ApiKey::Missing {
+                    env: "AWS_SECRET_ACCESS_KEY".into(),
+                },
+            }
+        }
         None => ApiKey::None,
         Some(name) => match env(name) {
             Some(v) if !v.trim().is_empty() => ApiKey::Present(Secret::new(v.trim().to_string())),
@@ -452,6 +522,8 @@ fn provider(
         headers,
         timeouts: timeouts(&p.timeouts, base, &format!("{path}.timeouts"))?,
         http2: p.http2.unwrap_or(true),
+        region,
+        aws,
     })
 }
 
@@ -660,5 +732,46 @@ models:
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("s"), None);
+    }
+
+    #[test]
+    fn bedrock_region_url_and_credentials() {
+        let yaml = "listen: [\"127.0.0.1:8080\"]\nproviders:\n  - {name: bedrock, kind: bedrock}\n";
+        // No region anywhere: an error that says where to put one.
+        let e = Config::from_yaml_with_env(yaml, &no_env).expect_err("region");
+        assert_eq!(e.path, "providers[0].region");
+        let env = |n: &str| match n {
+            "AWS_REGION" => Some("eu-west-1".to_string()),
+            "AWS_ACCESS_KEY_ID" => Some("AKID".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("s3cr3t".to_string()),
+            _ => None,
+        };
+        let c = Config::from_yaml_with_env(yaml, &env).expect("valid");
+        let p = &c.providers[0];
+        assert_eq!(p.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(p.host, "bedrock-runtime.eu-west-1.amazonaws.com");
+        assert!(p.tls);
+        let aws = p.aws.as_ref().expect("credentials");
+        assert_eq!(aws.access_key_id, "AKID");
+        assert!(aws.session_token.is_none());
+        assert!(!format!("{p:?}").contains("s3cr3t"), "never printed");
+        // The built-in catalog's bedrock routes apply.
+        assert_eq!(
+            c.models["claude-3-7-sonnet-20250219"].routes[0].id,
+            "us.anthropic.claude-3-7-sonnet-20250219-v1:0"
+        );
+        // Without credentials the provider is skipped, naming the variable.
+        let region_only = |n: &str| (n == "AWS_REGION").then(|| "us-east-1".to_string());
+        let c = Config::from_yaml_with_env(yaml, &region_only).expect("valid");
+        assert!(
+            matches!(&c.providers[0].key, ApiKey::Missing { env } if env == "AWS_ACCESS_KEY_ID")
+        );
+        let bad = yaml.replace("kind: bedrock}", "kind: bedrock, region: \"us east\"}");
+        assert_eq!(
+            Config::from_yaml_with_env(&bad, &env)
+                .expect_err("bad")
+                .path,
+            "providers[0].region"
+        );
     }
 }

@@ -75,7 +75,13 @@ pub struct RawTimeouts {
 pub struct RawProvider {
     pub name: String,
     pub kind: String,
-    pub base_url: String,
+    /// Required except for bedrock and vertex, whose URL follows from `region`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// bedrock: the AWS region (default: AWS_REGION, else AWS_DEFAULT_REGION).
+    #[serde(default)]
+    pub region: Option<String>,
+
     /// Name of the environment variable that holds the key. No key: no auth header is sent.
     #[serde(default)]
     pub api_key_env: Option<String>,

@@ -13,7 +13,7 @@ use crate::api::{AttemptReport, ChatRequest, GatewayError};
 use crate::config::{ApiKey, Capabilities, Config, Provider, ProviderKind};
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Target};
-use crate::providers::{anthropic, gemini};
+use crate::providers::{anthropic, bedrock, gemini};
 use crate::sse::{error_event, EventAligner};
 use bytes::Bytes;
 use classify::{decide, Decision, FailClass};
@@ -357,6 +357,10 @@ impl Engine {
                 Ok((b, opts)) => (Bytes::from(b), Wire::Gemini(opts, target.route.id.clone())),
                 Err(m) => return Outcome::Failed(unsupported(provider, &m)),
             },
+            ProviderKind::Bedrock => match bedrock::request(body, target.route.max_output_tokens) {
+                Ok((b, opts)) => (Bytes::from(b), Wire::Bedrock(opts, target.route.id.clone())),
+                Err(m) => return Outcome::Failed(unsupported(provider, &m)),
+            },
         };
         let deadline = started + provider.timeouts.total;
         let peer = match self.peers.get(target.route.provider, provider).await {
@@ -373,7 +377,7 @@ impl Engine {
             provider,
             target,
             s.req_header(),
-            body.len(),
+            &body,
             &log.request_id,
             stream,
         ) {
@@ -402,7 +406,10 @@ impl Engine {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+            .is_some_and(|ct| match wire {
+                Wire::Bedrock(..) => ct.starts_with("application/vnd.amazon.eventstream"),
+                _ => ct.starts_with("text/event-stream"),
+            });
         // Fall back (with the failure class), or answer with the client's header, built while
         // the upstream's is at hand (its framing comes at commit).
         let verdict = match decide(status, &self.cfg.fallback) {
@@ -573,6 +580,8 @@ impl Engine {
                 Wire::Anthropic(_) => Ok(anthropic::error_body(&raw)),
                 Wire::Gemini(_, model) if ok => gemini::response(&raw, model, unix_now()),
                 Wire::Gemini(..) => Ok(gemini::error_body(&raw)),
+                Wire::Bedrock(_, model) if ok => bedrock::response(&raw, model, unix_now()),
+                Wire::Bedrock(..) => Ok(bedrock::error_body(&raw, h.status.as_u16())),
                 Wire::OpenAi => Ok(raw),
             };
             match translated {
@@ -650,7 +659,18 @@ impl Engine {
             Wire::Gemini(opts, model) => {
                 Relay::Gemini(gemini::StreamTranslator::new(opts, &model, unix_now()))
             }
+            Wire::Bedrock(opts, model) => {
+                Relay::Bedrock(bedrock::StreamTranslator::new(opts, &model, unix_now()))
+            }
         };
+        // A translated event stream reaches the client as SSE.
+        let mut h = h;
+        if matches!(relay, Relay::Bedrock(_))
+            && h.insert_header(http::header::CONTENT_TYPE, "text/event-stream")
+                .is_err()
+        {
+            return Outcome::Failed(bad_response("unusable response header"));
+        }
         // Before commit: the first whole event, within the first-byte budget.
         let first = loop {
             let wait = deadline.min(Instant::now() + provider.timeouts.first_byte);
@@ -781,6 +801,8 @@ enum Wire {
     Anthropic(anthropic::StreamOpts),
     /// Gemini, with the provider-side model id (its answers may not name it).
     Gemini(anthropic::StreamOpts, String),
+    /// Bedrock Converse, with the provider-side model id (its answers do not name it).
+    Bedrock(anthropic::StreamOpts, String),
 }
 
 fn unsupported(provider: &Provider, why: &str) -> Failure {
@@ -796,6 +818,7 @@ enum Relay {
     Pass(EventAligner),
     Anthropic(anthropic::StreamTranslator),
     Gemini(gemini::StreamTranslator),
+    Bedrock(bedrock::StreamTranslator),
 }
 
 impl Relay {
@@ -805,6 +828,7 @@ impl Relay {
             Relay::Pass(a) => Ok(a.push(c)),
             Relay::Anthropic(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
             Relay::Gemini(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
+            Relay::Bedrock(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
         }
     }
 
@@ -813,6 +837,7 @@ impl Relay {
         match self {
             Relay::Pass(_) | Relay::Anthropic(_) => None,
             Relay::Gemini(t) => t.finish().map(Bytes::from),
+            Relay::Bedrock(t) => t.finish().map(Bytes::from),
         }
     }
 
@@ -822,6 +847,7 @@ impl Relay {
             Relay::Pass(a) => a.saw_done() && a.pending() == 0,
             Relay::Anthropic(t) => t.done() && t.pending() == 0,
             Relay::Gemini(t) => t.finished() && t.pending() == 0,
+            Relay::Bedrock(t) => t.finished() && t.pending() == 0,
         }
     }
 }
@@ -839,6 +865,13 @@ fn in_band_failure(e: &anthropic::InBandError) -> Failure {
         "UNAVAILABLE" => (FailClass::ServerError, Some(503)),
         "INTERNAL" => (FailClass::ServerError, Some(500)),
         "DEADLINE_EXCEEDED" => (FailClass::ServerError, Some(504)),
+        // Bedrock's exception frames
+        "throttlingException" => (FailClass::RateLimited, Some(429)),
+        "serviceUnavailableException" => (FailClass::ServerError, Some(503)),
+        "internalServerException" | "modelStreamErrorException" => {
+            (FailClass::ServerError, Some(500))
+        }
+        "validationException" => (FailClass::ClientError, Some(400)),
         _ => (FailClass::BadResponse, None),
     };
     Failure {

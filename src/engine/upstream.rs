@@ -124,20 +124,23 @@ pub fn request_header(
     p: &Provider,
     target: &Target,
     client: &RequestHeader,
-    body_len: usize,
+    body: &[u8],
     request_id: &str,
     stream: bool,
 ) -> pingora_core::Result<RequestHeader> {
     let path = p.chat_path(&target.route, stream);
     let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8 + client.headers.len()))?;
     for (name, value) in client.headers.iter() {
-        if forwardable(name.as_str()) {
+        // A client's x-amz-* headers could collide with the signature's.
+        if forwardable(name.as_str())
+            && !(p.kind == ProviderKind::Bedrock && name.as_str().starts_with("x-amz-"))
+        {
             h.append_header(name.clone(), value.clone())?;
         }
     }
     h.insert_header(http::header::HOST, p.authority.as_str())?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    h.insert_header(http::header::CONTENT_LENGTH, body_len)?;
+    h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     h.insert_header("x-request-id", request_id)?;
     if let ApiKey::Present(key) = &p.key {
         match p.kind {
@@ -148,6 +151,11 @@ pub fn request_header(
             ProviderKind::Azure => h.insert_header("api-key", key.expose())?,
             ProviderKind::Anthropic => h.insert_header("x-api-key", key.expose())?,
             ProviderKind::GoogleAiStudio => h.insert_header("x-goog-api-key", key.expose())?,
+            // A Bedrock API key.
+            ProviderKind::Bedrock => {
+                let v = format!("Bearer {}", key.expose());
+                h.insert_header(http::header::AUTHORIZATION, v)?;
+            }
         }
     }
     if p.kind == ProviderKind::Anthropic {
@@ -156,6 +164,28 @@ pub fn request_header(
     }
     for (name, value) in &p.headers {
         h.insert_header(name.clone(), value.clone())?;
+    }
+    if let (Some(creds), Some(region)) = (&p.aws, &p.region) {
+        // SigV4 over host, content-type and the body; the signer adds x-amz-date (and the
+        // session token).
+        let scheme = if p.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}{path}", p.authority);
+        let signed = crate::providers::bedrock::sign(
+            "POST",
+            &url,
+            &[
+                ("host", p.authority.as_str()),
+                ("content-type", "application/json"),
+            ],
+            body,
+            creds,
+            region,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| pingora_error::Error::explain(pingora_error::ErrorType::InternalError, e))?;
+        for (name, value) in signed {
+            h.insert_header(name, value)?;
+        }
     }
     Ok(h)
 }
@@ -188,8 +218,15 @@ models:
         ] {
             client.append_header(k, v).expect("h");
         }
-        let h = request_header(&c.providers[0], &plan.targets[0], &client, 42, "rid", false)
-            .expect("header");
+        let h = request_header(
+            &c.providers[0],
+            &plan.targets[0],
+            &client,
+            &[b' '; 42],
+            "rid",
+            false,
+        )
+        .expect("header");
         assert_eq!(
             h.uri.to_string(),
             "/openai/deployments/dep/chat/completions?api-version=2024-10-21"

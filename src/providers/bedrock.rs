@@ -247,8 +247,9 @@ pub fn request(body: &[u8], max_tokens: Option<u32>) -> Result<(Vec<u8>, StreamO
     if req.get("logprobs").and_then(Value::as_bool) == Some(true) {
         return Err("bedrock does not return logprobs".into());
     }
-    if let Some(f @ ("json_schema" | "json_object")) =
-        value.pointer("/response_format/type").and_then(Value::as_str)
+    if let Some(f @ ("json_schema" | "json_object")) = value
+        .pointer("/response_format/type")
+        .and_then(Value::as_str)
     {
         return Err(format!(
             "bedrock Converse has no JSON mode (response_format {f})"
@@ -326,7 +327,10 @@ pub fn request(body: &[u8], max_tokens: Option<u32>) -> Result<(Vec<u8>, StreamO
         // tool_choice none: Converse cannot forbid calls, so the tools are left out, which it
         // only accepts while the conversation has no tool blocks.
         None if has_tool_blocks => {
-            return Err("bedrock Converse has no tool_choice none for a conversation with tool calls".into())
+            return Err(
+                "bedrock Converse has no tool_choice none for a conversation with tool calls"
+                    .into(),
+            )
         }
         None => {}
         Some(choice) if !tools.is_empty() => {
@@ -363,7 +367,11 @@ pub fn finish_reason(stop: &str) -> &'static str {
 
 /// Converse `usage` → (prompt tokens, completion tokens); cache reads and writes are input.
 fn token_usage(u: Option<&Value>) -> (u64, u64) {
-    let n = |k: &str| u.and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
+    let n = |k: &str| {
+        u.and_then(|u| u.get(k))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
     (
         n("inputTokens") + n("cacheReadInputTokens") + n("cacheWriteInputTokens"),
         n("outputTokens"),
@@ -394,7 +402,10 @@ pub fn response(body: &[u8], model_id: &str, created: u64) -> Result<Vec<u8>, St
             }));
         }
     }
-    let stop = v.get("stopReason").and_then(Value::as_str).unwrap_or("end_turn");
+    let stop = v
+        .get("stopReason")
+        .and_then(Value::as_str)
+        .unwrap_or("end_turn");
     let mut message = json!({"role": "assistant",
         "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) }});
     if !calls.is_empty() {
@@ -682,7 +693,11 @@ mod tests {
             "/model/us.anthropic.claude-3-7-sonnet-20250219-v1%3A0/converse-stream"
         );
         assert_eq!(
-            path("/x", "arn:aws:bedrock:us-east-1:1:inference-profile/p", false),
+            path(
+                "/x",
+                "arn:aws:bedrock:us-east-1:1:inference-profile/p",
+                false
+            ),
             "/x/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fp/converse"
         );
     }
@@ -730,7 +745,10 @@ mod tests {
         assert!(v.get("toolConfig").is_none());
         for (b, needle) in [
             (r#"{"messages":[],"n":2}"#, "n > 1"),
-            (r#"{"messages":[],"response_format":{"type":"json_object"}}"#, "JSON mode"),
+            (
+                r#"{"messages":[],"response_format":{"type":"json_object"}}"#,
+                "JSON mode",
+            ),
             (
                 r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/a.png"}}]}]}"#,
                 "data URLs",
@@ -739,7 +757,10 @@ mod tests {
                 r#"{"messages":[{"role":"tool","tool_call_id":"a","content":"x"}],"tool_choice":"none"}"#,
                 "tool_choice none",
             ),
-            (r#"{"messages":[{"role":"wizard","content":"x"}]}"#, "unknown role"),
+            (
+                r#"{"messages":[{"role":"wizard","content":"x"}]}"#,
+                "unknown role",
+            ),
         ] {
             let e = request(b.as_bytes(), None).expect_err(b);
             assert!(e.contains(needle), "{b}: {e}");
@@ -772,15 +793,33 @@ mod tests {
         let mut s = Vec::new();
         for (t, p) in [
             ("messageStart", json!({"role":"assistant","p":"abc"})),
-            ("contentBlockDelta", json!({"contentBlockIndex":0,"delta":{"text":"Hé"}})),
-            ("contentBlockDelta", json!({"contentBlockIndex":0,"delta":{"text":"llo"}})),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex":0,"delta":{"text":"Hé"}}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex":0,"delta":{"text":"llo"}}),
+            ),
             ("contentBlockStop", json!({"contentBlockIndex":0})),
-            ("contentBlockStart", json!({"contentBlockIndex":1,"start":{"toolUse":{"toolUseId":"tu_1","name":"f"}}})),
-            ("contentBlockDelta", json!({"contentBlockIndex":1,"delta":{"toolUse":{"input":"{\"a\":"}}})),
-            ("contentBlockDelta", json!({"contentBlockIndex":1,"delta":{"toolUse":{"input":"1}"}}})),
+            (
+                "contentBlockStart",
+                json!({"contentBlockIndex":1,"start":{"toolUse":{"toolUseId":"tu_1","name":"f"}}}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex":1,"delta":{"toolUse":{"input":"{\"a\":"}}}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex":1,"delta":{"toolUse":{"input":"1}"}}}),
+            ),
             ("contentBlockStop", json!({"contentBlockIndex":1})),
             ("messageStop", json!({"stopReason":"tool_use"})),
-            ("metadata", json!({"usage":{"inputTokens":5,"outputTokens":3,"totalTokens":8},"metrics":{"latencyMs":9}})),
+            (
+                "metadata",
+                json!({"usage":{"inputTokens":5,"outputTokens":3,"totalTokens":8},"metrics":{"latencyMs":9}}),
+            ),
         ] {
             s.extend(frame(t, &p));
         }
@@ -829,7 +868,9 @@ mod tests {
         );
         let args: String = chunks
             .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
             .collect();
         assert_eq!(args, "{\"a\":1}");
         assert_eq!(chunks[6]["choices"][0]["finish_reason"], "tool_calls");
@@ -851,7 +892,10 @@ mod tests {
         assert_eq!(e.kind, "throttlingException");
         assert_eq!(e.message, "Too many requests");
         let mut t = StreamTranslator::new(StreamOpts::default(), "m", 1);
-        let first = frame("contentBlockDelta", &json!({"contentBlockIndex":0,"delta":{"text":"a"}}));
+        let first = frame(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex":0,"delta":{"text":"a"}}),
+        );
         assert!(!t.push(&first).expect("ok").is_empty());
         assert!(t.finish().is_none(), "no messageStop: the stream is cut");
         let mut t = StreamTranslator::new(StreamOpts::default(), "m", 1);

@@ -61,6 +61,11 @@ pub fn provider(name: &str, m: &MockServer) -> String {
 /// The secret the gateway's providers get from `DETOUR_TEST_KEY`.
 pub const PROVIDER_KEY: &str = "sk-provider-secret-0123456789";
 
+/// The AWS credentials every test gateway gets from the standard env vars.
+pub const AWS_KEY_ID: &str = "AKIDDETOURTEST";
+pub const AWS_SECRET: &str = "detour/test/secret/key/0123456789abcdefghij";
+pub const AWS_TOKEN: &str = "detour-session-token-IQoJb3JpZ2luX2VjEXAMPLE";
+
 pub struct Gateway {
     pub port: u16,
     pub admin_port: u16,
@@ -124,6 +129,9 @@ impl Gateway {
             .arg(dir.join("detour.yaml"))
             .args(extra)
             .env("DETOUR_TEST_KEY", PROVIDER_KEY)
+            .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+            .env("AWS_SESSION_TOKEN", AWS_TOKEN)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
