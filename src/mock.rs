@@ -83,6 +83,8 @@ pub struct MockConfig {
     pub chunk_interval: Duration,
     /// Keep the requests (headers and body) for tests to inspect.
     pub record: bool,
+    /// `expires_in` of the access tokens the mock's OAuth endpoint (`POST …/token`) issues.
+    pub token_lifetime_secs: u64,
 }
 
 impl Default for MockConfig {
@@ -96,6 +98,7 @@ impl Default for MockConfig {
             chunks: 5,
             chunk_interval: Duration::ZERO,
             record: true,
+            token_lifetime_secs: 3600,
         }
     }
 }
@@ -130,6 +133,8 @@ pub struct MockStats {
     pub completed: AtomicUsize,
     /// TCP connections accepted.
     pub connections: AtomicUsize,
+    /// Access tokens issued by `POST …/token`.
+    pub tokens: AtomicUsize,
     pub requests: Mutex<Vec<RecordedRequest>>,
 }
 
@@ -148,6 +153,11 @@ impl MockServer {
         let stats = Arc::new(MockStats::default());
         let task = tokio::spawn(serve(listener, Arc::new(cfg), stats.clone()));
         Ok(MockServer { addr, stats, task })
+    }
+
+    /// Access tokens the mock's token endpoint issued.
+    pub fn tokens(&self) -> usize {
+        self.stats.tokens.load(Ordering::SeqCst)
     }
 
     pub fn calls(&self) -> usize {
@@ -287,10 +297,19 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
         let req = buf.split_to(total).freeze();
         let body = req.slice(head.header_len..);
         stats.calls.fetch_add(1, Ordering::SeqCst);
-        let plan = plan_for(&cfg, &head.headers);
+        let mut plan = plan_for(&cfg, &head.headers);
+        // Vertex paths want an access token from this mock's own token endpoint.
+        if head.path.contains("/publishers/")
+            && !head.headers.iter().any(|(k, v)| {
+                k.eq_ignore_ascii_case("authorization") && v.starts_with("Bearer ya29.mock-")
+            })
+        {
+            plan.status = 401;
+        }
         let model = model_of(&body);
         let stream = stream_of(&body);
         let (method, path) = (head.method.clone(), head.path.clone());
+        let body_for_token = body.clone();
         if cfg.record {
             if let Ok(mut r) = stats.requests.lock() {
                 r.push(RecordedRequest {
@@ -346,6 +365,40 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
                     }
                     None => return,
                 }
+            }
+            ("POST", p) if p.ends_with(":rawPredict") || p.ends_with(":streamRawPredict") => {
+                // Claude on Vertex: Anthropic's API, the model and streaming named by the URL.
+                let stream = p.ends_with(":streamRawPredict");
+                let model = p
+                    .rsplit('/')
+                    .next()
+                    .and_then(|m| m.split(':').next())
+                    .unwrap_or("claude")
+                    .to_string();
+                match answer(sock, &cfg, &stats, &plan, &model, stream, Dialect::Anthropic).await {
+                    Some(s) => {
+                        sock = s;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            ("POST", p) if p.ends_with("/token") => {
+                // An OAuth2 token endpoint (JWT bearer grant), as Google's.
+                let n = stats.tokens.fetch_add(1, Ordering::SeqCst) + 1;
+                let form = String::from_utf8_lossy(&body_for_token);
+                let grant = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer";
+                let (status, b) = if !form.contains(grant) || !form.contains("assertion=") {
+                    (400, "{\"error\":\"unsupported_grant_type\",\"error_description\":\"Invalid grant_type.\"}".to_string())
+                } else if plan.status != 200 {
+                    (plan.status, "{\"error\":\"invalid_grant\",\"error_description\":\"Invalid JWT Signature.\"}".to_string())
+                } else {
+                    (200, format!(
+                        "{{\"access_token\":\"ya29.mock-{n}\",\"expires_in\":{},\"token_type\":\"Bearer\"}}",
+                        cfg.token_lifetime_secs
+                    ))
+                };
+                write_json(&mut sock, status, b.as_bytes()).await
             }
             ("POST", p) if p.ends_with("/messages") => {
                 match answer(sock, &cfg, &stats, &plan, &model, stream, Dialect::Anthropic).await {

@@ -100,6 +100,17 @@ pub enum ProviderKind {
     /// AWS Bedrock Converse: `{base}/model/{id}/converse` (or `/converse-stream`), SigV4 with
     /// the standard AWS env credentials (or a Bedrock API key as bearer), translated both ways.
     Bedrock,
+    /// Google Vertex AI: Gemini (`…/publishers/google/models/{id}:generateContent`) and Claude
+    /// (`…/publishers/anthropic/models/{id}:rawPredict`), OAuth2 tokens from a service account.
+    Vertex,
+}
+
+/// A Vertex provider's credentials: the service account and its token endpoint.
+#[derive(Debug)]
+pub struct VertexAuth {
+    pub account: crate::providers::vertex::ServiceAccount,
+    /// `token_uri` as a provider (host, port, TLS; `base_path` is the token path).
+    pub endpoint: Provider,
 }
 
 impl ProviderKind {
@@ -110,6 +121,7 @@ impl ProviderKind {
             "anthropic" => Some(ProviderKind::Anthropic),
             "google-ai-studio" => Some(ProviderKind::GoogleAiStudio),
             "bedrock" => Some(ProviderKind::Bedrock),
+            "vertex" => Some(ProviderKind::Vertex),
             _ => None,
         }
     }
@@ -161,6 +173,9 @@ pub struct Provider {
     /// bedrock with SigV4: credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
     /// AWS_SESSION_TOKEN.
     pub aws: Option<crate::providers::bedrock::AwsCredentials>,
+    /// vertex: the project, and the credentials (absent when skipped for want of a key).
+    pub project: String,
+    pub vertex: Option<std::sync::Arc<VertexAuth>>,
 }
 
 impl Provider {
@@ -188,6 +203,13 @@ impl Provider {
             ProviderKind::Bedrock => {
                 crate::providers::bedrock::path(&self.base_path, &route.id, stream)
             }
+            ProviderKind::Vertex => crate::providers::vertex::path(
+                &self.base_path,
+                &self.project,
+                self.region.as_deref().unwrap_or("global"),
+                &route.id,
+                stream,
+            ),
         }
     }
 }
@@ -389,7 +411,7 @@ fn provider(
         ConfigError::new(
             format!("{path}.kind"),
             format!(
-                "unknown provider kind `{}` (expected openai, azure, anthropic, google-ai-studio or bedrock)",
+                "unknown provider kind `{}` (expected openai, azure, anthropic, google-ai-studio, bedrock or vertex)",
                 p.kind
             ),
         )
@@ -408,6 +430,12 @@ fn provider(
                     )
                 })?,
         ),
+        ProviderKind::Vertex => Some(p.region.clone().ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.region"),
+                "a vertex provider needs a region (a location such as us-east5, or global)",
+            )
+        })?),
         _ => p.region.clone(),
     };
     if let Some(r) = &region {
@@ -423,6 +451,7 @@ fn provider(
         (None, ProviderKind::Bedrock, Some(r)) => {
             format!("https://bedrock-runtime.{r}.amazonaws.com")
         }
+        (None, ProviderKind::Vertex, Some(r)) => crate::providers::vertex::base_url(r),
         _ => {
             return Err(ConfigError::new(
                 format!("{path}.base-url"),
@@ -466,6 +495,13 @@ fn provider(
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
     let mut aws = None;
+    let mut vertex: Option<crate::providers::vertex::ServiceAccount> = None;
+    if kind == ProviderKind::Vertex && p.api_key_env.is_some() {
+        return Err(ConfigError::new(
+            format!("{path}.api-key-env"),
+            "vertex authenticates with a service-account key (credentials-file), not an API key",
+        ));
+    }
     let key = match &p.api_key_env {
         // Bedrock without an API key signs with the standard AWS credentials.
         None if kind == ProviderKind::Bedrock => {
@@ -488,6 +524,28 @@ fn provider(
                 },
             }
         }
+        // Vertex signs token requests with a service-account key.
+        None if kind == ProviderKind::Vertex => {
+            match p
+                .credentials_file
+                .clone()
+                .or_else(|| env("GOOGLE_APPLICATION_CREDENTIALS"))
+            {
+                Some(f) => {
+                    let cpath = format!("{path}.credentials-file");
+                    let text = std::fs::read_to_string(&f).map_err(|e| {
+                        ConfigError::new(&cpath, format!("cannot read the key file {f}: {e}"))
+                    })?;
+                    let account = crate::providers::vertex::ServiceAccount::from_json(&text)
+                        .map_err(|e| ConfigError::new(&cpath, format!("{f}: {e}")))?;
+                    vertex = Some(account);
+                    ApiKey::None
+                }
+                None => ApiKey::Missing {
+                    env: "GOOGLE_APPLICATION_CREDENTIALS".into(),
+                },
+            }
+        }
         None => ApiKey::None,
         Some(name) => match env(name) {
             Some(v) if !v.trim().is_empty() => ApiKey::Present(Secret::new(v.trim().to_string())),
@@ -498,6 +556,26 @@ fn provider(
         return Err(ConfigError::new(
             format!("{path}.api-version"),
             "an azure provider needs an api-version (e.g. 2024-10-21)",
+        ));
+    }
+    let project = match (&p.project, &vertex) {
+        (Some(pr), _) => pr.clone(),
+        (None, Some(a)) => a.project_id.clone().unwrap_or_default(),
+        (None, None) => String::new(),
+    };
+    if vertex.is_some() && project.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.project"),
+            "a vertex provider needs a project (or a key file with project_id)",
+        ));
+    }
+    if !project
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':')
+    {
+        return Err(ConfigError::new(
+            format!("{path}.project"),
+            format!("`{project}` is not a project id"),
         ));
     }
     let mut headers = Vec::new();
@@ -522,6 +600,37 @@ fn provider(
         headers,
         timeouts: timeouts(&p.timeouts, base, &format!("{path}.timeouts"))?,
         http2: p.http2.unwrap_or(true),
+        project,
+        vertex: match vertex {
+            None => None,
+            Some(account) => {
+                let endpoint = provider(
+                    i,
+                    &RawProvider {
+                        name: format!("{}.token", p.name),
+                        kind: "openai".into(),
+                        base_url: Some(account.token_uri.clone()),
+                        region: None,
+                        project: None,
+                        credentials_file: None,
+                        api_key_env: None,
+                        api_version: None,
+                        headers: Default::default(),
+                        timeouts: p.timeouts.clone(),
+                        http2: Some(false),
+                    },
+                    base,
+                    env,
+                )
+                .map_err(|e| {
+                    ConfigError::new(
+                        format!("{path}.credentials-file"),
+                        format!("token_uri: {}", e.message),
+                    )
+                })?;
+                Some(std::sync::Arc::new(VertexAuth { account, endpoint }))
+            }
+        },
         region,
         aws,
     })

@@ -78,9 +78,16 @@ pub struct RawProvider {
     /// Required except for bedrock and vertex, whose URL follows from `region`.
     #[serde(default)]
     pub base_url: Option<String>,
-    /// bedrock: the AWS region (default: AWS_REGION, else AWS_DEFAULT_REGION).
+    /// bedrock: the AWS region (default: AWS_REGION, else AWS_DEFAULT_REGION). vertex: the
+    /// Google Cloud location (`us-east5`, `global`, ...).
     #[serde(default)]
     pub region: Option<String>,
+    /// vertex: the Google Cloud project id (default: the key file's `project_id`).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// vertex: the service-account JSON key (default: $GOOGLE_APPLICATION_CREDENTIALS).
+    #[serde(default)]
+    pub credentials_file: Option<String>,
 
     /// Name of the environment variable that holds the key. No key: no auth header is sent.
     #[serde(default)]

@@ -10,10 +10,10 @@ pub mod classify;
 pub mod upstream;
 
 use crate::api::{AttemptReport, ChatRequest, GatewayError};
-use crate::config::{ApiKey, Capabilities, Config, Provider, ProviderKind};
+use crate::config::{ApiKey, Capabilities, Config, Provider, ProviderKind, Secret, VertexAuth};
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Target};
-use crate::providers::{anthropic, bedrock, gemini};
+use crate::providers::{anthropic, bedrock, gemini, vertex};
 use crate::sse::{error_event, EventAligner};
 use bytes::Bytes;
 use classify::{decide, Decision, FailClass};
@@ -92,7 +92,13 @@ pub struct Engine {
     connector: Connector,
     peers: upstream::Peers,
     fresh_group: AtomicU64,
+    /// Per provider: the token endpoint's peer (vertex) and the cached access token.
+    token_peers: upstream::Peers,
+    tokens: Vec<tokio::sync::Mutex<Option<(Secret, Instant)>>>,
 }
+
+/// A cached access token is renewed when less than this is left of its life.
+const TOKEN_RENEW_BEFORE: Duration = Duration::from_secs(300);
 
 /// Run `fut`, but give up (`None`) as soon as the client closes its connection.
 async fn unless_client_gone<F: Future>(s: &mut Session, fut: F) -> Option<F::Output> {
@@ -107,13 +113,118 @@ impl Engine {
     pub fn new(cfg: Arc<Config>, metrics: Arc<Metrics>, options: ConnectorOptions) -> Engine {
         let connector = Connector::new(Some(options));
         let peers = upstream::Peers::new(&cfg.providers);
+        let endpoints: Vec<Provider> = cfg
+            .providers
+            .iter()
+            .map(|p| match &p.vertex {
+                Some(auth) => auth.endpoint.clone(),
+                None => p.clone(),
+            })
+            .collect();
+        let token_peers = upstream::Peers::new(&endpoints);
+        let tokens = cfg
+            .providers
+            .iter()
+            .map(|_| tokio::sync::Mutex::new(None))
+            .collect();
         Engine {
             cfg,
             metrics,
             connector,
             peers,
             fresh_group: AtomicU64::new(1),
+            token_peers,
+            tokens,
         }
+    }
+
+    /// Provider `i`'s Vertex access token: the cached one while it has more than
+    /// [`TOKEN_RENEW_BEFORE`] left, else a new one from the token endpoint (one request at a
+    /// time per provider; concurrent attempts wait for it). A refused grant counts as a 401.
+    async fn vertex_token(&self, i: usize, auth: &VertexAuth) -> Result<Secret, Failure> {
+        let Some(slot) = self.tokens.get(i) else {
+            return Err(bad_response("no token slot"));
+        };
+        let mut cached = slot.lock().await;
+        if let Some((token, expires)) = &*cached {
+            if *expires > Instant::now() + TOKEN_RENEW_BEFORE {
+                return Ok(token.clone());
+            }
+        }
+        let ep = &auth.endpoint;
+        let fail = |class, status, message: String| Failure {
+            class,
+            status,
+            message: format!("vertex token: {message}"),
+        };
+        let peer = self
+            .token_peers
+            .get(i, ep)
+            .await
+            .map_err(|m| fail(FailClass::ConnectError, None, m))?;
+        let assertion = auth
+            .account
+            .assertion(unix_now())
+            .map_err(|m| fail(FailClass::BadResponse, None, m))?;
+        let body = Bytes::from(vertex::token_request_body(&assertion));
+        let exchange = async {
+            let mut h = pingora_http::RequestHeader::build("POST", ep.base_path.as_bytes(), None)?;
+            h.insert_header(http::header::HOST, ep.authority.as_str())?;
+            h.insert_header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )?;
+            h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+            h.insert_header(http::header::ACCEPT, "application/json")?;
+            let (mut up, _) = self.connector.get_http_session(&peer).await?;
+            up.write_request_header(Box::new(h)).await?;
+            up.write_request_body(body.clone(), true).await?;
+            up.finish_request_body().await?;
+            up.read_response_header().await?;
+            let status = up.response_header().map(|r| r.status.as_u16()).unwrap_or(0);
+            let mut answer = Vec::new();
+            while let Some(c) = up.read_response_body().await? {
+                answer.extend_from_slice(&c);
+                if answer.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            Ok::<_, pingora_error::BError>((status, answer))
+        };
+        let budget = ep.timeouts.connect + ep.timeouts.first_byte.min(Duration::from_secs(30));
+        let (status, answer) = match tokio::time::timeout(budget, exchange).await {
+            Err(_) => return Err(fail(FailClass::FirstByteTimeout, None, "timed out".into())),
+            Ok(Err(e)) => {
+                return Err(fail(
+                    FailClass::ConnectError,
+                    None,
+                    format!("token endpoint unreachable: {}", short_error(&e)),
+                ))
+            }
+            Ok(Ok(x)) => x,
+        };
+        if status != 200 {
+            let reason = vertex::token_error(&answer);
+            // A refused grant is a credentials problem, whatever status carries it.
+            let (class, st) = if (400..500).contains(&status) {
+                (FailClass::AuthError, 401)
+            } else {
+                (FailClass::of_status(status), status)
+            };
+            return Err(fail(
+                class,
+                Some(st),
+                format!("the token endpoint answered {status} ({reason})"),
+            ));
+        }
+        let (token, lifetime) =
+            vertex::parse_token(&answer).map_err(|m| fail(FailClass::BadResponse, None, m))?;
+        let token = Secret::new(token);
+        *cached = Some((
+            token.clone(),
+            Instant::now() + Duration::from_secs(lifetime),
+        ));
+        Ok(token)
     }
 
     /// Serve one planned chat completion. `Ok` means a response was written; `Err` is an error
@@ -357,6 +468,18 @@ impl Engine {
                 Ok((b, opts)) => (Bytes::from(b), Wire::Gemini(opts, target.route.id.clone())),
                 Err(m) => return Outcome::Failed(unsupported(provider, &m)),
             },
+            ProviderKind::Vertex if vertex::is_anthropic(&target.route.id) => {
+                let max = target.route.max_output_tokens.unwrap_or(4096);
+                let version = ("anthropic_version", vertex::ANTHROPIC_VERSION);
+                match anthropic::request_with(body, version, max) {
+                    Ok((b, opts)) => (Bytes::from(b), Wire::Anthropic(opts)),
+                    Err(m) => return Outcome::Failed(unsupported(provider, &m)),
+                }
+            }
+            ProviderKind::Vertex => match gemini::request(body) {
+                Ok((b, opts)) => (Bytes::from(b), Wire::Gemini(opts, target.route.id.clone())),
+                Err(m) => return Outcome::Failed(unsupported(provider, &m)),
+            },
             ProviderKind::Bedrock => match bedrock::request(body, target.route.max_output_tokens) {
                 Ok((b, opts)) => (Bytes::from(b), Wire::Bedrock(opts, target.route.id.clone())),
                 Err(m) => return Outcome::Failed(unsupported(provider, &m)),
@@ -373,6 +496,13 @@ impl Engine {
                 })
             }
         };
+        let token = match &provider.vertex {
+            Some(auth) => match self.vertex_token(target.route.provider, auth).await {
+                Ok(t) => Some(t),
+                Err(f) => return Outcome::Failed(f),
+            },
+            None => None,
+        };
         let header = match upstream::request_header(
             provider,
             target,
@@ -380,6 +510,7 @@ impl Engine {
             &body,
             &log.request_id,
             stream,
+            token.as_ref().map(|t| t.expose()),
         ) {
             Ok(h) => h,
             Err(e) => {

@@ -127,6 +127,7 @@ pub fn request_header(
     body: &[u8],
     request_id: &str,
     stream: bool,
+    bearer: Option<&str>,
 ) -> pingora_core::Result<RequestHeader> {
     let path = p.chat_path(&target.route, stream);
     let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8 + client.headers.len()))?;
@@ -156,7 +157,12 @@ pub fn request_header(
                 let v = format!("Bearer {}", key.expose());
                 h.insert_header(http::header::AUTHORIZATION, v)?;
             }
+            ProviderKind::Vertex => {}
         }
+    }
+    // Vertex: the OAuth2 access token minted for this provider.
+    if let Some(token) = bearer {
+        h.insert_header(http::header::AUTHORIZATION, format!("Bearer {token}"))?;
     }
     if p.kind == ProviderKind::Anthropic {
         let version = p.api_version.as_deref().unwrap_or("2023-06-01");
@@ -225,6 +231,7 @@ models:
             &[b' '; 42],
             "rid",
             false,
+            None,
         )
         .expect("header");
         assert_eq!(

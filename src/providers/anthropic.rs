@@ -80,10 +80,20 @@ pub fn request(
     model_id: &str,
     default_max_tokens: u32,
 ) -> Result<(Vec<u8>, StreamOpts), String> {
+    request_with(body, ("model", model_id), default_max_tokens)
+}
+
+/// The same, with the model named by another field: Claude on Vertex takes the model from the
+/// URL and `anthropic_version` in the body (`("anthropic_version", "vertex-2023-10-16")`).
+pub fn request_with(
+    body: &[u8],
+    (key, value_of_key): (&str, &str),
+    default_max_tokens: u32,
+) -> Result<(Vec<u8>, StreamOpts), String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let req = obj(&value, "the request")?;
     let mut out = Map::new();
-    out.insert("model".into(), Value::String(model_id.into()));
+    out.insert(key.into(), Value::String(value_of_key.into()));
     let mut system = String::new();
     let mut messages: Vec<Value> = Vec::new();
     let msgs = req

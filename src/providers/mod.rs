@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod gemini;
+pub mod vertex;
 
 use serde_json::{json, Value};
 

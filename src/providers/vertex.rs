@@ -1,0 +1,274 @@
+//! Google Vertex AI: paths, and OAuth2 access tokens minted from a service-account key.
+//!
+//! Vertex serves Gemini models (publisher `google`: the Gemini translator applies unchanged) and
+//! Claude models (publisher `anthropic`, `rawPredict` / `streamRawPredict`: the Anthropic
+//! translator applies, with `anthropic_version: vertex-2023-10-16` in the body in place of
+//! `model`). A model id starting with `claude` goes to the anthropic publisher; every other id to
+//! google.
+//!
+//! Auth: the JWT bearer grant (RFC 7523) as Google's libraries do it: an RS256-signed assertion
+//! (`iss` = the service account, `aud` = its `token_uri`, scope `cloud-platform`, one hour),
+//! exchanged at `token_uri` for an access token. Pure here; the engine does the HTTP exchange
+//! and caches the token until shortly before it expires. Keys and tokens are never printed.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use serde::Deserialize;
+
+/// The OAuth scope Vertex needs.
+pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// The body field that replaces `model` for Claude on Vertex.
+pub const ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
+
+/// Whether Vertex serves `model_id` through the anthropic publisher.
+pub fn is_anthropic(model_id: &str) -> bool {
+    model_id.starts_with("claude")
+}
+
+/// The request path (and query) for `model_id`.
+pub fn path(base_path: &str, project: &str, region: &str, model_id: &str, stream: bool) -> String {
+    let (publisher, method) = match (is_anthropic(model_id), stream) {
+        (true, false) => ("anthropic", "rawPredict"),
+        (true, true) => ("anthropic", "streamRawPredict"),
+        (false, false) => ("google", "generateContent"),
+        (false, true) => ("google", "streamGenerateContent?alt=sse"),
+    };
+    format!(
+        "{base_path}/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{model_id}:{method}"
+    )
+}
+
+/// The default base URL for a region (`global` has no regional host).
+pub fn base_url(region: &str) -> String {
+    if region == "global" {
+        "https://aiplatform.googleapis.com".into()
+    } else {
+        format!("https://{region}-aiplatform.googleapis.com")
+    }
+}
+
+#[derive(Deserialize)]
+struct KeyFile {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    client_email: String,
+    private_key: String,
+    #[serde(default)]
+    private_key_id: Option<String>,
+    #[serde(default)]
+    token_uri: Option<String>,
+    #[serde(default)]
+    project_id: Option<String>,
+}
+
+/// A service account's signing key, from its JSON key file.
+pub struct ServiceAccount {
+    pub client_email: String,
+    pub project_id: Option<String>,
+    pub token_uri: String,
+    key_id: Option<String>,
+    key: RsaKeyPair,
+}
+
+impl std::fmt::Debug for ServiceAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceAccount({}, key ***)", self.client_email)
+    }
+}
+
+impl ServiceAccount {
+    /// Parse a service-account JSON key. Errors never quote the key.
+    pub fn from_json(text: &str) -> Result<ServiceAccount, String> {
+        // serde's messages can quote values; only a missing field is named.
+        let k: KeyFile = serde_json::from_str(text).map_err(|e| {
+            let m = e.to_string();
+            match m.strip_prefix("missing field ") {
+                Some(rest) => format!(
+                    "not a service-account JSON key: missing field {}",
+                    rest.split(' ').next().unwrap_or("")
+                ),
+                None => format!(
+                    "not a service-account JSON key (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
+            }
+        })?;
+        if k.kind.as_deref().is_some_and(|t| t != "service_account") {
+            return Err("the key file is not of type service_account".into());
+        }
+        let der = pem_pkcs8(&k.private_key).ok_or("private_key is not a PEM PKCS#8 key")?;
+        let key = RsaKeyPair::from_pkcs8(&der).map_err(|_| "private_key is not an RSA key")?;
+        Ok(ServiceAccount {
+            client_email: k.client_email,
+            project_id: k.project_id,
+            token_uri: k
+                .token_uri
+                .unwrap_or_else(|| "https://oauth2.googleapis.com/token".into()),
+            key_id: k.private_key_id,
+            key,
+        })
+    }
+
+    /// The signed JWT assertion for a token request at `now` (Unix seconds).
+    pub fn assertion(&self, now: u64) -> Result<String, String> {
+        let mut header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
+        if let Some(kid) = &self.key_id {
+            header["kid"] = serde_json::Value::String(kid.clone());
+        }
+        let claims = serde_json::json!({
+            "iss": self.client_email,
+            "scope": SCOPE,
+            "aud": self.token_uri,
+            "iat": now,
+            "exp": now + 3600,
+        });
+        let mut jwt = URL_SAFE_NO_PAD.encode(header.to_string());
+        jwt.push('.');
+        jwt.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let mut sig = vec![0u8; self.key.public().modulus_len()];
+        self.key
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                jwt.as_bytes(),
+                &mut sig,
+            )
+            .map_err(|_| "signing the token request failed")?;
+        jwt.push('.');
+        jwt.push_str(&URL_SAFE_NO_PAD.encode(sig));
+        Ok(jwt)
+    }
+}
+
+/// The form body of the token request (a JWT is URL-safe as it is).
+pub fn token_request_body(assertion: &str) -> String {
+    format!(
+        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
+    )
+}
+
+/// The token endpoint's answer → (access token, lifetime in seconds).
+pub fn parse_token(body: &[u8]) -> Result<(String, u64), String> {
+    #[derive(Deserialize)]
+    struct Token {
+        access_token: String,
+        #[serde(default)]
+        expires_in: Option<u64>,
+    }
+    let t: Token = serde_json::from_slice(body)
+        .map_err(|_| "the token endpoint's answer has no access_token")?;
+    if t.access_token.is_empty() {
+        return Err("the token endpoint returned an empty access_token".into());
+    }
+    Ok((t.access_token, t.expires_in.unwrap_or(3600)))
+}
+
+/// The reason in a token endpoint's error (`{"error": …, "error_description": …}`).
+pub fn token_error(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct E {
+        #[serde(default)]
+        error: Option<String>,
+        #[serde(default)]
+        error_description: Option<String>,
+    }
+    match serde_json::from_slice::<E>(body) {
+        Ok(E {
+            error: Some(e),
+            error_description: Some(d),
+        }) => format!("{e}: {}", crate::api::truncate(&d, 200)),
+        Ok(E { error: Some(e), .. }) => e,
+        _ => "no reason given".into(),
+    }
+}
+
+fn pem_pkcs8(pem: &str) -> Option<Vec<u8>> {
+    let start = pem.find("-----BEGIN PRIVATE KEY-----")? + "-----BEGIN PRIVATE KEY-----".len();
+    let end = pem[start..].find("-----END PRIVATE KEY-----")? + start;
+    let b64: String = pem[start..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+
+    const KEY_FILE: &str = include_str!("../../tests/fixtures/vertex-test-service-account.json");
+
+    #[test]
+    fn paths_pick_the_publisher_from_the_model() {
+        assert_eq!(
+            path("", "p1", "us-east5", "claude-3-7-sonnet@20250219", true),
+            "/v1/projects/p1/locations/us-east5/publishers/anthropic/models/claude-3-7-sonnet@20250219:streamRawPredict"
+        );
+        assert_eq!(
+            path("", "p1", "us-central1", "gemini-2.0-flash-001", false),
+            "/v1/projects/p1/locations/us-central1/publishers/google/models/gemini-2.0-flash-001:generateContent"
+        );
+        assert_eq!(
+            base_url("us-east5"),
+            "https://us-east5-aiplatform.googleapis.com"
+        );
+        assert_eq!(base_url("global"), "https://aiplatform.googleapis.com");
+    }
+
+    #[test]
+    fn assertion_is_an_rs256_jwt_the_public_key_verifies() {
+        let sa = ServiceAccount::from_json(KEY_FILE).expect("key file");
+        let jwt = sa.assertion(1_763_700_000).expect("signs");
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let json = |s: &str| -> serde_json::Value {
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(s).expect("b64")).expect("json")
+        };
+        let h = json(parts[0]);
+        assert_eq!(h["alg"], "RS256");
+        assert_eq!(h["kid"], "0123456789abcdef0123456789abcdef01234567");
+        let c = json(parts[1]);
+        assert_eq!(c["iss"], "detour-test@detour-test.iam.gserviceaccount.com");
+        assert_eq!(c["aud"], "https://oauth2.googleapis.com/token");
+        assert_eq!(c["scope"], SCOPE);
+        assert_eq!(c["exp"].as_u64(), Some(1_763_703_600));
+        let sig = URL_SAFE_NO_PAD.decode(parts[2]).expect("b64");
+        let public = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, sa.key.public().as_ref());
+        public
+            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+            .expect("the signature verifies");
+        assert!(!format!("{sa:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn key_file_and_token_errors() {
+        for (text, needle) in [
+            ("{}", "service-account"),
+            (
+                r#"{"type":"authorized_user","client_email":"a","private_key":"x"}"#,
+                "service_account",
+            ),
+            (
+                r#"{"client_email":"a","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}"#,
+                "RSA",
+            ),
+        ] {
+            let e = ServiceAccount::from_json(text).expect_err(text);
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        assert_eq!(
+            parse_token(br#"{"access_token":"ya29.x","expires_in":3599,"token_type":"Bearer"}"#),
+            Ok(("ya29.x".to_string(), 3599))
+        );
+        assert!(parse_token(b"{}").is_err());
+        assert_eq!(
+            token_error(
+                br#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#
+            ),
+            "invalid_grant: Invalid JWT Signature."
+        );
+    }
+}
