@@ -10,7 +10,8 @@ use detour::config::Config;
 use detour::sse::EventAligner;
 
 fn config() -> Config {
-    let env = |_: &str| Some("key".to_string());
+    // Every key variable set, except the path of a Vertex key file.
+    let env = |n: &str| (n != "GOOGLE_APPLICATION_CREDENTIALS").then(|| "key".to_string());
     Config::from_yaml_with_env(detour::config::DEFAULT_CONFIG, &env).unwrap_or_else(|e| {
         eprintln!("default config: {e}");
         std::process::exit(1)
@@ -180,5 +181,91 @@ fn gemini(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(hot, benches, anthropic, gemini);
+fn bedrock(c: &mut Criterion) {
+    use detour::providers::{anthropic::StreamOpts, bedrock};
+    use serde_json::json;
+    // The same conversation as the Gemini bench, with a data-URL image.
+    let request = br#"{"model":"claude-3-7-sonnet-20250219","max_tokens":1024,"temperature":0.2,"stream":true,
+      "stream_options":{"include_usage":true},
+      "tools":[{"type":"function","function":{"name":"get_weather","description":"Current weather for a city","parameters":{"type":"object","properties":{"city":{"type":"string"},"unit":{"type":"string","enum":["c","f"]}},"required":["city"]}}}],
+      "messages":[{"role":"system","content":"You are a concise assistant. Answer in one sentence unless asked otherwise."},
+        {"role":"user","content":"What is the weather in Paris and should I take an umbrella?"},
+        {"role":"assistant","content":null,"tool_calls":[{"id":"tooluse_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\",\"unit\":\"c\"}"}}]},
+        {"role":"tool","tool_call_id":"tooluse_1","content":"{\"temp\":18,\"rain_probability\":0.7}"},
+        {"role":"user","content":"Thanks. And tomorrow?"}]}"#;
+    let answer = br#"{"output":{"message":{"role":"assistant","content":[{"text":"It is 18C with a 70% chance of rain: take an umbrella. Let me check tomorrow."},
+        {"toolUse":{"toolUseId":"tooluse_2","name":"get_weather","input":{"city":"Paris","unit":"c","day":"tomorrow"}}}]}},
+      "stopReason":"tool_use","usage":{"inputTokens":412,"outputTokens":58,"totalTokens":470},"metrics":{"latencyMs":812}}"#;
+    // Real ConverseStream frames: messageStart, 20 text deltas (padded with "p" as Bedrock
+    // does), block stop, messageStop, metadata.
+    let mut stream: Vec<Vec<u8>> = vec![bedrock::frame(
+        "messageStart",
+        &json!({"role": "assistant", "p": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"}),
+    )];
+    stream.extend((0..20).map(|i| {
+        bedrock::frame(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 0, "delta": {"text": format!(" word{i}")}, "p": "abcdefghijklmnopqrstuvwxyzABCD"}),
+        )
+    }));
+    stream.push(bedrock::frame(
+        "contentBlockStop",
+        &json!({"contentBlockIndex": 0}),
+    ));
+    stream.push(bedrock::frame(
+        "messageStop",
+        &json!({"stopReason": "end_turn"}),
+    ));
+    stream.push(bedrock::frame(
+        "metadata",
+        &json!({"usage": {"inputTokens": 412, "outputTokens": 21, "totalTokens": 433}, "metrics": {"latencyMs": 640}}),
+    ));
+    let mut g = c.benchmark_group("bedrock");
+    g.bench_function("request", |b| {
+        b.iter(|| bedrock::request(black_box(request), Some(64000)))
+    });
+    g.bench_function("response", |b| {
+        b.iter(|| bedrock::response(black_box(answer), "claude", 1))
+    });
+    g.throughput(Throughput::Elements(stream.len() as u64));
+    g.bench_function("stream-24-frames", |b| {
+        b.iter(|| {
+            let mut t = bedrock::StreamTranslator::new(
+                StreamOpts {
+                    include_usage: true,
+                },
+                "claude",
+                1,
+            );
+            for ev in &stream {
+                let _ = black_box(t.push(ev));
+            }
+            t.finish()
+        })
+    });
+    let creds = bedrock::AwsCredentials {
+        access_key_id: "AKIDEXAMPLE".into(),
+        secret_access_key: detour::config::Secret::new(
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+        ),
+        session_token: None,
+    };
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sigv4-sign", |b| {
+        b.iter(|| {
+            bedrock::sign(
+                "POST",
+                "https://bedrock-runtime.us-east-1.amazonaws.com/model/us.anthropic.claude-3-7-sonnet-20250219-v1%3A0/converse-stream",
+                &[("host", "bedrock-runtime.us-east-1.amazonaws.com"), ("content-type", "application/json")],
+                black_box(request),
+                &creds,
+                "us-east-1",
+                std::time::SystemTime::now(),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(hot, benches, anthropic, gemini, bedrock);
 criterion_main!(hot);

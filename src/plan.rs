@@ -106,12 +106,17 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
             return;
         }
         let provider = &cfg.providers[route.provider];
-        if let ApiKey::Missing { env } = &provider.key {
+        let skip = match &provider.key {
+            ApiKey::Missing { env } => Some(format!("skipped: the key variable {env} is not set")),
+            ApiKey::Unusable { reason } => Some(format!("skipped: {reason}")),
+            ApiKey::None | ApiKey::Present(_) => None,
+        };
+        if let Some(reason) = skip {
             if !out.skipped.iter().any(|s| s.provider == route.provider) {
                 out.skipped.push(Skipped {
                     source: format!("{model}/{}", provider.name),
                     provider: route.provider,
-                    reason: format!("skipped: the key variable {env} is not set"),
+                    reason,
                 });
             }
             return;

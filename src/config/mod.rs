@@ -84,6 +84,11 @@ pub enum ApiKey {
     Missing {
         env: String,
     },
+    /// Credentials found in the environment but unusable (e.g. GOOGLE_APPLICATION_CREDENTIALS
+    /// naming a file that is not a service-account key): the provider is skipped.
+    Unusable {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -526,22 +531,33 @@ fn provider(
         }
         // Vertex signs token requests with a service-account key.
         None if kind == ProviderKind::Vertex => {
-            match p
-                .credentials_file
-                .clone()
-                .or_else(|| env("GOOGLE_APPLICATION_CREDENTIALS"))
-            {
-                Some(f) => {
-                    let cpath = format!("{path}.credentials-file");
-                    let text = std::fs::read_to_string(&f).map_err(|e| {
-                        ConfigError::new(&cpath, format!("cannot read the key file {f}: {e}"))
-                    })?;
-                    let account = crate::providers::vertex::ServiceAccount::from_json(&text)
-                        .map_err(|e| ConfigError::new(&cpath, format!("{f}: {e}")))?;
-                    vertex = Some(account);
+            let load = |f: &str| -> Result<crate::providers::vertex::ServiceAccount, String> {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read the key file {f}: {e}"))?;
+                crate::providers::vertex::ServiceAccount::from_json(&text)
+                    .map_err(|e| format!("{f}: {e}"))
+            };
+            match (&p.credentials_file, env("GOOGLE_APPLICATION_CREDENTIALS")) {
+                // A file the config names must be usable.
+                (Some(f), _) => {
+                    vertex =
+                        Some(load(f).map_err(|e| {
+                            ConfigError::new(format!("{path}.credentials-file"), e)
+                        })?);
                     ApiKey::None
                 }
-                None => ApiKey::Missing {
+                // The environment's may be meant for something else (e.g. gcloud user
+                // credentials): the provider is skipped, with the reason.
+                (None, Some(f)) => match load(&f) {
+                    Ok(a) => {
+                        vertex = Some(a);
+                        ApiKey::None
+                    }
+                    Err(e) => ApiKey::Unusable {
+                        reason: format!("GOOGLE_APPLICATION_CREDENTIALS: {e}"),
+                    },
+                },
+                (None, None) => ApiKey::Missing {
                     env: "GOOGLE_APPLICATION_CREDENTIALS".into(),
                 },
             }
@@ -882,5 +898,36 @@ models:
                 .path,
             "providers[0].region"
         );
+    }
+
+    #[test]
+    fn vertex_key_from_env_is_skipped_when_unusable_but_an_explicit_one_must_load() {
+        // gcloud user credentials in GOOGLE_APPLICATION_CREDENTIALS must not stop start-up.
+        let env = |n: &str| {
+            (n == "GOOGLE_APPLICATION_CREDENTIALS").then(|| "/nonexistent/adc.json".to_string())
+        };
+        let c = Config::from_yaml_with_env(DEFAULT_CONFIG, &env).expect("loads");
+        let i = c.provider_index("vertex").expect("vertex");
+        assert!(
+            matches!(&c.providers[i].key, ApiKey::Unusable { reason } if reason.contains("/nonexistent/adc.json")),
+            "{:?}",
+            c.providers[i].key
+        );
+        let plan = crate::plan::plan("claude-sonnet-4/vertex", &c).expect("plan");
+        assert!(plan.skipped[0]
+            .reason
+            .contains("GOOGLE_APPLICATION_CREDENTIALS"));
+        let yaml = "listen: [\"127.0.0.1:8080\"]\nproviders:\n  - {name: v, kind: vertex, region: us-east5, credentials-file: /nonexistent/sa.json}\n";
+        let e = Config::from_yaml_with_env(yaml, &no_env).expect_err("explicit file");
+        assert_eq!(e.path, "providers[0].credentials-file");
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/vertex-test-service-account.json"
+        );
+        let ok = yaml.replace("/nonexistent/sa.json", fixture);
+        let c = Config::from_yaml_with_env(&ok, &no_env).expect("loads");
+        assert_eq!(c.providers[0].project, "detour-test", "from the key file");
+        assert_eq!(c.providers[0].host, "us-east5-aiplatform.googleapis.com");
+        assert!(!format!("{:?}", c.providers[0]).contains("PRIVATE KEY"));
     }
 }
