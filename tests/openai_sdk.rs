@@ -1,7 +1,7 @@
 //! Client compatibility: the official OpenAI Python SDK (from PyPI, in a venv that
 //! `scripts/sdk-venv.sh` creates) talks to detour through a fallback, stream and non-stream,
 //! and reads the all-failed error; one chain ends on each translated kind (Anthropic, Gemini,
-//! Bedrock).
+//! Bedrock, Vertex).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -40,10 +40,24 @@ async fn official_openai_sdk_through_a_fallback() {
         ..MockConfig::default()
     })
     .await;
+    // Vertex: Claude through rawPredict, with a token from the mock's own OAuth endpoint.
+    let vtx = mock_with(MockConfig {
+        name: "vtx".into(),
+        chunks: 4,
+        ..MockConfig::default()
+    })
+    .await;
+    let mut sa: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/vertex-test-service-account.json")).unwrap();
+    sa["token_uri"] = serde_json::json!(format!("http://{}/token", vtx.addr));
+    let key = temp_dir().join("sa.json");
+    std::fs::write(&key, serde_json::to_vec(&sa).unwrap()).unwrap();
     let gw = Gateway::start(&format!(
-        "providers:\n{}{}  - {{name: anth, kind: anthropic, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n  - {{name: gem, kind: google-ai-studio, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n  - {{name: bed, kind: bedrock, region: us-west-2, base-url: \"http://{}\"}}\nmodels:\n  gpt-4o: [{{provider: flaky}}, {{provider: steady}}]\n  gpt-4o-mini: [{{provider: flaky}}]\n  claude-sonnet-4: [{{provider: flaky}}, {{provider: anth, id: claude-sonnet-4-20250514}}]\n  gemini-2.0-flash: [{{provider: flaky}}, {{provider: gem}}]\n  claude-3-7-sonnet-20250219: [{{provider: flaky}}, {{provider: bed, id: \"us.anthropic.claude-3-7-sonnet-20250219-v1:0\"}}]\n",
+        "providers:\n{}{}  - {{name: vtx, kind: vertex, project: p, region: us-east5, base-url: \"http://{}\", credentials-file: \"{}\"}}\n  - {{name: anth, kind: anthropic, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n  - {{name: gem, kind: google-ai-studio, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n  - {{name: bed, kind: bedrock, region: us-west-2, base-url: \"http://{}\"}}\nmodels:\n  gpt-4o: [{{provider: flaky}}, {{provider: steady}}]\n  gpt-4o-mini: [{{provider: flaky}}]\n  claude-sonnet-4: [{{provider: flaky}}, {{provider: anth, id: claude-sonnet-4-20250514}}]\n  gemini-2.0-flash: [{{provider: flaky}}, {{provider: gem}}]\n  claude-3-7-sonnet-20250219: [{{provider: flaky}}, {{provider: bed, id: \"us.anthropic.claude-3-7-sonnet-20250219-v1:0\"}}]\n  claude-3-5-haiku: [{{provider: flaky}}, {{provider: vtx, id: \"claude-3-5-haiku@20241022\"}}]\n",
         provider("flaky", &flaky),
         provider("steady", &steady),
+        vtx.addr,
+        key.display(),
         anth.addr,
         gem.addr,
         bed.addr
@@ -81,6 +95,8 @@ async fn official_openai_sdk_through_a_fallback() {
         // ... onto Gemini, and onto Bedrock (SigV4, event-stream), translated both ways.
         ("gemini-2.0-flash", "gem", &[][..]),
         ("claude-3-7-sonnet-20250219", "bed", &[][..]),
+        // ... and onto Vertex (Claude via rawPredict, OAuth2 token).
+        ("claude-3-5-haiku", "vtx", &[][..]),
     ] {
         let out = check(model, provider, extra).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -100,8 +116,11 @@ async fn official_openai_sdk_through_a_fallback() {
     assert!(anth.calls() >= 3, "anthropic served {} calls", anth.calls());
     assert!(gem.calls() >= 3, "gemini served {} calls", gem.calls());
     assert!(bed.calls() >= 3, "bedrock served {} calls", bed.calls());
+    assert!(vtx.calls() >= 4, "vertex served {} calls", vtx.calls());
+    assert_eq!(vtx.tokens(), 1, "one access token for every Vertex call");
     assert!(
-        flaky.calls() >= steady.calls() + anth.calls() + gem.calls() + bed.calls(),
+        flaky.calls()
+            >= steady.calls() + anth.calls() + gem.calls() + bed.calls() + vtx.calls() - 1,
         "flaky was tried first every time"
     );
 }
