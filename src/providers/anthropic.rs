@@ -15,7 +15,9 @@
 //! `frequency_penalty`, `seed`, `logit_bias`, `response_format` `text`,
 //! `parallel_tool_calls`, `store`, and every field Anthropic does not know.
 
-use super::{push_json_str, push_turn, text_of, ChunkWriter};
+use super::{
+    call_arguments, data_url, push_json_str, push_stream_end, push_turn, text_of, ChunkWriter,
+};
 use crate::sse::SseDecoder;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -38,11 +40,7 @@ fn image_block(part: &Value) -> Result<Value, String> {
         .or_else(|| part.get("image_url"))
         .and_then(Value::as_str)
         .ok_or("image_url part without a url")?;
-    if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest.split_once(',').ok_or("malformed data URL")?;
-        let media_type = meta
-            .strip_suffix(";base64")
-            .ok_or("data URLs must be base64")?;
+    if let Some((media_type, data)) = data_url(url)? {
         return Ok(
             json!({"type":"image","source":{"type":"base64","media_type":media_type,"data":data}}),
         );
@@ -122,17 +120,7 @@ pub fn request_with(
                     .into_iter()
                     .flatten()
                 {
-                    let args = tc
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("{}");
-                    let input: Value = if args.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(args).map_err(|_| {
-                            format!("messages[{i}]: tool call arguments are not valid JSON")
-                        })?
-                    };
+                    let input = call_arguments(tc).map_err(|e| format!("messages[{i}]: {e}"))?;
                     b.push(json!({"type":"tool_use","id":tc.get("id").cloned().unwrap_or(Value::Null),
                         "name":tc.pointer("/function/name").cloned().unwrap_or(Value::Null),"input":input}));
                 }
@@ -492,13 +480,12 @@ impl StreamTranslator {
                     if !self.writer.role_sent() {
                         self.writer.chunk(&mut out, "{}", Some("stop"));
                     }
-                    if self.opts.include_usage {
-                        let u = json!({"id": self.id, "object": "chat.completion.chunk",
-                            "created": self.created, "model": self.model, "choices": [],
-                            "usage": usage_json(self.input_tokens, self.output_tokens)});
-                        out.push_str(&format!("data: {u}\n\n"));
-                    }
-                    out.push_str("data: [DONE]\n\n");
+                    push_stream_end(
+                        &mut out,
+                        self.opts.include_usage,
+                        (&self.id, self.created, &self.model),
+                        (self.input_tokens, self.output_tokens),
+                    );
                     self.done = true;
                 }
                 "error" => {

@@ -20,7 +20,9 @@
 //! `frequency_penalty`, `seed`, `logit_bias`, `parallel_tool_calls`, `store`, unknown fields.
 
 use super::anthropic::{InBandError, StreamOpts};
-use super::{push_json_str, push_turn, text_of, ChunkWriter};
+use super::{
+    call_arguments, data_url, push_json_str, push_stream_end, push_turn, text_of, ChunkWriter,
+};
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use aws_smithy_types::event_stream::{HeaderValue, Message};
 use bytes::BytesMut;
@@ -113,13 +115,7 @@ pub fn sign(
 }
 
 fn image_block(url: &str) -> Result<Value, String> {
-    let rest = url
-        .strip_prefix("data:")
-        .ok_or("bedrock takes images as data URLs only")?;
-    let (meta, data) = rest.split_once(',').ok_or("malformed data URL")?;
-    let mime = meta
-        .strip_suffix(";base64")
-        .ok_or("data URLs must be base64")?;
+    let (mime, data) = data_url(url)?.ok_or("bedrock takes images as data URLs only")?;
     let format = match mime {
         "image/png" => "png",
         "image/jpeg" | "image/jpg" => "jpeg",
@@ -202,16 +198,7 @@ pub fn request(body: &[u8], max_tokens: Option<u32>) -> Result<(Vec<u8>, StreamO
                     .into_iter()
                     .flatten()
                 {
-                    let args = tc
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("{}");
-                    let input: Value = if args.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(args)
-                            .map_err(|_| at("tool call arguments are not valid JSON".into()))?
-                    };
+                    let input = call_arguments(tc).map_err(at)?;
                     has_tool_blocks = true;
                     blocks.push(json!({"toolUse": {
                         "toolUseId": tc.get("id").cloned().unwrap_or(Value::Null),
@@ -642,14 +629,12 @@ impl StreamTranslator {
             return None;
         }
         let mut out = String::new();
-        if self.opts.include_usage {
-            let (i, o) = self.usage;
-            let u = json!({"id": "chatcmpl-bedrock", "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [],
-                "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}});
-            out.push_str(&format!("data: {u}\n\n"));
-        }
-        out.push_str("data: [DONE]\n\n");
+        push_stream_end(
+            &mut out,
+            self.opts.include_usage,
+            ("chatcmpl-bedrock", self.created, &self.model),
+            self.usage,
+        );
         Some(out.into_bytes())
     }
 }

@@ -12,7 +12,9 @@
 //! `logit_bias`, `parallel_tool_calls`, `store`, unknown fields.
 
 use super::anthropic::{InBandError, StreamOpts};
-use super::{push_json_str, push_turn, text_of, ChunkWriter};
+use super::{
+    call_arguments, data_url, push_json_str, push_stream_end, push_turn, text_of, ChunkWriter,
+};
 use crate::sse::SseDecoder;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
@@ -40,13 +42,8 @@ fn parts_of(content: &Value) -> Result<Vec<Value>, String> {
                         .pointer("/image_url/url")
                         .and_then(Value::as_str)
                         .ok_or("image_url part without a url")?;
-                    let rest = url
-                        .strip_prefix("data:")
-                        .ok_or("gemini takes images as data URLs only")?;
-                    let (meta, data) = rest.split_once(',').ok_or("malformed data URL")?;
-                    let mime = meta
-                        .strip_suffix(";base64")
-                        .ok_or("data URLs must be base64")?;
+                    let (mime, data) =
+                        data_url(url)?.ok_or("gemini takes images as data URLs only")?;
                     Ok(json!({"inlineData": {"mimeType": mime, "data": data}}))
                 }
                 other => Err(format!(
@@ -100,16 +97,7 @@ pub fn request(body: &[u8]) -> Result<(Vec<u8>, StreamOpts), String> {
                         .pointer("/function/name")
                         .and_then(Value::as_str)
                         .unwrap_or("");
-                    let args = tc
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("{}");
-                    let args: Value = if args.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(args)
-                            .map_err(|_| at("tool call arguments are not valid JSON".into()))?
-                    };
+                    let args = call_arguments(tc).map_err(at)?;
                     if let Some(id) = tc.get("id").and_then(Value::as_str) {
                         call_names.push((id.to_string(), name.to_string()));
                     }
@@ -507,14 +495,12 @@ impl StreamTranslator {
             return None;
         }
         let mut out = String::new();
-        if self.opts.include_usage {
-            let (i, o) = self.usage;
-            let u = json!({"id": "chatcmpl-gemini", "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [],
-                "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}});
-            out.push_str(&format!("data: {u}\n\n"));
-        }
-        out.push_str("data: [DONE]\n\n");
+        push_stream_end(
+            &mut out,
+            self.opts.include_usage,
+            ("chatcmpl-gemini", self.created, &self.model),
+            self.usage,
+        );
         Some(out.into_bytes())
     }
 }

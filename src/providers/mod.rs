@@ -46,6 +46,47 @@ pub(crate) fn push_turn(turns: &mut Vec<Value>, key: &str, role: &str, mut items
     turns.push(json!({"role": role, key: items}));
 }
 
+/// A `data:` URL's media type and base64 payload; `Ok(None)` for any other URL.
+pub(crate) fn data_url(url: &str) -> Result<Option<(&str, &str)>, String> {
+    let Some(rest) = url.strip_prefix("data:") else {
+        return Ok(None);
+    };
+    let (meta, data) = rest.split_once(',').ok_or("malformed data URL")?;
+    let mime = meta
+        .strip_suffix(";base64")
+        .ok_or("data URLs must be base64")?;
+    Ok(Some((mime, data)))
+}
+
+/// An assistant tool call's `function.arguments` string, parsed (empty → `{}`).
+pub(crate) fn call_arguments(tool_call: &Value) -> Result<Value, String> {
+    let args = tool_call
+        .pointer("/function/arguments")
+        .and_then(Value::as_str)
+        .unwrap_or("{}");
+    if args.trim().is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_str(args).map_err(|_| "tool call arguments are not valid JSON".into())
+}
+
+/// The end of a translated stream: the usage chunk when the client asked for it, then
+/// `[DONE]`.
+pub(crate) fn push_stream_end(
+    out: &mut String,
+    include_usage: bool,
+    (id, created, model): (&str, u64, &str),
+    (input, output): (u64, u64),
+) {
+    if include_usage {
+        let u = json!({"id": id, "object": "chat.completion.chunk", "created": created,
+            "model": model, "choices": [],
+            "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output}});
+        out.push_str(&format!("data: {u}\n\n"));
+    }
+    out.push_str("data: [DONE]\n\n");
+}
+
 /// Append `s` as a JSON string literal.
 pub(crate) fn push_json_str(out: &mut String, s: &str) {
     // A str always serializes; the fallback keeps the output valid JSON regardless.
