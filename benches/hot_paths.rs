@@ -243,13 +243,11 @@ fn bedrock(c: &mut Criterion) {
             t.finish()
         })
     });
-    let creds = bedrock::AwsCredentials {
-        access_key_id: "AKIDEXAMPLE".into(),
-        secret_access_key: detour::config::Secret::new(
-            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
-        ),
-        session_token: None,
-    };
+    let creds = bedrock::AwsCredentials::new(
+        "AKIDEXAMPLE".into(),
+        detour::config::Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
+        None,
+    );
     g.throughput(Throughput::Elements(1));
     g.bench_function("sigv4-sign", |b| {
         b.iter(|| {

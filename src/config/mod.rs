@@ -513,12 +513,11 @@ fn provider(
             let var = |n: &str| env(n).filter(|v| !v.trim().is_empty());
             match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
                 (Some(id), Some(secret)) => {
-                    aws = Some(crate::providers::bedrock::AwsCredentials {
-                        access_key_id: id.trim().to_string(),
-                        secret_access_key: Secret::new(secret.trim().to_string()),
-                        session_token: var("AWS_SESSION_TOKEN")
-                            .map(|t| Secret::new(t.trim().to_string())),
-                    });
+                    aws = Some(crate::providers::bedrock::AwsCredentials::new(
+                        id.trim().to_string(),
+                        Secret::new(secret.trim().to_string()),
+                        var("AWS_SESSION_TOKEN").map(|t| Secret::new(t.trim().to_string())),
+                    ));
                     ApiKey::None
                 }
                 (None, _) => ApiKey::Missing {
@@ -878,7 +877,7 @@ models:
         assert!(p.tls);
         let aws = p.aws.as_ref().expect("credentials");
         assert_eq!(aws.access_key_id, "AKID");
-        assert!(aws.session_token.is_none());
+        assert!(!aws.has_session_token());
         assert!(!format!("{p:?}").contains("s3cr3t"), "never printed");
         // The built-in catalog's bedrock routes apply.
         assert_eq!(

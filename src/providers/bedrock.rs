@@ -52,12 +52,40 @@ pub fn path(base_path: &str, model_id: &str, stream: bool) -> String {
     p
 }
 
-/// AWS credentials from the standard environment variables.
+/// AWS credentials from the standard environment variables, held as the signer's identity,
+/// built once at start-up.
 #[derive(Clone)]
 pub struct AwsCredentials {
     pub access_key_id: String,
-    pub secret_access_key: crate::config::Secret,
-    pub session_token: Option<crate::config::Secret>,
+    session_token: bool,
+    identity: aws_smithy_runtime_api::client::identity::Identity,
+}
+
+impl AwsCredentials {
+    pub fn new(
+        access_key_id: String,
+        secret_access_key: crate::config::Secret,
+        session_token: Option<crate::config::Secret>,
+    ) -> Self {
+        let has_token = session_token.is_some();
+        let identity = aws_credential_types::Credentials::new(
+            access_key_id.clone(),
+            secret_access_key.expose().to_string(),
+            session_token.map(|t| t.expose().to_string()),
+            None,
+            "detour-env",
+        )
+        .into();
+        AwsCredentials {
+            access_key_id,
+            session_token: has_token,
+            identity,
+        }
+    }
+
+    pub fn has_session_token(&self) -> bool {
+        self.session_token
+    }
 }
 
 impl std::fmt::Debug for AwsCredentials {
@@ -81,16 +109,8 @@ pub fn sign(
     use aws_sigv4::http_request::{
         sign as sigv4_sign, SignableBody, SignableRequest, SigningSettings,
     };
-    let identity = aws_credential_types::Credentials::new(
-        creds.access_key_id.clone(),
-        creds.secret_access_key.expose().to_string(),
-        creds.session_token.as_ref().map(|t| t.expose().to_string()),
-        None,
-        "detour-env",
-    )
-    .into();
     let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
+        .identity(&creds.identity)
         .region(region)
         .name("bedrock")
         .time(time)
@@ -894,13 +914,11 @@ mod tests {
     fn sigv4_matches_botocore_on_fixed_inputs() {
         // Expected value computed by botocore 1.44.5's SigV4Auth for the same inputs
         // (tests/sdk/bedrock_check.py recomputes it on every test run).
-        let creds = AwsCredentials {
-            access_key_id: "AKIDEXAMPLE".into(),
-            secret_access_key: crate::config::Secret::new(
-                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
-            ),
-            session_token: None,
-        };
+        let creds = AwsCredentials::new(
+            "AKIDEXAMPLE".into(),
+            crate::config::Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
+            None,
+        );
         let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_763_700_000);
         let h = sign(
             "POST",
