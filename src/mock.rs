@@ -336,12 +336,7 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
             ("POST", p)
                 if p.ends_with(":generateContent") || p.ends_with(":streamGenerateContent") =>
             {
-                let model = p
-                    .rsplit('/')
-                    .next()
-                    .and_then(|m| m.split(':').next())
-                    .unwrap_or("gemini")
-                    .to_string();
+                let model = model_in_path(p, "gemini");
                 let stream = p.ends_with(":streamGenerateContent");
                 match answer(sock, &cfg, &stats, &plan, &model, stream, Dialect::Gemini).await {
                     Some(s) => {
@@ -369,12 +364,7 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
             ("POST", p) if p.ends_with(":rawPredict") || p.ends_with(":streamRawPredict") => {
                 // Claude on Vertex: Anthropic's API, the model and streaming named by the URL.
                 let stream = p.ends_with(":streamRawPredict");
-                let model = p
-                    .rsplit('/')
-                    .next()
-                    .and_then(|m| m.split(':').next())
-                    .unwrap_or("claude")
-                    .to_string();
+                let model = model_in_path(p, "claude");
                 match answer(sock, &cfg, &stats, &plan, &model, stream, Dialect::Anthropic).await {
                     Some(s) => {
                         sock = s;
@@ -429,6 +419,15 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
             return;
         }
     }
+}
+
+/// The model of a `…/models/{model}:{method}` path (Gemini, Vertex).
+fn model_in_path(path: &str, default: &str) -> String {
+    path.rsplit('/')
+        .next()
+        .and_then(|m| m.split(':').next())
+        .unwrap_or(default)
+        .to_string()
 }
 
 fn percent_decode(s: &str) -> String {
