@@ -1,5 +1,7 @@
-//! The admin service on its own port: `GET /metrics` (Prometheus text) and `GET /health`.
+//! The admin service on its own port: `GET /metrics` (Prometheus text), `GET /health`, and
+//! `GET /admin/health`: every tracked target's circuit and latency, and the retry budget (JSON).
 
+use crate::engine::health::Health;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use http::Response;
@@ -9,6 +11,7 @@ use std::sync::Arc;
 
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -34,10 +37,15 @@ impl ServeHttp for AdminApp {
                 self.metrics.render(),
             ),
             ("GET", "/health") => respond(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+            ("GET", "/admin/health") => {
+                let (targets, budget) = self.health.snapshot(std::time::Instant::now());
+                let body = serde_json::json!({"targets": targets, "retry_budget": budget});
+                respond(200, "application/json", body.to_string().into_bytes())
+            }
             _ => respond(
                 404,
                 "application/json",
-                br#"{"error":{"message":"Unknown admin URL (try /metrics or /health)","type":"invalid_request_error","param":null,"code":"unknown_url"}}"#.to_vec(),
+                br#"{"error":{"message":"Unknown admin URL (try /metrics, /health or /admin/health)","type":"invalid_request_error","param":null,"code":"unknown_url"}}"#.to_vec(),
             ),
         }
     }

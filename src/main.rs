@@ -30,9 +30,12 @@ USAGE:
   detour mock [OPTIONS]              a fault-injecting mock provider (OpenAI, Anthropic, Gemini, Bedrock APIs)
       --listen ADDR (127.0.0.1:9101)  --name NAME  --status CODE  --delay-ms MS
       --fault none|hang|reset|reset-mid-stream|stall-mid-stream|close-mid-body|error-in-stream
-      --fault-after N  --chunks N  --chunk-interval-ms MS  --threads N
+              |bad-event|no-done|end-early
+      --fault-after N  --chunks N  --chunk-interval-ms MS  --first-token-delay-ms MS
+      --retry-after SECS|MSms  --error-code CODE  --healthy-after N  --threads N
       Per request, headers x-mock-status, x-mock-delay-ms, x-mock-fault, x-mock-fault-after,
-      x-mock-chunks and x-mock-chunk-interval-ms override these.
+      x-mock-chunks, x-mock-chunk-interval-ms, x-mock-first-token-delay-ms, x-mock-retry-after
+      and x-mock-error-code override these.
 ";
 
 fn main() {
@@ -114,6 +117,7 @@ fn run_gateway(mut opt: Opt, mut cfg: Config) -> ! {
     let admin = cfg.admin_listen;
     let options = ConnectorOptions::from_server_conf(&server.configuration);
     let proxy = DetourProxy::new(Arc::new(cfg), metrics.clone(), options);
+    let health = proxy.health();
     let mut gateway =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "detour");
     for addr in &listen {
@@ -124,7 +128,7 @@ fn run_gateway(mut opt: Opt, mut cfg: Config) -> ! {
     }
     server.add_service(gateway);
     if let Some(addr) = admin {
-        let mut svc = Service::new("detour-admin".to_string(), AdminApp { metrics });
+        let mut svc = Service::new("detour-admin".to_string(), AdminApp { metrics, health });
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
@@ -172,6 +176,18 @@ fn mock_main(args: &[String]) {
                         .parse()
                         .unwrap_or_else(|_| bad("--chunk-interval-ms")),
                 )
+            }
+            "--first-token-delay-ms" => {
+                cfg.first_token_delay = Duration::from_millis(
+                    value()
+                        .parse()
+                        .unwrap_or_else(|_| bad("--first-token-delay-ms")),
+                )
+            }
+            "--retry-after" => cfg.retry_after = Some(value()),
+            "--error-code" => cfg.error_code = Some(value()),
+            "--healthy-after" => {
+                cfg.healthy_after = Some(value().parse().unwrap_or_else(|_| bad("--healthy-after")))
             }
             "--threads" => threads = value().parse().unwrap_or_else(|_| bad("--threads")),
             "-h" | "--help" => {

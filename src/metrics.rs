@@ -4,8 +4,8 @@
 //! classes from enums. Nothing a client sends becomes a label value.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -24,6 +24,19 @@ pub struct Metrics {
     pub stream_ttft: HistogramVec,
     pub in_flight: IntGauge,
     pub attempts_per_request: Histogram,
+    /// Same-target retries by provider and the reason (`server_error`, `retry_after`).
+    pub retries: IntCounterVec,
+    /// Circuit state per provider and catalog model (0 closed, 1 open, 2 half-open); models
+    /// outside the catalog share the label `other`.
+    pub circuit_state: IntGaugeVec,
+    /// Circuits opened, by provider.
+    pub circuit_opened: IntCounterVec,
+    /// Extra attempts refused by the retry budget.
+    pub budget_exhausted: prometheus::IntCounter,
+    /// Tokens of served answers by provider, catalog model and kind (`prompt`, `completion`).
+    pub tokens: IntCounterVec,
+    /// Cost of served answers in USD at catalog prices, by provider and catalog model.
+    pub cost_usd: CounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -89,6 +102,51 @@ impl Metrics {
             )
             .buckets(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 12.0]),
         )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "detour_retries_total",
+                "Retries of the same target, by provider and reason",
+            ),
+            &["provider", "reason"],
+        )?;
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "detour_circuit_state",
+                "Circuit breaker state per target: 0 closed, 1 open, 2 half-open",
+            ),
+            &["provider", "model"],
+        )?;
+        let circuit_opened = IntCounterVec::new(
+            Opts::new(
+                "detour_circuit_opened_total",
+                "Circuits opened, by provider",
+            ),
+            &["provider"],
+        )?;
+        let budget_exhausted = prometheus::IntCounter::new(
+            "detour_retry_budget_exhausted_total",
+            "Retries and fallbacks not made because the retry budget was spent",
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "detour_tokens_total",
+                "Tokens of served answers, by provider, model and kind",
+            ),
+            &["provider", "model", "kind"],
+        )?;
+        let cost_usd = CounterVec::new(
+            Opts::new(
+                "detour_cost_usd_total",
+                "Cost of served answers at catalog prices (USD), by provider and model",
+            ),
+            &["provider", "model"],
+        )?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(circuit_state.clone()))?;
+        registry.register(Box::new(circuit_opened.clone()))?;
+        registry.register(Box::new(budget_exhausted.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(cost_usd.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(attempts.clone()))?;
         registry.register(Box::new(fallbacks.clone()))?;
@@ -112,6 +170,12 @@ impl Metrics {
             stream_ttft,
             in_flight,
             attempts_per_request,
+            retries,
+            circuit_state,
+            circuit_opened,
+            budget_exhausted,
+            tokens,
+            cost_usd,
         })
     }
 

@@ -7,7 +7,10 @@
 //!
 //! Behaviour is set per server ([`MockConfig`], CLI flags) and can be overridden per request with
 //! headers: `x-mock-status`, `x-mock-delay-ms`, `x-mock-fault`, `x-mock-fault-after`,
-//! `x-mock-chunks`, `x-mock-chunk-interval-ms`.
+//! `x-mock-chunks`, `x-mock-chunk-interval-ms`, `x-mock-first-token-delay-ms`,
+//! `x-mock-retry-after`, `x-mock-error-code`. A running in-process mock's status can be changed
+//! at any time ([`MockServer::set_status`]), and `healthy_after` turns it healthy after N calls:
+//! together they make a flapping provider.
 
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
@@ -35,6 +38,13 @@ pub enum Fault {
     /// Streams: status 200, `fault_after` events, then an error event (Anthropic:
     /// `event: error` with `overloaded_error`), and a clean end.
     ErrorInStream,
+    /// Streams: `fault_after` events, then an event whose data is not JSON, then the rest.
+    BadEvent,
+    /// Streams: the whole answer with its finish, but no `[DONE]`; a clean end.
+    NoDone,
+    /// Streams: `fault_after` events, then a clean end (chunked terminator): cut short
+    /// without any error at the HTTP level.
+    EndEarly,
 }
 
 /// Which provider API the mock speaks, chosen by the request path.
@@ -62,7 +72,10 @@ impl FromStr for Fault {
             "stall-mid-stream" => Fault::StallMidStream,
             "close-mid-body" => Fault::CloseMidBody,
             "error-in-stream" => Fault::ErrorInStream,
-            _ => return Err(format!("unknown fault `{s}` (none, hang, reset, reset-mid-stream, stall-mid-stream, close-mid-body, error-in-stream)")),
+            "bad-event" => Fault::BadEvent,
+            "no-done" => Fault::NoDone,
+            "end-early" => Fault::EndEarly,
+            _ => return Err(format!("unknown fault `{s}` (none, hang, reset, reset-mid-stream, stall-mid-stream, close-mid-body, error-in-stream, bad-event, no-done, end-early)")),
         })
     }
 }
@@ -85,6 +98,15 @@ pub struct MockConfig {
     pub record: bool,
     /// `expires_in` of the access tokens the mock's OAuth endpoint (`POST …/token`) issues.
     pub token_lifetime_secs: u64,
+    /// Streams: wait this long after the header and role event before the first content.
+    pub first_token_delay: Duration,
+    /// Sent as `Retry-After` (and, with `ms` appended, as `retry-after-ms`) on error answers.
+    pub retry_after: Option<String>,
+    /// Error answers carry this `code` and the provider's matching message
+    /// (`context_length_exceeded`, `content_policy_violation`).
+    pub error_code: Option<String>,
+    /// After this many calls the server answers 200 without faults.
+    pub healthy_after: Option<usize>,
 }
 
 impl Default for MockConfig {
@@ -99,6 +121,10 @@ impl Default for MockConfig {
             chunk_interval: Duration::ZERO,
             record: true,
             token_lifetime_secs: 3600,
+            first_token_delay: Duration::ZERO,
+            retry_after: None,
+            error_code: None,
+            healthy_after: None,
         }
     }
 }
@@ -135,6 +161,9 @@ pub struct MockStats {
     pub connections: AtomicUsize,
     /// Access tokens issued by `POST …/token`.
     pub tokens: AtomicUsize,
+    /// A status set at run time (0: none) that overrides the configured one.
+    pub status_override: std::sync::atomic::AtomicU16,
+
     pub requests: Mutex<Vec<RecordedRequest>>,
 }
 
@@ -162,6 +191,11 @@ impl MockServer {
 
     pub fn calls(&self) -> usize {
         self.stats.calls.load(Ordering::SeqCst)
+    }
+
+    /// Answer every request from now on with `status` (200: healthy, faults off).
+    pub fn set_status(&self, status: u16) {
+        self.stats.status_override.store(status, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
@@ -239,11 +273,24 @@ struct Plan {
     fault_after: usize,
     chunks: usize,
     chunk_interval: Duration,
+    first_token_delay: Duration,
+    retry_after: Option<String>,
+    error_code: Option<String>,
 }
 
 fn plan_for(cfg: &MockConfig, headers: &[(String, String)]) -> Plan {
     let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.trim());
     Plan {
+        first_token_delay: get("x-mock-first-token-delay-ms")
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(cfg.first_token_delay),
+        retry_after: get("x-mock-retry-after")
+            .map(str::to_string)
+            .or_else(|| cfg.retry_after.clone()),
+        error_code: get("x-mock-error-code")
+            .map(str::to_string)
+            .or_else(|| cfg.error_code.clone()),
         status: get("x-mock-status")
             .and_then(|v| v.parse().ok())
             .unwrap_or(cfg.status),
@@ -296,8 +343,16 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
         }
         let req = buf.split_to(total).freeze();
         let body = req.slice(head.header_len..);
-        stats.calls.fetch_add(1, Ordering::SeqCst);
+        let n = stats.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let mut plan = plan_for(&cfg, &head.headers);
+        let forced = stats.status_override.load(Ordering::SeqCst);
+        if cfg.healthy_after.is_some_and(|h| n > h) || forced == 200 {
+            plan.status = 200;
+            plan.fault = Fault::None;
+            plan.delay = Duration::ZERO;
+        } else if forced != 0 {
+            plan.status = forced;
+        }
         // Vertex paths want an access token from this mock's own token endpoint.
         if head.path.contains("/publishers/")
             && !head.headers.iter().any(|(k, v)| {
@@ -532,7 +587,18 @@ async fn answer(
         _ => {}
     }
     if !(200..300).contains(&plan.status) {
+        let coded = match plan.error_code.as_deref() {
+            Some("context_length_exceeded") => Some(match dialect {
+                Dialect::Anthropic => "prompt is too long: 215000 tokens > 200000 maximum",
+                _ => "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+            }),
+            Some("content_policy_violation") => {
+                Some("Your request was rejected as a result of our safety system.")
+            }
+            _ => None,
+        };
         let (msg, kind) = match plan.status {
+            _ if coded.is_some() => (coded.unwrap_or_default(), "invalid_request_error"),
             429 => ("Rate limit exceeded", "rate_limit_error"),
             401 => ("Incorrect API key provided", "invalid_request_error"),
             400 => ("Invalid request from mock", "invalid_request_error"),
@@ -542,9 +608,13 @@ async fn answer(
             ),
             _ => ("Mock error", "invalid_request_error"),
         };
+        let code = plan
+            .error_code
+            .as_deref()
+            .map_or("null".to_string(), |c| format!("\"{c}\""));
         let body = match dialect {
             Dialect::OpenAi => format!(
-                "{{\"error\":{{\"message\":\"{msg} ({})\",\"type\":\"{kind}\",\"param\":null,\"code\":null}}}}",
+                "{{\"error\":{{\"message\":\"{msg} ({})\",\"type\":\"{kind}\",\"param\":null,\"code\":{code}}}}}",
                 cfg.name
             ),
             Dialect::Gemini => {
@@ -595,8 +665,23 @@ async fn answer(
                 return sock.write_all(head.as_bytes()).await.is_ok().then_some(sock);
             }
         };
-        return write_json(&mut sock, plan.status, body.as_bytes())
+        let extra =
+            plan.retry_after
+                .as_deref()
+                .map_or(String::new(), |ra| match ra.strip_suffix("ms") {
+                    Some(ms) => format!("retry-after-ms: {ms}\r\n"),
+                    None => format!("retry-after: {ra}\r\n"),
+                });
+        let head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
+            plan.status,
+            reason(plan.status),
+            body.len()
+        );
+        return sock
+            .write_all(head.as_bytes())
             .await
+            .is_ok()
             .then_some(sock);
     }
     let id = format!("chatcmpl-{}", cfg.name);
@@ -722,6 +807,20 @@ async fn answer(
         }
     }
     events.extend(text_events.into_iter().map(String::into_bytes));
+    match plan.fault {
+        Fault::BadEvent => {
+            let at = plan.fault_after.min(events.len());
+            events.insert(
+                at,
+                b"data: {\"choices\":[{\"delta\":{\"content\n\n".to_vec(),
+            );
+        }
+        Fault::NoDone if dialect == Dialect::OpenAi => {
+            events.pop();
+        }
+        Fault::EndEarly => events.truncate(plan.fault_after.min(events.len())),
+        _ => {}
+    }
     if plan.fault == Fault::ErrorInStream {
         let at = plan.fault_after.min(events.len());
         events.truncate(at);
@@ -744,9 +843,27 @@ async fn answer(
         }
         first = false;
     }
+    // The first event with content: after the role event (OpenAI), the block start and ping
+    // (Anthropic), the message start (Bedrock); Gemini's first event has content.
+    let first_content = match dialect {
+        Dialect::OpenAi | Dialect::Bedrock => 1,
+        Dialect::Anthropic => 3,
+        Dialect::Gemini => 0,
+    };
     for (i, ev) in events.iter().enumerate() {
         if i > 0 && !plan.chunk_interval.is_zero() {
             tokio::time::sleep(plan.chunk_interval).await;
+        }
+        if i == first_content && !plan.first_token_delay.is_zero() {
+            if first {
+                // The header goes first, so the delay is the first token's, not the header's.
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return None;
+                }
+                first = false;
+            }
+            let _ = sock.flush().await;
+            tokio::time::sleep(plan.first_token_delay).await;
         }
         if i == plan.fault_after {
             match plan.fault {

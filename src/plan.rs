@@ -17,6 +17,9 @@ pub struct Target {
     /// The model name as the client wrote it (catalog name or pass-through id).
     pub model: String,
     pub route: ModelRoute,
+    /// The chain entry this target came from, when that entry was a bare model (its targets
+    /// may be reordered by the ordering policy); `None` for a pinned `model/provider`.
+    pub bare_entry: Option<usize>,
 }
 
 impl Target {
@@ -101,7 +104,7 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
     }
 
     let mut out = Plan::default();
-    let mut push = |model: &str, route: ModelRoute| {
+    let mut push = |model: &str, route: ModelRoute, bare_entry: Option<usize>| {
         if excluded.contains(&route.provider) {
             return;
         }
@@ -131,13 +134,14 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
         out.targets.push(Target {
             model: model.to_string(),
             route,
+            bare_entry,
         });
     };
-    for entry in entries {
+    for (n, entry) in entries.into_iter().enumerate() {
         match entry {
             Entry::Bare(m) => {
                 for r in cfg.models.get(m).into_iter().flat_map(|m| &m.routes) {
-                    push(m, r.clone());
+                    push(m, r.clone(), Some(n));
                 }
             }
             Entry::Pinned(m, i) => {
@@ -147,7 +151,7 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
                     .and_then(|model| model.routes.iter().find(|r| r.provider == i))
                     .cloned()
                     .unwrap_or_else(|| ModelRoute::pinned(i, m));
-                push(m, route);
+                push(m, route, None);
             }
         }
     }
@@ -155,6 +159,34 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
         return Err("no target is left in the model chain after exclusions".into());
     }
     Ok(out)
+}
+
+/// Reorder the targets of each bare-model entry by `key` (lower first; `None`, unmeasured,
+/// after the measured ones, in catalog order). Pinned targets and the order of the entries
+/// themselves never move. Stable: equal keys keep catalog order.
+pub fn order_bare<F: Fn(&Target) -> Option<f64>>(targets: &mut [Target], key: F) {
+    let mut start = 0;
+    while start < targets.len() {
+        let group = targets[start].bare_entry;
+        let mut end = start + 1;
+        while end < targets.len() && group.is_some() && targets[end].bare_entry == group {
+            end += 1;
+        }
+        if group.is_some() && end - start > 1 {
+            let run = &mut targets[start..end];
+            let mut keyed: Vec<(Option<f64>, usize)> =
+                run.iter().enumerate().map(|(i, t)| (key(t), i)).collect();
+            keyed.sort_by(|a, b| match (a.0, b.0) {
+                (Some(x), Some(y)) => x.total_cmp(&y).then(a.1.cmp(&b.1)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => a.1.cmp(&b.1),
+            });
+            let sorted: Vec<Target> = keyed.iter().map(|&(_, i)| run[i].clone()).collect();
+            run.clone_from_slice(&sorted);
+        }
+        start = end;
+    }
 }
 
 fn clip(s: &str) -> &str {
@@ -194,6 +226,35 @@ models:
             .iter()
             .map(|t| format!("{}={}", t.source(c), t.route.id))
             .collect()
+    }
+
+    #[test]
+    fn ordering_moves_only_targets_of_one_bare_entry() {
+        let c = cfg();
+        let mut p = plan("gpt-4o/azure,llama,gpt-4o", &c).expect("plan");
+        let before = sources(&p, &c);
+        // Lower key first; the pinned target and the entry order stay.
+        order_bare(&mut p.targets, |t| {
+            match c.providers[t.route.provider].name.as_str() {
+                "openai" => Some(2.0),
+                "groq" => Some(5.0),
+                _ => None,
+            }
+        });
+        let after = sources(&p, &c);
+        assert_eq!(after[0], before[0], "pinned stays first");
+        assert_eq!(
+            after[1..3],
+            [
+                "llama/openai=llama-oai".to_string(),
+                "llama/groq=llama-3.3-70b-versatile".to_string()
+            ]
+        );
+        assert_eq!(
+            after[3..],
+            before[3..],
+            "gpt-4o: openai measured, azure deduplicated"
+        );
     }
 
     #[test]

@@ -49,6 +49,11 @@ impl DetourProxy {
         &self.engine.cfg
     }
 
+    /// The circuit breakers and retry budget every request shares (for the admin service).
+    pub fn health(&self) -> Arc<crate::engine::health::Health> {
+        self.engine.health.clone()
+    }
+
     fn metrics(&self) -> &Metrics {
         &self.engine.metrics
     }

@@ -361,18 +361,19 @@ async fn first_stream_chunk_arrives_before_the_upstream_finishes() {
     .await;
     let r = gw.chat(&chat_body("gpt-4o", true)).await;
     assert_eq!(r.status, 200);
-    // 8 events, 300 ms apart: the first must arrive long before the last.
+    // 8 events, 300 ms apart: the first must arrive long before the last. The role-only
+    // event is held back until the first content, 300 ms later, and goes with it.
     let first = *r.chunk_times.first().unwrap();
     let last = *r.chunk_times.last().unwrap();
     assert!(
-        first < Duration::from_millis(250),
+        first < Duration::from_millis(550),
         "first chunk at {first:?}"
     );
     assert!(
         last >= Duration::from_millis(1800),
         "last chunk at {last:?}"
     );
-    assert!(r.chunk_times.len() >= 7, "{} chunks", r.chunk_times.len());
+    assert!(r.chunk_times.len() >= 6, "{} chunks", r.chunk_times.len());
     assert_eq!(sse_data(&r.body).last().map(String::as_str), Some("[DONE]"));
 }
 

@@ -4,9 +4,11 @@
 //! [`ConfigError`] that names the YAML path, e.g. `models.gpt-4o[1].provider: unknown provider
 //! `opnai``. Provider keys are read from the environment here, once, into [`Secret`]s.
 
+pub mod failover;
 pub(crate) mod raw;
 
 pub use crate::catalog::{Capabilities, Model, ModelRoute, Price};
+pub use failover::{Failover, HedgeAfter, Order};
 use http::header::{HeaderName, HeaderValue};
 use pingora_core::server::configuration::ServerConf;
 use raw::{RawConfig, RawProvider, RawTimeouts};
@@ -139,6 +141,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// From the request sent to the response header (and, for JSON, the whole answer).
     pub first_byte: Duration,
+    /// Streams: from the attempt's start to the first event with content (the commit point).
+    pub first_token: Duration,
     /// Longest gap between two body chunks.
     pub idle: Duration,
     /// The whole attempt, body included.
@@ -150,6 +154,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(5),
             first_byte: Duration::from_secs(120),
+            first_token: Duration::from_secs(120),
             idle: Duration::from_secs(60),
             total: Duration::from_secs(600),
         }
@@ -265,6 +270,7 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     pub limits: Limits,
     pub fallback: FallbackTriggers,
+    pub failover: Failover,
     pub access_log: bool,
     pub providers: Vec<Provider>,
     provider_index: HashMap<String, usize>,
@@ -336,6 +342,7 @@ fn timeouts(raw: &RawTimeouts, base: Timeouts, path: &str) -> Result<Timeouts, C
     Ok(Timeouts {
         connect: one(&raw.connect, "connect", base.connect)?,
         first_byte: one(&raw.first_byte, "first-byte", base.first_byte)?,
+        first_token: one(&raw.first_token, "first-token", base.first_token)?,
         idle: one(&raw.idle, "idle", base.idle)?,
         total: one(&raw.total, "total", base.total)?,
     })
@@ -697,6 +704,11 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         ));
     }
     let fallback = fallback_triggers(&raw.fallback)?;
+    let failover = failover::validate(
+        raw.failover
+            .as_ref()
+            .unwrap_or(&failover::RawFailover::default()),
+    )?;
     if raw.providers.is_empty() {
         return Err(ConfigError::new(
             "providers",
@@ -729,6 +741,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         admin_listen,
         limits,
         fallback,
+        failover,
         access_log: raw.access_log.unwrap_or(true),
         providers,
         provider_index,

@@ -25,6 +25,9 @@ pub struct RawConfig {
     /// Timeouts every provider inherits unless it sets its own.
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// Deadline, retries, circuit breakers, retry budget, ordering, hedging (`failover.rs`).
+    #[serde(default)]
+    pub failover: Option<super::failover::RawFailover>,
     #[serde(default)]
     pub access_log: Option<bool>,
     pub providers: Vec<RawProvider>,
@@ -66,6 +69,7 @@ pub struct RawFallback {
 pub struct RawTimeouts {
     pub connect: Option<String>,
     pub first_byte: Option<String>,
+    pub first_token: Option<String>,
     pub idle: Option<String>,
     pub total: Option<String>,
 }

@@ -18,6 +18,12 @@ pub enum FailClass {
     ConnectError,
     ConnectTimeout,
     FirstByteTimeout,
+    /// A stream sent no content within its first-token deadline (or stalled before it).
+    FirstTokenTimeout,
+    /// The prompt does not fit the model's context window.
+    ContextLength,
+    /// The provider refused on content policy (moves on only when configured to).
+    ContentFilter,
     /// The upstream closed or reset the connection before the answer was complete.
     UpstreamClosed,
     /// Nothing usable came back (empty stream, unreadable header, untranslatable answer).
@@ -40,6 +46,9 @@ impl FailClass {
             FailClass::ConnectError => "connect_error",
             FailClass::ConnectTimeout => "connect_timeout",
             FailClass::FirstByteTimeout => "first_byte_timeout",
+            FailClass::FirstTokenTimeout => "first_token_timeout",
+            FailClass::ContextLength => "context_length_exceeded",
+            FailClass::ContentFilter => "content_filter",
             FailClass::UpstreamClosed => "upstream_closed",
             FailClass::BadResponse => "bad_response",
             FailClass::Unsupported => "unsupported_request",
@@ -64,8 +73,11 @@ impl FailClass {
             FailClass::ConnectError | FailClass::UpstreamClosed | FailClass::BadResponse => {
                 t.on_connect_error
             }
-            FailClass::ConnectTimeout | FailClass::FirstByteTimeout => t.on_timeout,
-            FailClass::Unsupported => true,
+            FailClass::ConnectTimeout
+            | FailClass::FirstByteTimeout
+            | FailClass::FirstTokenTimeout => t.on_timeout,
+            // The engine narrows what may follow (a larger window; the content-filter switch).
+            FailClass::Unsupported | FailClass::ContextLength | FailClass::ContentFilter => true,
             _ => status.is_some_and(|s| t.on_status(s)),
         }
     }
@@ -116,6 +128,46 @@ pub fn error_message(status: u16, body: &[u8], key: Option<&str>) -> String {
     text
 }
 
+/// A 4xx whose body says more than its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    ContextLength(String),
+    ContentFilter(String),
+}
+
+/// Read an (OpenAI-shaped, or translated to it) error body for the two 400s that need their
+/// own handling. OpenAI and Azure name them by `code`; Anthropic, Gemini and Bedrock only in
+/// their messages, which are matched on the phrases they use.
+pub fn body_error(body: &[u8]) -> Option<BodyError> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error").unwrap_or(&v);
+    let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("");
+    let message = e
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("")
+        .to_string();
+    let m = message.to_ascii_lowercase();
+    let context = code == "context_length_exceeded"
+        || code == "string_above_max_length"
+        || m.contains("maximum context length")
+        || m.contains("prompt is too long")
+        || m.contains("input is too long")
+        || m.contains("too many input tokens")
+        || m.contains("exceeds the maximum number of tokens")
+        || m.contains("context window");
+    if context {
+        return Some(BodyError::ContextLength(message));
+    }
+    let filter = code == "content_policy_violation"
+        || code == "content_filter"
+        || code == "responsible_ai_policy_violation"
+        || m.contains("content management policy")
+        || m.contains("content filtering policy")
+        || m.contains("safety system");
+    filter.then_some(BodyError::ContentFilter(message))
+}
+
 /// `{"error":{"message":..}}`, `{"error":".."}`, `{"message":..}`, or a short plain-text body.
 fn extract_message(body: &[u8]) -> Option<String> {
     if body.is_empty() {
@@ -151,6 +203,27 @@ mod tests {
         assert_eq!(decide(503, &t), Decision::Next(FailClass::ServerError));
         for s in [400, 409, 413, 422] {
             assert_eq!(decide(s, &t), Decision::PassThrough, "{s}");
+        }
+    }
+
+    #[test]
+    fn context_length_and_content_filter_are_read_from_the_body() {
+        let cases: [(&[u8], Option<&str>); 6] = [
+            (br#"{"error":{"message":"This model's maximum context length is 128000 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#, Some("ctx")),
+            // Anthropic, after translation to OpenAI's shape
+            (br#"{"error":{"message":"prompt is too long: 215000 tokens > 200000 maximum","type":"invalid_request_error"}}"#, Some("ctx")),
+            (br#"{"error":{"code":400,"message":"The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}"#, Some("ctx")),
+            (br#"{"error":{"message":"Your request was rejected as a result of our safety system.","type":"invalid_request_error","code":"content_policy_violation"}}"#, Some("filter")),
+            (br#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","code":"content_filter","status":400}}"#, Some("filter")),
+            (br#"{"error":{"message":"Invalid value for 'temperature'","code":"invalid_value"}}"#, None),
+        ];
+        for (b, want) in cases {
+            let got = match body_error(b) {
+                Some(BodyError::ContextLength(_)) => Some("ctx"),
+                Some(BodyError::ContentFilter(_)) => Some("filter"),
+                None => None,
+            };
+            assert_eq!(got, want, "{}", String::from_utf8_lossy(b));
         }
     }
 

@@ -1,46 +1,53 @@
 //! The attempt loop: try each planned target in order until one serves the request.
 //!
 //! Runs inside `request_filter` for `POST /v1/chat/completions` after the body has been read and
-//! planned. Nothing is written to the client until an attempt has produced its first body bytes
-//! (streams) or its whole answer (JSON up to `max-buffered-response-bytes`), so every failure
-//! before that point falls back invisibly. After that point a failure can only be reported in
-//! band: an SSE error event and no `[DONE]`.
+//! planned. An attempt runs to its commit point without touching the client (`attempt.rs`):
+//! the whole JSON answer, or a stream's first event with content. Every failure before that
+//! point falls back invisibly; after it (`relay.rs`) a failure can only be reported in band: an
+//! SSE error event and no `[DONE]`.
+//!
+//! Around the attempts: one deadline for the whole request, same-target retries with backoff
+//! and `Retry-After`, circuit breakers and a retry budget shared by all requests
+//! (`health.rs`), the ordering policy for bare models, and hedging.
 
+mod attempt;
 pub mod classify;
+pub mod health;
+mod relay;
+mod token;
 pub mod upstream;
+pub mod watch;
 
 use crate::api::{AttemptReport, ChatRequest, GatewayError};
-use crate::config::{ApiKey, Capabilities, Config, Provider, ProviderKind, Secret, VertexAuth};
+use crate::config::{Config, HedgeAfter, Order, Provider, Secret};
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Target};
-use crate::providers::{anthropic, bedrock, gemini, vertex};
-use crate::sse::{error_event, EventAligner};
+use attempt::{Ask, Ready, Verdict};
 use bytes::Bytes;
-use classify::{decide, Decision, FailClass};
-use futures_util::FutureExt;
+use classify::FailClass;
+use health::{Admit, Health};
 use pingora_core::connectors::http::Connector;
 use pingora_core::connectors::ConnectorOptions;
-use pingora_core::protocols::http::client::HttpSession;
-use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use relay::Delivered;
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::time::timeout_at;
 
-/// The most of an upstream error body read to find its message.
-const ERROR_BODY_CAP: usize = 64 * 1024;
-/// The longest wait for an upstream error body after its header.
-const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
+/// The request header that lowers the request's deadline (`30s`, `2500ms`, or milliseconds).
+pub const DEADLINE_HEADER: &str = "x-detour-timeout";
 
 /// One attempt as logged and counted.
 #[derive(Debug, Clone)]
 pub struct AttemptLog {
     pub provider: usize,
     pub source: String,
-    /// `success`, `skipped`, or a [`FailClass`] label.
+    /// `success`, `skipped`, `hedge_lost`, or a [`FailClass`] label.
     pub outcome: &'static str,
     pub status: Option<u16>,
     pub error: Option<String>,
@@ -60,10 +67,12 @@ pub struct RequestLog {
     pub attempts: Vec<AttemptLog>,
     /// Set when an answer failed after the client had started receiving it.
     pub post_commit_error: Option<String>,
+    /// The served answer's token usage, when it reported one.
+    pub usage: Option<watch::Usage>,
 }
 
 impl RequestLog {
-    /// Attempts actually sent upstream (skipped ones excluded).
+    /// Attempts actually sent upstream (skipped and lost hedges excluded).
     pub fn attempts_made(&self) -> usize {
         self.attempts
             .iter()
@@ -72,23 +81,54 @@ impl RequestLog {
     }
 }
 
-struct Failure {
+#[derive(Debug)]
+pub(crate) struct Failure {
     class: FailClass,
     status: Option<u16>,
     message: String,
+    /// The upstream's `Retry-After` / `retry-after-ms`, if it sent one.
+    retry_after: Option<Duration>,
 }
 
-enum Outcome {
-    /// A response went to the client: the answer, a passed-through 4xx, or a stream that failed
-    /// after commit (reported in band).
-    Done,
-    Failed(Failure),
-    ClientGone,
+impl Failure {
+    fn new(class: FailClass, status: Option<u16>, message: String) -> Failure {
+        Failure {
+            class,
+            status,
+            message,
+            retry_after: None,
+        }
+    }
+
+    /// What this failure says about the target's health.
+    fn health(&self) -> health::Outcome {
+        match self.class {
+            FailClass::RateLimited => health::Outcome::RateLimited {
+                retry_after: self.retry_after,
+            },
+            FailClass::ClientError
+            | FailClass::OtherStatus
+            | FailClass::Unsupported
+            | FailClass::ContextLength
+            | FailClass::ContentFilter => health::Outcome::Neutral,
+            FailClass::AuthError
+            | FailClass::NotFound
+            | FailClass::RequestTimeout
+            | FailClass::ServerError
+            | FailClass::ConnectError
+            | FailClass::ConnectTimeout
+            | FailClass::FirstByteTimeout
+            | FailClass::FirstTokenTimeout
+            | FailClass::UpstreamClosed
+            | FailClass::BadResponse => health::Outcome::Failure,
+        }
+    }
 }
 
 pub struct Engine {
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     connector: Connector,
     peers: upstream::Peers,
     fresh_group: AtomicU64,
@@ -97,9 +137,6 @@ pub struct Engine {
     tokens: Vec<tokio::sync::Mutex<Option<(Secret, Instant)>>>,
 }
 
-/// A cached access token is renewed when less than this is left of its life.
-const TOKEN_RENEW_BEFORE: Duration = Duration::from_secs(300);
-
 /// Run `fut`, but give up (`None`) as soon as the client closes its connection.
 async fn unless_client_gone<F: Future>(s: &mut Session, fut: F) -> Option<F::Output> {
     tokio::select! {
@@ -107,6 +144,31 @@ async fn unless_client_gone<F: Future>(s: &mut Session, fut: F) -> Option<F::Out
         r = fut => Some(r),
         _ = s.read_body_or_idle(true) => None,
     }
+}
+
+/// Why the attempt loop stopped before trying every target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Deadline,
+    Budget,
+}
+
+/// What one target's turn ended with.
+enum Turn {
+    /// A response went to the client (or the client left): the request is over.
+    Over(Result<(), GatewayError>),
+    /// Move on to the next target.
+    Next,
+    /// The prompt did not fit this target: only a larger context window may follow.
+    Narrow,
+}
+
+/// A random duration in `[0, max)`: full jitter for backoff.
+fn jitter(max: Duration) -> Duration {
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    max.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 impl Engine {
@@ -127,9 +189,15 @@ impl Engine {
             .iter()
             .map(|_| tokio::sync::Mutex::new(None))
             .collect();
+        let health = Arc::new(Health::new(
+            cfg.failover.breaker.clone(),
+            cfg.failover.budget.clone(),
+            cfg.providers.iter().map(|p| p.name.clone()).collect(),
+        ));
         Engine {
             cfg,
             metrics,
+            health,
             connector,
             peers,
             fresh_group: AtomicU64::new(1),
@@ -138,93 +206,72 @@ impl Engine {
         }
     }
 
-    /// Provider `i`'s Vertex access token: the cached one while it has more than
-    /// [`TOKEN_RENEW_BEFORE`] left, else a new one from the token endpoint (one request at a
-    /// time per provider; concurrent attempts wait for it). A refused grant counts as a 401.
-    async fn vertex_token(&self, i: usize, auth: &VertexAuth) -> Result<Secret, Failure> {
-        let Some(slot) = self.tokens.get(i) else {
-            return Err(bad_response("no token slot"));
-        };
-        let mut cached = slot.lock().await;
-        if let Some((token, expires)) = &*cached {
-            if *expires > Instant::now() + TOKEN_RENEW_BEFORE {
-                return Ok(token.clone());
+    /// The request's deadline: the configured one, lowered (never raised) by the
+    /// `x-detour-timeout` header.
+    pub fn request_deadline(&self, h: &pingora_http::RequestHeader) -> Duration {
+        let cfg = self.cfg.failover.deadline;
+        h.headers
+            .get(DEADLINE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let v = v.trim();
+                v.parse::<u64>()
+                    .ok()
+                    .map(Duration::from_millis)
+                    .or_else(|| crate::config::parse_duration(v))
+            })
+            .map_or(cfg, |d| d.min(cfg))
+    }
+
+    /// The label a target's model gets in metrics: its catalog name, else `other`.
+    fn model_label<'a>(&self, target: &'a Target) -> &'a str {
+        if self.cfg.models.contains_key(&target.model) {
+            &target.model
+        } else {
+            "other"
+        }
+    }
+
+    /// Count an attempt's outcome in its circuit, and publish a state change.
+    fn record_health(&self, target: &Target, outcome: health::Outcome) {
+        let provider = &self.cfg.providers[target.route.provider];
+        if let Some(state) = self.health.record(
+            target.route.provider,
+            &target.route.id,
+            outcome,
+            Instant::now(),
+        ) {
+            let labels = [provider.name.as_str(), self.model_label(target)];
+            self.metrics
+                .circuit_state
+                .with_label_values(&labels)
+                .set(state.gauge());
+            if state == health::State::Open {
+                self.metrics
+                    .circuit_opened
+                    .with_label_values(&[provider.name.as_str()])
+                    .inc();
             }
         }
-        let ep = &auth.endpoint;
-        let fail = |class, status, message: String| Failure {
-            class,
-            status,
-            message: format!("vertex token: {message}"),
+    }
+
+    /// The targets in the order the policy asks for (bare models only).
+    fn ordered<'a>(&self, plan: &'a Plan) -> Cow<'a, [Target]> {
+        let mut v = match self.cfg.failover.order {
+            Order::Catalog => return Cow::Borrowed(&plan.targets),
+            Order::Latency | Order::Price => plan.targets.clone(),
         };
-        let peer = self
-            .token_peers
-            .get(i, ep)
-            .await
-            .map_err(|m| fail(FailClass::ConnectError, None, m))?;
-        let assertion = auth
-            .account
-            .assertion(unix_now())
-            .map_err(|m| fail(FailClass::BadResponse, None, m))?;
-        let body = Bytes::from(vertex::token_request_body(&assertion));
-        let exchange = async {
-            let mut h = pingora_http::RequestHeader::build("POST", ep.base_path.as_bytes(), None)?;
-            h.insert_header(http::header::HOST, ep.authority.as_str())?;
-            h.insert_header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )?;
-            h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-            h.insert_header(http::header::ACCEPT, "application/json")?;
-            let (mut up, _) = self.connector.get_http_session(&peer).await?;
-            up.write_request_header(Box::new(h)).await?;
-            up.write_request_body(body.clone(), true).await?;
-            up.finish_request_body().await?;
-            up.read_response_header().await?;
-            let status = up.response_header().map(|r| r.status.as_u16()).unwrap_or(0);
-            let mut answer = Vec::new();
-            while let Some(c) = up.read_response_body().await? {
-                answer.extend_from_slice(&c);
-                if answer.len() > 64 * 1024 {
-                    break;
-                }
-            }
-            Ok::<_, pingora_error::BError>((status, answer))
-        };
-        let budget = ep.timeouts.connect + ep.timeouts.first_byte.min(Duration::from_secs(30));
-        let (status, answer) = match tokio::time::timeout(budget, exchange).await {
-            Err(_) => return Err(fail(FailClass::FirstByteTimeout, None, "timed out".into())),
-            Ok(Err(e)) => {
-                return Err(fail(
-                    FailClass::ConnectError,
-                    None,
-                    format!("token endpoint unreachable: {}", short_error(&e)),
-                ))
-            }
-            Ok(Ok(x)) => x,
-        };
-        if status != 200 {
-            let reason = vertex::token_error(&answer);
-            // A refused grant is a credentials problem, whatever status carries it.
-            let (class, st) = if (400..500).contains(&status) {
-                (FailClass::AuthError, 401)
-            } else {
-                (FailClass::of_status(status), status)
-            };
-            return Err(fail(
-                class,
-                Some(st),
-                format!("the token endpoint answered {status} ({reason})"),
-            ));
+        if self.cfg.failover.order == Order::Latency {
+            crate::plan::order_bare(&mut v, |t| {
+                self.health.ttft_ewma(t.route.provider, &t.route.id)
+            });
+        } else {
+            // Blended as a typical chat: three input tokens per output token.
+            crate::plan::order_bare(&mut v, |t| {
+                t.route.price.map(|p| (3.0 * p.input + p.output) / 4.0)
+            });
         }
-        let (token, lifetime) =
-            vertex::parse_token(&answer).map_err(|m| fail(FailClass::BadResponse, None, m))?;
-        let token = Secret::new(token);
-        *cached = Some((
-            token.clone(),
-            Instant::now() + Duration::from_secs(lifetime),
-        ));
-        Ok(token)
+        Cow::Owned(v)
     }
 
     /// Serve one planned chat completion. `Ok` means a response was written; `Err` is an error
@@ -237,80 +284,661 @@ impl Engine {
         body: &Bytes,
         plan: &Plan,
     ) -> Result<(), GatewayError> {
+        let begun = Instant::now();
+        let deadline = begun + self.request_deadline(s.req_header());
+        self.health.deposit(begun);
         let mut reports = Vec::with_capacity(plan.targets.len() + plan.skipped.len());
         for sk in &plan.skipped {
-            self.metrics
-                .attempts
-                .with_label_values(&[self.cfg.providers[sk.provider].name.as_str(), "skipped"])
-                .inc();
-            log.attempts.push(AttemptLog {
-                provider: sk.provider,
-                source: sk.source.clone(),
-                outcome: "skipped",
-                status: None,
-                error: Some(sk.reason.clone()),
-                duration: Duration::ZERO,
-            });
-            reports.push(AttemptReport {
-                source: sk.source.clone(),
-                error: sk.reason.clone(),
-                status: None,
-                skipped: true,
-            });
+            self.skipped(
+                log,
+                &mut reports,
+                sk.provider,
+                sk.source.clone(),
+                sk.reason.clone(),
+            );
         }
-        for (index, target) in plan.targets.iter().enumerate() {
+        let client = s.req_header().clone();
+        let request_id = log.request_id.clone();
+        let ask = Ask {
+            client: &client,
+            req,
+            request_id: &request_id,
+            body,
+            stream: req.stream,
+            deadline,
+        };
+        let targets = self.ordered(plan);
+        let mut queue: VecDeque<usize> = (0..targets.len()).collect();
+        let mut deferred: Vec<(usize, Instant)> = Vec::new();
+        let mut last_resort = false;
+        let mut sent = 0usize;
+        // After a context-length refusal: only a larger window may follow.
+        let mut need_window: Option<(u32, String)> = None;
+        let mut cut: Option<Cut> = None;
+        'targets: loop {
+            let Some(ti) = queue.pop_front() else {
+                // Nothing else is left: the open circuits get their turn, in order.
+                if !last_resort && !deferred.is_empty() {
+                    last_resort = true;
+                    queue.extend(deferred.drain(..).map(|(i, _)| i));
+                    continue;
+                }
+                break;
+            };
+            let target = &targets[ti];
             let provider = &self.cfg.providers[target.route.provider];
-            let started = Instant::now();
-            let outcome = self
-                .attempt(s, log, provider, target, index, req, body)
-                .await;
-            let pname = provider.name.as_str();
-            match outcome {
-                Outcome::Done => return Ok(()),
-                Outcome::ClientGone => return Err(GatewayError::ClientClosed),
-                Outcome::Failed(f) => {
-                    let label = f.class.label();
-                    self.metrics
-                        .attempts
-                        .with_label_values(&[pname, label])
-                        .inc();
-                    if index + 1 < plan.targets.len() {
-                        self.metrics
-                            .fallbacks
-                            .with_label_values(&[pname, label])
-                            .inc();
+            if let Some((w, from)) = &need_window {
+                if target.route.context_window.is_none_or(|c| c <= *w) {
+                    let why = format!(
+                        "skipped: its context window is not larger than {from}'s ({w} tokens)"
+                    );
+                    self.skipped(
+                        log,
+                        &mut reports,
+                        target.route.provider,
+                        target.source(&self.cfg),
+                        why,
+                    );
+                    continue;
+                }
+            }
+            let admit = if last_resort {
+                Admit::Yes
+            } else {
+                self.health
+                    .admit(target.route.provider, &target.route.id, Instant::now())
+            };
+            if let Admit::Open { until } = admit {
+                deferred.push((ti, until));
+                continue;
+            }
+            let mut tries = 0u32;
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    cut = Some(Cut::Deadline);
+                    queue.push_front(ti);
+                    break 'targets;
+                }
+                if sent > 0 && !self.health.withdraw(now) {
+                    self.metrics.budget_exhausted.inc();
+                    cut = Some(Cut::Budget);
+                    queue.push_front(ti);
+                    break 'targets;
+                }
+                sent += 1;
+                tries += 1;
+                // Hedging: streams, the first try of a target, with another target after it.
+                let hedge = match (self.cfg.failover.hedge, queue.front()) {
+                    (Some(h), Some(&next)) if req.stream && tries == 1 && !last_resort => {
+                        let delay = match h {
+                            HedgeAfter::Fixed(d) => d,
+                            HedgeAfter::P95(d) => self
+                                .health
+                                .ttft_p95(target.route.provider, &target.route.id)
+                                .unwrap_or(d),
+                        };
+                        Some((next, delay))
                     }
-                    let source = target.source(&self.cfg);
-                    log.attempts.push(AttemptLog {
-                        provider: target.route.provider,
-                        source: source.clone(),
-                        outcome: label,
-                        status: f.status,
-                        error: Some(f.message.clone()),
-                        duration: started.elapsed(),
-                    });
-                    reports.push(AttemptReport {
-                        source,
-                        error: f.message,
-                        status: f.status,
-                        skipped: false,
-                    });
-                    if !f.class.falls_back(f.status, &self.cfg.fallback) {
-                        break;
+                    _ => None,
+                };
+                let results = match hedge {
+                    Some((next, delay)) => {
+                        match self
+                            .hedged(s, &ask, &targets, ti, next, delay, &mut sent)
+                            .await
+                        {
+                            Some(r) => r,
+                            None => return Err(GatewayError::ClientClosed),
+                        }
                     }
+                    None => {
+                        let started = Instant::now();
+                        match unless_client_gone(s, self.prepare(&ask, target, None)).await {
+                            Some(r) => vec![(ti, started, r)],
+                            None => return Err(GatewayError::ClientClosed),
+                        }
+                    }
+                };
+                if results.len() > 1 && queue.front() == Some(&results[1].0) {
+                    queue.pop_front();
+                }
+                let mut retry_wait: Option<(Duration, &'static str)> = None;
+                for (i, started, r) in results {
+                    let t = &targets[i];
+                    match r {
+                        Ok(ready) => {
+                            match self
+                                .on_ready(
+                                    s,
+                                    &ask,
+                                    log,
+                                    &mut reports,
+                                    t,
+                                    i,
+                                    ready,
+                                    started,
+                                    &queue,
+                                    &targets,
+                                )
+                                .await
+                            {
+                                Turn::Over(r) => return r,
+                                Turn::Next => {}
+                                Turn::Narrow => {
+                                    let w = t.route.context_window.unwrap_or(u32::MAX);
+                                    let w = need_window.as_ref().map_or(w, |(n, _)| w.max(*n));
+                                    need_window = Some((w, t.source(&self.cfg)));
+                                }
+                            }
+                        }
+                        Err(f) => {
+                            self.record_health(t, f.health());
+                            let wait = if i == ti {
+                                self.retry_wait(&f, tries, deadline)
+                            } else {
+                                None
+                            };
+                            let falls_back = f.class.falls_back(f.status, &self.cfg.fallback);
+                            self.failed(
+                                log,
+                                &mut reports,
+                                t,
+                                f,
+                                started,
+                                !queue.is_empty() || wait.is_some(),
+                            );
+                            if wait.is_some() {
+                                retry_wait = wait;
+                            } else if !falls_back {
+                                break 'targets;
+                            }
+                        }
+                    }
+                }
+                let Some((wait, reason)) = retry_wait else {
+                    break;
+                };
+                self.metrics
+                    .retries
+                    .with_label_values(&[provider.name.as_str(), reason])
+                    .inc();
+                if !wait.is_zero()
+                    && unless_client_gone(s, tokio::time::sleep(wait))
+                        .await
+                        .is_none()
+                {
+                    return Err(GatewayError::ClientClosed);
                 }
             }
         }
-        let mut statuses = reports.iter().map(|r| r.status);
-        let first = statuses.next().flatten();
-        let status = match first {
-            Some(s) if statuses.all(|x| x == Some(s)) => s,
-            _ => 502,
+        // Whatever was not tried is reported, with why.
+        for (i, _) in deferred {
+            let t = &targets[i];
+            self.skipped(
+                log,
+                &mut reports,
+                t.route.provider,
+                t.source(&self.cfg),
+                "skipped: circuit_open".into(),
+            );
+        }
+        if let Some(c) = cut {
+            let why = match c {
+                Cut::Deadline => "skipped: the request deadline was reached",
+                Cut::Budget => "skipped: the retry budget is spent",
+            };
+            for i in queue {
+                let t = &targets[i];
+                self.skipped(
+                    log,
+                    &mut reports,
+                    t.route.provider,
+                    t.source(&self.cfg),
+                    why.into(),
+                );
+            }
+        }
+        let tried: Vec<&AttemptReport> = reports.iter().filter(|r| !r.skipped).collect();
+        let status = if cut == Some(Cut::Deadline) {
+            504
+        } else {
+            match tried.first().and_then(|r| r.status) {
+                Some(s) if tried.iter().all(|x| x.status == Some(s)) => s,
+                _ => 502,
+            }
         };
         Err(GatewayError::AllFailed {
             status,
             attempts: reports,
         })
+    }
+
+    /// After a failure on the target's `tries`-th try: how long to wait before trying it
+    /// again, or `None` to move on. Transient 5xx back off exponentially with full jitter; a
+    /// 429 waits exactly its `Retry-After` if that fits the maximum and the deadline.
+    fn retry_wait(
+        &self,
+        f: &Failure,
+        tries: u32,
+        deadline: Instant,
+    ) -> Option<(Duration, &'static str)> {
+        let r = &self.cfg.failover.retry;
+        if tries >= r.attempts_per_target {
+            return None;
+        }
+        let (wait, reason) = match (f.class, f.status) {
+            (FailClass::RateLimited, _) => {
+                let ra = f.retry_after?;
+                if ra > r.max_retry_after {
+                    return None;
+                }
+                (ra, "retry_after")
+            }
+            (FailClass::ServerError, Some(s)) if r.on_status.contains(&s) => {
+                let cap = r
+                    .backoff_base
+                    .saturating_mul(1u32 << (tries - 1).min(16))
+                    .min(r.backoff_max);
+                (jitter(cap), "server_error")
+            }
+            _ => return None,
+        };
+        // Only if the retry could still get an answer in time: wait plus a little.
+        (Instant::now() + wait + Duration::from_millis(50) < deadline).then_some((wait, reason))
+    }
+
+    /// Run the target at `first` and, if it has no content after `delay`, the one at `second`
+    /// too; the first to reach its commit point wins and the other is cancelled. Returns the
+    /// results in the order to record them (the winner last), or `None` if the client left.
+    #[allow(clippy::too_many_arguments)]
+    async fn hedged(
+        &self,
+        s: &mut Session,
+        ask: &Ask<'_>,
+        targets: &[Target],
+        first: usize,
+        second: usize,
+        delay: Duration,
+        sent: &mut usize,
+    ) -> Option<Vec<(usize, Instant, Result<Ready, Failure>)>> {
+        let t0 = Instant::now();
+        let a = self.prepare(ask, &targets[first], None);
+        tokio::pin!(a);
+        let early = unless_client_gone(s, async {
+            tokio::select! {
+                r = &mut a => Some(r),
+                _ = tokio::time::sleep(delay) => None,
+            }
+        })
+        .await?;
+        if let Some(r) = early {
+            return Some(vec![(first, t0, r)]);
+        }
+        let t2 = &targets[second];
+        let admitted = !matches!(
+            self.health
+                .admit(t2.route.provider, &t2.route.id, Instant::now()),
+            Admit::Open { .. }
+        );
+        if !admitted || !self.health.withdraw(Instant::now()) {
+            let r = unless_client_gone(s, a).await?;
+            return Some(vec![(first, t0, r)]);
+        }
+        *sent += 1;
+        let t1 = Instant::now();
+        let b = self.prepare(ask, t2, None);
+        tokio::pin!(b);
+        let (winner, other) = unless_client_gone(s, async {
+            tokio::select! {
+                ra = &mut a => (Some((first, t0, ra)), None),
+                rb = &mut b => (None, Some((second, t1, rb))),
+            }
+        })
+        .await?;
+        // One finished. If it failed, the other may still win.
+        match (winner, other) {
+            (Some((i, st, Ok(r))), _) | (_, Some((i, st, Ok(r)))) => {
+                let lost = if i == first { second } else { first };
+                let lost_at = if i == first { t1 } else { t0 };
+                self.hedge_lost(&targets[lost], lost_at);
+                Some(vec![(i, st, Ok(r))])
+            }
+            (Some((i, st, Err(f))), None) => {
+                let rb = unless_client_gone(s, b).await?;
+                Some(vec![(i, st, Err(f)), (second, t1, rb)])
+            }
+            (None, Some((i, st, Err(f)))) => {
+                let ra = unless_client_gone(s, a).await?;
+                Some(vec![(first, t0, ra), (i, st, Err(f))])
+            }
+            // select! yields exactly one of the two.
+            (Some(_), Some(_)) | (None, None) => None,
+        }
+    }
+
+    fn hedge_lost(&self, t: &Target, started: Instant) {
+        let provider = &self.cfg.providers[t.route.provider];
+        self.metrics
+            .attempts
+            .with_label_values(&[provider.name.as_str(), "hedge_lost"])
+            .inc();
+        let _ = started;
+        self.record_health(t, health::Outcome::Neutral);
+    }
+
+    /// An attempt reached its commit point. Decide whether to serve it, and if so write it.
+    #[allow(clippy::too_many_arguments)]
+    async fn on_ready(
+        &self,
+        s: &mut Session,
+        ask: &Ask<'_>,
+        log: &mut RequestLog,
+        reports: &mut Vec<AttemptReport>,
+        target: &Target,
+        index: usize,
+        ready: Ready,
+        started: Instant,
+        queue: &VecDeque<usize>,
+        targets: &[Target],
+    ) -> Turn {
+        let provider = &self.cfg.providers[target.route.provider];
+        let status = ready.resp.status.as_u16();
+        let more = !queue.is_empty();
+        match &ready.verdict {
+            Verdict::ContextLength(m) => {
+                // Fall back only if a later target has a larger window; else this is the answer.
+                let w = target.route.context_window;
+                let larger = queue.iter().any(|&i| {
+                    matches!((w, targets[i].route.context_window), (Some(a), Some(b)) if b > a)
+                });
+                if larger {
+                    let m = m.clone();
+                    self.release(ready.up, &ready.peer).await;
+                    let f = Failure::new(FailClass::ContextLength, Some(status), m);
+                    self.record_health(target, health::Outcome::Neutral);
+                    self.failed(log, reports, target, f, started, true);
+                    return Turn::Narrow;
+                }
+            }
+            Verdict::ContentFilter(m) if self.cfg.failover.on_content_filter && more => {
+                let m = m.clone();
+                self.release(ready.up, &ready.peer).await;
+                let f = Failure::new(FailClass::ContentFilter, Some(status), m);
+                self.record_health(target, health::Outcome::Neutral);
+                self.failed(log, reports, target, f, started, true);
+                return Turn::Next;
+            }
+            _ => {}
+        }
+        let serving = ready.verdict == Verdict::Serve;
+        let ttft = ready.ttft;
+        let h = match self.client_header(&ready.resp, log, provider, target, index) {
+            Ok(h) => h,
+            Err(_) => {
+                let f = Failure::new(
+                    FailClass::BadResponse,
+                    None,
+                    "unusable response header".into(),
+                );
+                self.record_health(target, f.health());
+                self.failed(log, reports, target, f, started, more);
+                return Turn::Next;
+            }
+        };
+        let stream = matches!(ready.body, attempt::ReadyBody::Stream { .. });
+        match self.deliver(s, ready, Some(h), provider, None).await {
+            Delivered::ClientGone => {
+                self.record_health(target, health::Outcome::Neutral);
+                Turn::Over(Err(GatewayError::ClientClosed))
+            }
+            Delivered::Done { usage, finalised } => {
+                if serving {
+                    self.record_health(
+                        target,
+                        health::Outcome::Success {
+                            ttft: stream.then_some(ttft),
+                        },
+                    );
+                    if stream {
+                        self.metrics
+                            .stream_ttft
+                            .with_label_values(&[provider.name.as_str()])
+                            .observe(ttft.as_secs_f64());
+                    }
+                    self.account(target, usage);
+                    log.usage = usage;
+                    self.record_success(log, provider, target, "success", status, started);
+                    if log.outcome.is_empty() {
+                        log.outcome = if finalised {
+                            "success_finalised"
+                        } else {
+                            "success"
+                        };
+                    }
+                } else {
+                    self.record_health(target, health::Outcome::Neutral);
+                    self.record_success(log, provider, target, "client_error", status, started);
+                    log.outcome = "upstream_client_error";
+                }
+                Turn::Over(Ok(()))
+            }
+            Delivered::Broken {
+                reason,
+                watch,
+                head,
+            } => {
+                self.record_health(target, health::Outcome::Failure);
+                self.metrics
+                    .attempts
+                    .with_label_values(&[provider.name.as_str(), "stream_error"])
+                    .inc();
+                log.attempts.push(AttemptLog {
+                    provider: target.route.provider,
+                    source: target.source(&self.cfg),
+                    outcome: "stream_error",
+                    status: Some(status),
+                    error: Some(reason.clone()),
+                    duration: started.elapsed(),
+                });
+                log.status = status;
+                log.post_commit_error = Some(reason.clone());
+                log.outcome = "stream_error";
+                if self.cfg.failover.continuation {
+                    if let (Some(text), Some(head)) = (watch.text(), head) {
+                        if !text.is_empty()
+                            && self
+                                .continue_stream(s, ask, log, text, &head, queue, targets)
+                                .await
+                        {
+                            log.outcome = "success_continued";
+                            return Turn::Over(Ok(()));
+                        }
+                    }
+                }
+                self.end_broken(s, &reason).await;
+                Turn::Over(Ok(()))
+            }
+        }
+    }
+
+    /// After a stream broke past its commit point: re-issue the request to the next target the
+    /// catalog says accepts prefill, with the partial answer as a trailing assistant message,
+    /// and splice its answer into the client's stream. `true` if it finished the answer; on
+    /// `false` the caller reports the original failure, whatever the continuation's was.
+    #[allow(clippy::too_many_arguments)]
+    async fn continue_stream(
+        &self,
+        s: &mut Session,
+        ask: &Ask<'_>,
+        log: &mut RequestLog,
+        text: &str,
+        head: &relay::ChunkHead,
+        queue: &VecDeque<usize>,
+        targets: &[Target],
+    ) -> bool {
+        let prefill = crate::config::Capabilities::PREFILL;
+        let mut scratch = Vec::new();
+        for &i in queue {
+            let t = &targets[i];
+            if !t.route.capabilities.contains(prefill) {
+                let why = format!(
+                    "continuation skipped: the catalog lists no prefill support for {}",
+                    t.route.id
+                );
+                self.skipped(
+                    log,
+                    &mut scratch,
+                    t.route.provider,
+                    t.source(&self.cfg),
+                    why,
+                );
+                continue;
+            }
+            let Some(body) = prefill_body(ask.body, text) else {
+                return false;
+            };
+            let started = Instant::now();
+            let provider = &self.cfg.providers[t.route.provider];
+            let ready = match unless_client_gone(s, self.prepare(ask, t, Some(&body))).await {
+                None => return false,
+                Some(Err(mut f)) => {
+                    self.record_health(t, f.health());
+                    f.message = format!("continuation: {}", f.message);
+                    self.failed(log, &mut scratch, t, f, started, false);
+                    return false;
+                }
+                Some(Ok(r)) => r,
+            };
+            let status = ready.resp.status.as_u16();
+            if ready.verdict != Verdict::Serve
+                || !matches!(ready.body, attempt::ReadyBody::Stream { .. })
+            {
+                let f = Failure::new(
+                    FailClass::of_status(status),
+                    Some(status),
+                    format!(
+                        "continuation: {} refused the prefill ({status})",
+                        provider.name
+                    ),
+                );
+                self.release(ready.up, &ready.peer).await;
+                self.record_health(t, f.health());
+                self.failed(log, &mut scratch, t, f, started, false);
+                return false;
+            }
+            let ttft = ready.ttft;
+            return match self.deliver(s, ready, None, provider, Some(head)).await {
+                Delivered::Done { usage, .. } => {
+                    self.record_health(t, health::Outcome::Success { ttft: Some(ttft) });
+                    self.account(t, usage);
+                    self.record_success(log, provider, t, "success", status, started);
+                    true
+                }
+                Delivered::ClientGone => false,
+                Delivered::Broken { reason, .. } => {
+                    self.record_health(t, health::Outcome::Failure);
+                    let f = Failure::new(
+                        FailClass::UpstreamClosed,
+                        Some(status),
+                        format!("continuation: {reason}"),
+                    );
+                    self.failed(log, &mut scratch, t, f, started, false);
+                    false
+                }
+            };
+        }
+        false
+    }
+
+    /// Token and cost metrics for a served answer, at the route's catalog price.
+    fn account(&self, target: &Target, usage: Option<watch::Usage>) {
+        let Some(u) = usage else { return };
+        let provider = &self.cfg.providers[target.route.provider];
+        let labels = |kind| [provider.name.as_str(), self.model_label(target), kind];
+        self.metrics
+            .tokens
+            .with_label_values(&labels("prompt"))
+            .inc_by(u.prompt_tokens);
+        self.metrics
+            .tokens
+            .with_label_values(&labels("completion"))
+            .inc_by(u.completion_tokens);
+        if let Some(p) = target.route.price {
+            let usd = (u.prompt_tokens as f64 * p.input + u.completion_tokens as f64 * p.output)
+                / 1_000_000.0;
+            self.metrics
+                .cost_usd
+                .with_label_values(&[provider.name.as_str(), self.model_label(target)])
+                .inc_by(usd);
+        }
+    }
+
+    fn skipped(
+        &self,
+        log: &mut RequestLog,
+        reports: &mut Vec<AttemptReport>,
+        provider: usize,
+        source: String,
+        reason: String,
+    ) {
+        self.metrics
+            .attempts
+            .with_label_values(&[self.cfg.providers[provider].name.as_str(), "skipped"])
+            .inc();
+        log.attempts.push(AttemptLog {
+            provider,
+            source: source.clone(),
+            outcome: "skipped",
+            status: None,
+            error: Some(reason.clone()),
+            duration: Duration::ZERO,
+        });
+        reports.push(AttemptReport {
+            source,
+            error: reason,
+            status: None,
+            skipped: true,
+        });
+    }
+
+    /// Log and count a failed attempt. `moving_on`: something is tried after it.
+    fn failed(
+        &self,
+        log: &mut RequestLog,
+        reports: &mut Vec<AttemptReport>,
+        target: &Target,
+        f: Failure,
+        started: Instant,
+        moving_on: bool,
+    ) {
+        let pname = self.cfg.providers[target.route.provider].name.as_str();
+        let label = f.class.label();
+        self.metrics
+            .attempts
+            .with_label_values(&[pname, label])
+            .inc();
+        if moving_on {
+            self.metrics
+                .fallbacks
+                .with_label_values(&[pname, label])
+                .inc();
+        }
+        let source = target.source(&self.cfg);
+        log.attempts.push(AttemptLog {
+            provider: target.route.provider,
+            source: source.clone(),
+            outcome: label,
+            status: f.status,
+            error: Some(f.message.clone()),
+            duration: started.elapsed(),
+        });
+        reports.push(AttemptReport {
+            source,
+            error: f.message,
+            status: f.status,
+            skipped: false,
+        });
     }
 
     fn record_success(
@@ -335,292 +963,6 @@ impl Engine {
             duration: started.elapsed(),
         });
         log.status = status;
-    }
-
-    /// Open a session to `peer` and send the request; returns it with the response header read.
-    /// A failure on a reused pooled connection is retried once on a fresh one.
-    async fn send(
-        &self,
-        s: &mut Session,
-        peer: &HttpPeer,
-        provider: &Provider,
-        header: &pingora_http::RequestHeader,
-        body: &Bytes,
-        deadline: Instant,
-    ) -> Result<Option<(HttpSession, HttpPeer)>, Failure> {
-        let mut peer = peer.clone();
-        let mut fresh_retry_done = false;
-        loop {
-            let connect_deadline = deadline.min(Instant::now() + provider.timeouts.connect);
-            let connect = timeout_at(
-                connect_deadline.into(),
-                self.connector.get_http_session(&peer),
-            );
-            let (mut up, reused) = match unless_client_gone(s, connect).await {
-                None => return Ok(None),
-                Some(Err(_)) => {
-                    return Err(Failure {
-                        class: FailClass::ConnectTimeout,
-                        status: None,
-                        message: format!(
-                            "connect timeout after {} ms",
-                            provider.timeouts.connect.as_millis()
-                        ),
-                    })
-                }
-                Some(Ok(Err(e))) => {
-                    let class = if matches!(
-                        e.etype(),
-                        pingora_error::ErrorType::ConnectTimedout
-                            | pingora_error::ErrorType::TLSHandshakeTimedout
-                    ) {
-                        FailClass::ConnectTimeout
-                    } else {
-                        FailClass::ConnectError
-                    };
-                    return Err(Failure {
-                        class,
-                        status: None,
-                        message: format!("connect failed: {}", short_error(&e)),
-                    });
-                }
-                Some(Ok(Ok(x))) => x,
-            };
-            let exchange = async {
-                up.write_request_header(Box::new(header.clone())).await?;
-                up.write_request_body(body.clone(), true).await?;
-                up.finish_request_body().await?;
-                up.read_response_header().await
-            };
-            let now = Instant::now();
-            let fb_deadline = deadline.min(now + provider.timeouts.first_byte);
-            let budget = fb_deadline.saturating_duration_since(now);
-            match unless_client_gone(s, timeout_at(fb_deadline.into(), exchange)).await {
-                None => return Ok(None),
-                Some(Err(_)) => {
-                    return Err(Failure {
-                        class: FailClass::FirstByteTimeout,
-                        status: None,
-                        message: format!("no response within {} ms", budget.as_millis()),
-                    })
-                }
-                Some(Ok(Ok(()))) => return Ok(Some((up, peer))),
-                Some(Ok(Err(e))) => {
-                    if reused && !fresh_retry_done {
-                        // A pooled connection the upstream had closed: one more try on a new one.
-                        fresh_retry_done = true;
-                        peer.group_key = self.fresh_group.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    return Err(Failure {
-                        class: FailClass::UpstreamClosed,
-                        status: None,
-                        message: format!(
-                            "upstream closed the connection before responding: {}",
-                            short_error(&e)
-                        ),
-                    });
-                }
-            }
-        }
-    }
-
-    /// One target: connect, send, classify, and if it serves, relay the answer to the client.
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt(
-        &self,
-        s: &mut Session,
-        log: &mut RequestLog,
-        provider: &Provider,
-        target: &Target,
-        index: usize,
-        req: &ChatRequest,
-        body: &Bytes,
-    ) -> Outcome {
-        let started = Instant::now();
-        let stream = req.stream;
-        // A route the catalog says cannot serve this request is skipped like a refused one.
-        let caps = target.route.capabilities;
-        if caps != Capabilities::ALL {
-            let missing = crate::api::needs(body).missing_from(caps);
-            if !missing.is_empty() {
-                let why = format!(
-                    "the catalog lists no {} support for {}",
-                    missing.names().join(", "),
-                    target.route.id
-                );
-                return Outcome::Failed(unsupported(provider, &why));
-            }
-        }
-        // The provider's request body: OpenAI's wire as sent (model spliced), or translated.
-        let (body, wire) = match provider.kind {
-            ProviderKind::OpenAi | ProviderKind::Azure => {
-                (req.body_for_model(body, &target.route.id), Wire::OpenAi)
-            }
-            ProviderKind::Anthropic => {
-                let max = target.route.max_output_tokens.unwrap_or(4096);
-                match anthropic::request(body, &target.route.id, max) {
-                    Ok((b, opts)) => (Bytes::from(b), Wire::Anthropic(opts)),
-                    Err(m) => return Outcome::Failed(unsupported(provider, &m)),
-                }
-            }
-            ProviderKind::GoogleAiStudio => match gemini::request(body) {
-                Ok((b, opts)) => (Bytes::from(b), Wire::Gemini(opts, target.route.id.clone())),
-                Err(m) => return Outcome::Failed(unsupported(provider, &m)),
-            },
-            ProviderKind::Vertex if vertex::is_anthropic(&target.route.id) => {
-                let max = target.route.max_output_tokens.unwrap_or(4096);
-                let version = ("anthropic_version", vertex::ANTHROPIC_VERSION);
-                match anthropic::request_with(body, version, max) {
-                    Ok((b, opts)) => (Bytes::from(b), Wire::Anthropic(opts)),
-                    Err(m) => return Outcome::Failed(unsupported(provider, &m)),
-                }
-            }
-            ProviderKind::Vertex => match gemini::request(body) {
-                Ok((b, opts)) => (Bytes::from(b), Wire::Gemini(opts, target.route.id.clone())),
-                Err(m) => return Outcome::Failed(unsupported(provider, &m)),
-            },
-            ProviderKind::Bedrock => match bedrock::request(body, target.route.max_output_tokens) {
-                Ok((b, opts)) => (Bytes::from(b), Wire::Bedrock(opts, target.route.id.clone())),
-                Err(m) => return Outcome::Failed(unsupported(provider, &m)),
-            },
-        };
-        let deadline = started + provider.timeouts.total;
-        let peer = match self.peers.get(target.route.provider, provider).await {
-            Ok(p) => p,
-            Err(m) => {
-                return Outcome::Failed(Failure {
-                    class: FailClass::ConnectError,
-                    status: None,
-                    message: m,
-                })
-            }
-        };
-        let token = match &provider.vertex {
-            Some(auth) => match self.vertex_token(target.route.provider, auth).await {
-                Ok(t) => Some(t),
-                Err(f) => return Outcome::Failed(f),
-            },
-            None => None,
-        };
-        let header = match upstream::request_header(
-            provider,
-            target,
-            s.req_header(),
-            &body,
-            &log.request_id,
-            stream,
-            token.as_ref().map(|t| t.expose()),
-        ) {
-            Ok(h) => h,
-            Err(e) => {
-                return Outcome::Failed(Failure {
-                    class: FailClass::BadResponse,
-                    status: None,
-                    message: format!("could not build the upstream request: {}", short_error(&e)),
-                })
-            }
-        };
-        let (up, peer) = match self
-            .send(s, &peer, provider, &header, &body, deadline)
-            .await
-        {
-            Ok(Some(x)) => x,
-            Ok(None) => return Outcome::ClientGone,
-            Err(f) => return Outcome::Failed(f),
-        };
-        let Some(resp) = up.response_header() else {
-            return Outcome::Failed(bad_response("no response header"));
-        };
-        let status = resp.status.as_u16();
-        let is_sse = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| match wire {
-                Wire::Bedrock(..) => ct.starts_with("application/vnd.amazon.eventstream"),
-                _ => ct.starts_with("text/event-stream"),
-            });
-        // Fall back (with the failure class), or answer with the client's header, built while
-        // the upstream's is at hand (its framing comes at commit).
-        let verdict = match decide(status, &self.cfg.fallback) {
-            Decision::Next(class) => Err(class),
-            d => match self.client_header(resp, log, provider, target, index) {
-                Ok(h) => Ok((d, h)),
-                Err(_) => return Outcome::Failed(bad_response("unusable response header")),
-            },
-        };
-        self.metrics
-            .upstream_ttfb
-            .with_label_values(&[provider.name.as_str()])
-            .observe(started.elapsed().as_secs_f64());
-        match verdict {
-            Err(class) => {
-                let key = match &provider.key {
-                    ApiKey::Present(k) => Some(k.expose()),
-                    _ => None,
-                };
-                let err_body = self.read_small_body(s, up, &peer).await;
-                let message = classify::error_message(status, &err_body, key);
-                Outcome::Failed(Failure {
-                    class,
-                    status: Some(status),
-                    message,
-                })
-            }
-            Ok((Decision::PassThrough, h)) => {
-                // The client's own fault: the next provider would refuse it too.
-                let outcome = "client_error";
-                let out = self
-                    .relay_json(s, log, up, &peer, provider, h, wire, deadline)
-                    .await;
-                if let Outcome::Done = out {
-                    self.record_success(log, provider, target, outcome, status, started);
-                    log.outcome = "upstream_client_error";
-                }
-                out
-            }
-            Ok((_, h)) => {
-                let out = if stream && is_sse {
-                    self.relay_stream(s, log, up, &peer, provider, h, wire, started, deadline)
-                        .await
-                } else {
-                    self.relay_json(s, log, up, &peer, provider, h, wire, deadline)
-                        .await
-                };
-                if let Outcome::Done = out {
-                    self.record_success(log, provider, target, "success", status, started);
-                    if log.outcome.is_empty() {
-                        log.outcome = "success";
-                    }
-                }
-                out
-            }
-        }
-    }
-
-    /// Read a (small) error body; the connection goes back to the pool if it was read whole.
-    async fn read_small_body(
-        &self,
-        s: &mut Session,
-        mut up: HttpSession,
-        peer: &HttpPeer,
-    ) -> Bytes {
-        let mut buf = Vec::new();
-        let read = async {
-            while let Ok(Some(chunk)) = up.read_response_body().await {
-                buf.extend_from_slice(&chunk);
-                if buf.len() > ERROR_BODY_CAP {
-                    break;
-                }
-            }
-        };
-        let deadline = Instant::now() + ERROR_BODY_WAIT;
-        let finished = unless_client_gone(s, timeout_at(deadline.into(), read)).await;
-        if matches!(finished, Some(Ok(()))) {
-            self.release(up, peer).await;
-        }
-        Bytes::from(buf)
     }
 
     /// The client's response header for an answer from `target`: the upstream status, the
@@ -652,364 +994,14 @@ impl Engine {
         h.insert_header("x-request-id", log.request_id.as_str())?;
         Ok(h)
     }
-
-    /// A JSON answer (or a passed-through error): read it whole before committing, up to the
-    /// configured size, so a body cut short still falls back; write it with `Content-Length`.
-    #[allow(clippy::too_many_arguments)]
-    async fn relay_json(
-        &self,
-        s: &mut Session,
-        log: &mut RequestLog,
-        mut up: HttpSession,
-        peer: &HttpPeer,
-        provider: &Provider,
-        h: ResponseHeader,
-        wire: Wire,
-        deadline: Instant,
-    ) -> Outcome {
-        let cap = self.cfg.limits.max_buffered_response_bytes;
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut total = 0usize;
-        let mut complete = false;
-        while total <= cap {
-            let idle = deadline.min(Instant::now() + provider.timeouts.idle);
-            match next_chunk(s, &mut up, idle).await {
-                Read::Chunk(c) => {
-                    total += c.len();
-                    chunks.push(c);
-                }
-                Read::End => {
-                    complete = true;
-                    break;
-                }
-                Read::ClientGone => return Outcome::ClientGone,
-                Read::Timeout => {
-                    return Outcome::Failed(Failure {
-                        class: FailClass::FirstByteTimeout,
-                        status: None,
-                        message: "upstream stalled while sending its answer".into(),
-                    })
-                }
-                Read::Failed(e) => {
-                    return Outcome::Failed(Failure {
-                        class: FailClass::UpstreamClosed,
-                        status: None,
-                        message: format!("upstream closed the connection mid-answer: {e}"),
-                    })
-                }
-            }
-        }
-        if !matches!(wire, Wire::OpenAi) {
-            // Translated answers are read whole: the OpenAI JSON is built from the entire body.
-            if !complete {
-                return Outcome::Failed(bad_response("the answer is too large to translate"));
-            }
-            let raw: Vec<u8> = chunks.concat();
-            let ok = h.status.is_success();
-            let translated = match &wire {
-                Wire::Anthropic(_) if ok => anthropic::response(&raw, unix_now()),
-                Wire::Anthropic(_) => Ok(anthropic::error_body(&raw)),
-                Wire::Gemini(_, model) if ok => gemini::response(&raw, model, unix_now()),
-                Wire::Gemini(..) => Ok(gemini::error_body(&raw)),
-                Wire::Bedrock(_, model) if ok => bedrock::response(&raw, model, unix_now()),
-                Wire::Bedrock(..) => Ok(bedrock::error_body(&raw, h.status.as_u16())),
-                Wire::OpenAi => Ok(raw),
-            };
-            match translated {
-                Ok(b) => {
-                    total = b.len();
-                    chunks = vec![Bytes::from(b)];
-                }
-                Err(e) => {
-                    return Outcome::Failed(bad_response(&format!("untranslatable answer: {e}")))
-                }
-            }
-        }
-        if let Err(o) = commit(s, h, complete.then_some(total)).await {
-            return o;
-        }
-        let n = chunks.len();
-        for (i, c) in chunks.into_iter().enumerate() {
-            let end = complete && i + 1 == n;
-            if s.write_response_body(Some(c), end).await.is_err() {
-                return Outcome::ClientGone;
-            }
-        }
-        if complete {
-            if n == 0 && s.write_response_body(None, true).await.is_err() {
-                return Outcome::ClientGone;
-            }
-            self.release(up, peer).await;
-            return Outcome::Done;
-        }
-        // Larger than the buffer: relay the rest as it comes. A failure now can only cut it.
-        loop {
-            let idle = deadline.min(Instant::now() + provider.timeouts.idle);
-            match next_chunk(s, &mut up, idle).await {
-                Read::Chunk(c) => {
-                    if s.write_response_body(Some(c), false).await.is_err() {
-                        return Outcome::ClientGone;
-                    }
-                }
-                Read::End => {
-                    let _ = s.write_response_body(None, true).await;
-                    self.release(up, peer).await;
-                    return Outcome::Done;
-                }
-                Read::ClientGone => return Outcome::ClientGone,
-                Read::Timeout | Read::Failed(_) => {
-                    log.post_commit_error = Some("upstream failed mid-answer".into());
-                    log.outcome = "stream_error";
-                    // The chunked body never gets its terminator: the client sees it is cut.
-                    return Outcome::Done;
-                }
-            }
-        }
-    }
-
-    /// An SSE answer: wait for its first whole event before committing, then relay what arrives
-    /// as it arrives (the upstream's own `Bytes` when a read ends on an event boundary).
-    #[allow(clippy::too_many_arguments)]
-    async fn relay_stream(
-        &self,
-        s: &mut Session,
-        log: &mut RequestLog,
-        mut up: HttpSession,
-        peer: &HttpPeer,
-        provider: &Provider,
-        h: ResponseHeader,
-        wire: Wire,
-        started: Instant,
-        deadline: Instant,
-    ) -> Outcome {
-        let mut relay = match wire {
-            Wire::OpenAi => Relay::Pass(EventAligner::default()),
-            Wire::Anthropic(opts) => {
-                Relay::Anthropic(anthropic::StreamTranslator::new(opts, unix_now()))
-            }
-            Wire::Gemini(opts, model) => {
-                Relay::Gemini(gemini::StreamTranslator::new(opts, &model, unix_now()))
-            }
-            Wire::Bedrock(opts, model) => {
-                Relay::Bedrock(bedrock::StreamTranslator::new(opts, &model, unix_now()))
-            }
-        };
-        // A translated event stream reaches the client as SSE.
-        let mut h = h;
-        if matches!(relay, Relay::Bedrock(_))
-            && h.insert_header(http::header::CONTENT_TYPE, "text/event-stream")
-                .is_err()
-        {
-            return Outcome::Failed(bad_response("unusable response header"));
-        }
-        // Before commit: the first whole event, within the first-byte budget.
-        let first = loop {
-            let wait = deadline.min(Instant::now() + provider.timeouts.first_byte);
-            match next_chunk(s, &mut up, wait).await {
-                Read::Chunk(c) => match relay.push(c) {
-                    Ok(Some(seg)) => break seg,
-                    Ok(None) => {}
-                    // An error event before anything was sent (e.g. overloaded): fall back.
-                    Err(e) => return Outcome::Failed(in_band_failure(&e)),
-                },
-                Read::End => {
-                    return Outcome::Failed(bad_response(
-                        "upstream ended the stream without any event",
-                    ))
-                }
-                Read::ClientGone => return Outcome::ClientGone,
-                Read::Timeout => {
-                    return Outcome::Failed(Failure {
-                        class: FailClass::FirstByteTimeout,
-                        status: None,
-                        message: "the stream sent no event within the first-byte timeout".into(),
-                    })
-                }
-                Read::Failed(e) => {
-                    return Outcome::Failed(Failure {
-                        class: FailClass::UpstreamClosed,
-                        status: None,
-                        message: format!("upstream closed the stream before its first event: {e}"),
-                    })
-                }
-            }
-        };
-        if let Err(o) = commit(s, h, None).await {
-            return o;
-        }
-        if s.write_response_body(Some(first), false).await.is_err() {
-            return Outcome::ClientGone;
-        }
-        self.metrics
-            .stream_ttft
-            .with_label_values(&[provider.name.as_str()])
-            .observe(started.elapsed().as_secs_f64());
-        // Committed. From here a failure is reported in band and never looks complete.
-        let failure: String = loop {
-            let idle = deadline.min(Instant::now() + provider.timeouts.idle);
-            let mut read = match next_chunk(s, &mut up, idle).await {
-                Read::ClientGone => return Outcome::ClientGone,
-                Read::Timeout => break "the upstream stream stalled past the idle timeout".into(),
-                r => r,
-            };
-            let mut in_band: Option<anthropic::InBandError> = None;
-            // Relay everything that has already arrived in one write; never wait for more.
-            let mut out = Batch::default();
-            let end = loop {
-                match read {
-                    Read::Chunk(c) => match relay.push(c) {
-                        Ok(Some(seg)) => out.push(seg),
-                        Ok(None) => {}
-                        Err(e) => {
-                            in_band = Some(e);
-                            break Some(Err(()));
-                        }
-                    },
-                    Read::End => break Some(Ok(())),
-                    _ => break Some(Err(())),
-                }
-                match up.read_response_body().now_or_never() {
-                    Some(Ok(Some(c))) => read = Read::Chunk(c),
-                    Some(Ok(None)) => read = Read::End,
-                    Some(Err(e)) => read = Read::Failed(short_error(&e)),
-                    None => break None,
-                }
-            };
-            if let Some(out) = out.take() {
-                if s.write_response_body(Some(out), false).await.is_err() {
-                    return Outcome::ClientGone;
-                }
-            }
-            match end {
-                None => {}
-                Some(Ok(())) => {
-                    // Formats without [DONE] of their own get it here, when the answer finished.
-                    if let Some(tail) = relay.finish() {
-                        if s.write_response_body(Some(tail), false).await.is_err() {
-                            return Outcome::ClientGone;
-                        }
-                    }
-                    if relay.complete() {
-                        if s.write_response_body(None, true).await.is_err() {
-                            return Outcome::ClientGone;
-                        }
-                        self.release(up, peer).await;
-                        return Outcome::Done;
-                    }
-                    break "the upstream ended the stream without [DONE]".into();
-                }
-                Some(Err(())) => match in_band {
-                    Some(e) => break format!("the provider reported {}: {}", e.kind, e.message),
-                    None => break "the upstream connection failed mid-stream".into(),
-                },
-            }
-        };
-        log.post_commit_error = Some(failure.clone());
-        log.outcome = "stream_error";
-        let ev = error_event(
-            &format!("{failure}; the answer is incomplete"),
-            "stream_interrupted",
-        );
-        let _ = s.write_response_body(Some(ev), false).await;
-        let _ = s.write_response_body(None, true).await;
-        Outcome::Done
-    }
-
-    /// Give a finished upstream session back to the pool; an unfinished one is dropped (closed).
-    async fn release(&self, mut up: HttpSession, peer: &HttpPeer) {
-        if up.response_done() {
-            self.connector
-                .release_http_session(up, peer, peer.options.idle_timeout)
-                .await;
-        }
-    }
 }
 
-/// The wire format of the attempt's provider, for the response side.
-#[derive(Debug, Clone)]
-enum Wire {
-    OpenAi,
-    Anthropic(anthropic::StreamOpts),
-    /// Gemini, with the provider-side model id (its answers may not name it).
-    Gemini(anthropic::StreamOpts, String),
-    /// Bedrock Converse, with the provider-side model id (its answers do not name it).
-    Bedrock(anthropic::StreamOpts, String),
-}
-
-fn unsupported(provider: &Provider, why: &str) -> Failure {
-    Failure {
-        class: FailClass::Unsupported,
-        status: Some(400),
-        message: format!("not sent to {}: {why}", provider.name),
-    }
-}
-
-/// A stream's relay: pass-through (event-aligned) or translated.
-enum Relay {
-    Pass(EventAligner),
-    Anthropic(anthropic::StreamTranslator),
-    Gemini(gemini::StreamTranslator),
-    Bedrock(bedrock::StreamTranslator),
-}
-
-impl Relay {
-    /// Feed one upstream chunk; the bytes to send the client now, if any.
-    fn push(&mut self, c: Bytes) -> Result<Option<Bytes>, anthropic::InBandError> {
-        match self {
-            Relay::Pass(a) => Ok(a.push(c)),
-            Relay::Anthropic(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
-            Relay::Gemini(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
-            Relay::Bedrock(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
-        }
-    }
-
-    /// At the upstream's clean end: closing bytes a translated format owes the client.
-    fn finish(&mut self) -> Option<Bytes> {
-        match self {
-            Relay::Pass(_) | Relay::Anthropic(_) => None,
-            Relay::Gemini(t) => t.finish().map(Bytes::from),
-            Relay::Bedrock(t) => t.finish().map(Bytes::from),
-        }
-    }
-
-    /// Whether the stream reached its proper end (`[DONE]`, nothing partial held back).
-    fn complete(&self) -> bool {
-        match self {
-            Relay::Pass(a) => a.saw_done() && a.pending() == 0,
-            Relay::Anthropic(t) => t.done() && t.pending() == 0,
-            Relay::Gemini(t) => t.finished() && t.pending() == 0,
-            Relay::Bedrock(t) => t.finished() && t.pending() == 0,
-        }
-    }
-}
-
-/// An error event inside a 200 stream, as the failure it stands for: the status a provider
-/// uses for that error, so the configured triggers decide as for a status.
-fn in_band_failure(e: &anthropic::InBandError) -> Failure {
-    let (class, status) = match e.kind.as_str() {
-        "overloaded_error" => (FailClass::ServerError, Some(529)),
-        "api_error" => (FailClass::ServerError, Some(500)),
-        "rate_limit_error" => (FailClass::RateLimited, Some(429)),
-        "authentication_error" | "permission_error" => (FailClass::AuthError, Some(401)),
-        // Gemini's status names
-        "RESOURCE_EXHAUSTED" => (FailClass::RateLimited, Some(429)),
-        "UNAVAILABLE" => (FailClass::ServerError, Some(503)),
-        "INTERNAL" => (FailClass::ServerError, Some(500)),
-        "DEADLINE_EXCEEDED" => (FailClass::ServerError, Some(504)),
-        // Bedrock's exception frames
-        "throttlingException" => (FailClass::RateLimited, Some(429)),
-        "serviceUnavailableException" => (FailClass::ServerError, Some(503)),
-        "internalServerException" | "modelStreamErrorException" => {
-            (FailClass::ServerError, Some(500))
-        }
-        "validationException" => (FailClass::ClientError, Some(400)),
-        _ => (FailClass::BadResponse, None),
-    };
-    Failure {
-        class,
-        status,
-        message: format!("in-stream {}: {}", e.kind, e.message),
-    }
+/// The request with `text` appended as a trailing assistant message (a prefill).
+fn prefill_body(body: &[u8], text: &str) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let messages = v.get_mut("messages")?.as_array_mut()?;
+    messages.push(serde_json::json!({"role": "assistant", "content": text}));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
 }
 
 fn unix_now() -> u64 {
@@ -1019,90 +1011,8 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// How one read of an upstream body ended.
-enum Read {
-    Chunk(Bytes),
-    End,
-    /// Nothing arrived before the deadline.
-    Timeout,
-    Failed(String),
-    ClientGone,
-}
-
-/// The next upstream body chunk, giving up at `until` or as soon as the client leaves.
-async fn next_chunk(s: &mut Session, up: &mut HttpSession, until: Instant) -> Read {
-    match unless_client_gone(s, timeout_at(until.into(), up.read_response_body())).await {
-        None => Read::ClientGone,
-        Some(Err(_)) => Read::Timeout,
-        Some(Ok(Err(e))) => Read::Failed(short_error(&e)),
-        Some(Ok(Ok(None))) => Read::End,
-        Some(Ok(Ok(Some(c)))) => Read::Chunk(c),
-    }
-}
-
-/// Write the client's header: the commit point. `Content-Length` when the whole body is known,
-/// else chunked framing (HTTP/1; HTTP/2 frames the body itself).
-async fn commit(
-    s: &mut Session,
-    mut h: ResponseHeader,
-    content_length: Option<usize>,
-) -> Result<(), Outcome> {
-    let framed = match content_length {
-        Some(n) => h.insert_header(http::header::CONTENT_LENGTH, n),
-        None if s.as_downstream().is_http2() => Ok(()),
-        None => h.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
-    };
-    if framed.is_err() {
-        return Err(Outcome::Failed(bad_response("unusable response header")));
-    }
-    if s.write_response_header(Box::new(h), false).await.is_err() {
-        return Err(Outcome::ClientGone);
-    }
-    Ok(())
-}
-
 fn bad_response(message: &str) -> Failure {
-    Failure {
-        class: FailClass::BadResponse,
-        status: None,
-        message: message.into(),
-    }
-}
-
-/// Relay segments that arrived together, written as one. A single segment stays the upstream's
-/// own `Bytes`; only a second one costs a copy.
-#[derive(Default)]
-enum Batch {
-    #[default]
-    Empty,
-    One(Bytes),
-    Many(bytes::BytesMut),
-}
-
-impl Batch {
-    fn push(&mut self, seg: Bytes) {
-        *self = match std::mem::take(self) {
-            Batch::Empty => Batch::One(seg),
-            Batch::One(first) => {
-                let mut m = bytes::BytesMut::with_capacity((first.len() + seg.len()) * 2);
-                m.extend_from_slice(&first);
-                m.extend_from_slice(&seg);
-                Batch::Many(m)
-            }
-            Batch::Many(mut m) => {
-                m.extend_from_slice(&seg);
-                Batch::Many(m)
-            }
-        }
-    }
-
-    fn take(self) -> Option<Bytes> {
-        match self {
-            Batch::Empty => None,
-            Batch::One(b) => Some(b),
-            Batch::Many(m) => Some(m.freeze()),
-        }
-    }
+    Failure::new(FailClass::BadResponse, None, message.into())
 }
 
 /// An upstream error without the peer details Pingora appends (addresses, fd numbers).

@@ -1,0 +1,665 @@
+//! One attempt up to its commit point, with no access to the client: build the provider's
+//! request, send it, classify the answer, and read until there is something worth committing
+//! to — the whole JSON answer, or a stream's first event with content. The result is a
+//! [`Ready`] answer (written later by `relay.rs`) or a [`Failure`] that falls back invisibly.
+//!
+//! Because it never touches the client's session, two attempts can run at once (hedging), and
+//! the caller alone watches for the client going away.
+
+use super::classify::{self, decide, BodyError, Decision, FailClass};
+use super::watch::{self, Watch};
+use super::{bad_response, short_error, unix_now, upstream, Engine, Failure};
+use crate::config::{ApiKey, Capabilities, Provider, ProviderKind};
+use crate::plan::Target;
+use crate::providers::{anthropic, bedrock, gemini, vertex};
+use crate::sse::EventAligner;
+use bytes::Bytes;
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::time::timeout_at;
+
+/// The most of an upstream error body read to find its message.
+const ERROR_BODY_CAP: usize = 64 * 1024;
+/// The longest wait for an upstream error body after its header.
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
+
+/// What the request asks of every attempt.
+pub(super) struct Ask<'a> {
+    pub client: &'a RequestHeader,
+    pub req: &'a crate::api::ChatRequest,
+    pub request_id: &'a str,
+    pub body: &'a Bytes,
+    pub stream: bool,
+    /// The request's overall deadline.
+    pub deadline: Instant,
+}
+
+/// What to do with a ready answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Serve,
+    /// The client's own fault (a 4xx the next provider would refuse too): give it back.
+    PassThrough,
+    /// The prompt does not fit this model: only a target with a larger window may serve it.
+    ContextLength(String),
+    /// The provider refused on content policy.
+    ContentFilter(String),
+}
+
+/// An answer at its commit point.
+pub(super) struct Ready {
+    pub up: HttpSession,
+    pub peer: HttpPeer,
+    /// The upstream's response header; the client's is built from it at commit.
+    pub resp: ResponseHeader,
+    pub verdict: Verdict,
+    pub body: ReadyBody,
+    pub started: Instant,
+    /// When the first content arrived (streams) or the answer was read (JSON).
+    pub ttft: Duration,
+    /// This attempt's own deadline (its `total`, within the request's).
+    pub deadline: Instant,
+}
+
+pub(super) enum ReadyBody {
+    /// Read whole (`complete`) or up to the buffer limit; translated answers are always whole.
+    Json {
+        chunks: Vec<Bytes>,
+        total: usize,
+        complete: bool,
+        usage: Option<watch::Usage>,
+    },
+    /// The events up to and including the first with content, not yet sent.
+    Stream {
+        relay: Relay,
+        watch: Watch,
+        held: Bytes,
+        /// The upstream already ended (cleanly) before commit.
+        ended: bool,
+    },
+}
+
+/// The wire format of the attempt's provider, for the response side.
+#[derive(Debug, Clone)]
+pub(super) enum Wire {
+    OpenAi,
+    Anthropic(anthropic::StreamOpts),
+    /// Gemini, with the provider-side model id (its answers may not name it).
+    Gemini(anthropic::StreamOpts, String),
+    /// Bedrock Converse, with the provider-side model id (its answers do not name it).
+    Bedrock(anthropic::StreamOpts, String),
+}
+
+/// A stream's relay: pass-through (event-aligned) or translated.
+pub(super) enum Relay {
+    Pass(EventAligner),
+    Anthropic(anthropic::StreamTranslator),
+    Gemini(gemini::StreamTranslator),
+    Bedrock(bedrock::StreamTranslator),
+}
+
+impl Relay {
+    fn new(wire: Wire) -> Relay {
+        match wire {
+            Wire::OpenAi => Relay::Pass(EventAligner::default()),
+            Wire::Anthropic(opts) => {
+                Relay::Anthropic(anthropic::StreamTranslator::new(opts, unix_now()))
+            }
+            Wire::Gemini(opts, model) => {
+                Relay::Gemini(gemini::StreamTranslator::new(opts, &model, unix_now()))
+            }
+            Wire::Bedrock(opts, model) => {
+                Relay::Bedrock(bedrock::StreamTranslator::new(opts, &model, unix_now()))
+            }
+        }
+    }
+
+    /// Feed one upstream chunk; the OpenAI SSE bytes to send the client now, if any.
+    pub fn push(&mut self, c: Bytes) -> Result<Option<Bytes>, anthropic::InBandError> {
+        match self {
+            Relay::Pass(a) => Ok(a.push(c)),
+            Relay::Anthropic(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
+            Relay::Gemini(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
+            Relay::Bedrock(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
+        }
+    }
+
+    /// At the upstream's clean end: closing bytes a translated format owes the client.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        match self {
+            Relay::Pass(_) | Relay::Anthropic(_) => None,
+            Relay::Gemini(t) => t.finish().map(Bytes::from),
+            Relay::Bedrock(t) => t.finish().map(Bytes::from),
+        }
+    }
+
+    /// Whether the stream reached its proper end (`[DONE]`, nothing partial held back).
+    pub fn complete(&self) -> bool {
+        match self {
+            Relay::Pass(a) => a.saw_done() && a.pending() == 0,
+            Relay::Anthropic(t) => t.done() && t.pending() == 0,
+            Relay::Gemini(t) => t.finished() && t.pending() == 0,
+            Relay::Bedrock(t) => t.finished() && t.pending() == 0,
+        }
+    }
+
+    /// Bytes of a partial upstream event held back.
+    pub fn pending(&self) -> usize {
+        match self {
+            Relay::Pass(a) => a.pending(),
+            Relay::Anthropic(t) => t.pending(),
+            Relay::Gemini(t) => t.pending(),
+            Relay::Bedrock(t) => t.pending(),
+        }
+    }
+}
+
+/// How one read of an upstream body ended.
+pub(super) enum Read {
+    Chunk(Bytes),
+    End,
+    /// Nothing arrived before the deadline.
+    Timeout,
+    Failed(String),
+}
+
+/// The next upstream body chunk, giving up at `until`.
+pub(super) async fn read_until(up: &mut HttpSession, until: Instant) -> Read {
+    match timeout_at(until.into(), up.read_response_body()).await {
+        Err(_) => Read::Timeout,
+        Ok(Err(e)) => Read::Failed(short_error(&e)),
+        Ok(Ok(None)) => Read::End,
+        Ok(Ok(Some(c))) => Read::Chunk(c),
+    }
+}
+
+fn unsupported(provider: &Provider, why: &str) -> Failure {
+    Failure::new(
+        FailClass::Unsupported,
+        Some(400),
+        format!("not sent to {}: {why}", provider.name),
+    )
+}
+
+/// An error event inside a 200 stream, as the failure it stands for: the status a provider
+/// uses for that error, so the configured triggers decide as for a status.
+pub(super) fn in_band_failure(kind: &str, message: &str) -> Failure {
+    let (class, status) = match kind {
+        "overloaded_error" => (FailClass::ServerError, Some(529)),
+        "api_error" | "server_error" => (FailClass::ServerError, Some(500)),
+        "rate_limit_error" | "rate_limit_exceeded" => (FailClass::RateLimited, Some(429)),
+        "authentication_error" | "permission_error" => (FailClass::AuthError, Some(401)),
+        // Gemini's status names
+        "RESOURCE_EXHAUSTED" => (FailClass::RateLimited, Some(429)),
+        "UNAVAILABLE" => (FailClass::ServerError, Some(503)),
+        "INTERNAL" => (FailClass::ServerError, Some(500)),
+        "DEADLINE_EXCEEDED" => (FailClass::ServerError, Some(504)),
+        // Bedrock's exception frames
+        "throttlingException" => (FailClass::RateLimited, Some(429)),
+        "serviceUnavailableException" => (FailClass::ServerError, Some(503)),
+        "internalServerException" | "modelStreamErrorException" => {
+            (FailClass::ServerError, Some(500))
+        }
+        "validationException" => (FailClass::ClientError, Some(400)),
+        _ => (FailClass::BadResponse, None),
+    };
+    Failure::new(class, status, format!("in-stream {kind}: {message}"))
+}
+
+/// `Retry-After` (seconds) or `retry-after-ms`, whichever is given; the finer one wins.
+pub(super) fn retry_after(h: &ResponseHeader) -> Option<Duration> {
+    let get = |n: &str| {
+        h.headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let secs = get("retry-after")?.parse::<f64>().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+impl Engine {
+    /// Run one target up to its commit point. No I/O with the client.
+    pub(super) async fn prepare(
+        &self,
+        ask: &Ask<'_>,
+        target: &Target,
+        body_override: Option<&Bytes>,
+    ) -> Result<Ready, Failure> {
+        let started = Instant::now();
+        let provider = &self.cfg.providers[target.route.provider];
+        let body = body_override.unwrap_or(ask.body);
+        // A route the catalog says cannot serve this request is skipped like a refused one.
+        let caps = target.route.capabilities;
+        if caps != Capabilities::ALL {
+            let missing = crate::api::needs(body).missing_from(caps);
+            if !missing.is_empty() {
+                let why = format!(
+                    "the catalog lists no {} support for {}",
+                    missing.names().join(", "),
+                    target.route.id
+                );
+                return Err(unsupported(provider, &why));
+            }
+        }
+        let (body, wire) =
+            self.translate(provider, target, ask.req, body, body_override.is_some())?;
+        let deadline = ask.deadline.min(started + provider.timeouts.total);
+        let peer = self
+            .peers
+            .get(target.route.provider, provider)
+            .await
+            .map_err(|m| Failure::new(FailClass::ConnectError, None, m))?;
+        let token = match &provider.vertex {
+            Some(auth) => Some(self.vertex_token(target.route.provider, auth).await?),
+            None => None,
+        };
+        let header = upstream::request_header(
+            provider,
+            target,
+            ask.client,
+            &body,
+            ask.request_id,
+            ask.stream,
+            token.as_ref().map(|t| t.expose()),
+        )
+        .map_err(|e| {
+            Failure::new(
+                FailClass::BadResponse,
+                None,
+                format!("could not build the upstream request: {}", short_error(&e)),
+            )
+        })?;
+        let (up, peer) = self.send(&peer, provider, &header, &body, deadline).await?;
+        let Some(resp) = up.response_header().cloned() else {
+            return Err(bad_response("no response header"));
+        };
+        let status = resp.status.as_u16();
+        self.metrics
+            .upstream_ttfb
+            .with_label_values(&[provider.name.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let verdict = match decide(status, &self.cfg.fallback) {
+            Decision::Next(class) => {
+                let key = match &provider.key {
+                    ApiKey::Present(k) => Some(k.expose()),
+                    _ => None,
+                };
+                let err_body = self.read_small_body(up, &peer).await;
+                let mut f = Failure::new(
+                    class,
+                    Some(status),
+                    classify::error_message(status, &err_body, key),
+                );
+                f.retry_after = retry_after(&resp);
+                return Err(f);
+            }
+            Decision::PassThrough => Verdict::PassThrough,
+            Decision::Serve => Verdict::Serve,
+        };
+        let is_sse = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| match wire {
+                Wire::Bedrock(..) => ct.starts_with("application/vnd.amazon.eventstream"),
+                _ => ct.starts_with("text/event-stream"),
+            });
+        let mut ready = Ready {
+            up,
+            peer,
+            resp,
+            verdict,
+            body: ReadyBody::Json {
+                chunks: Vec::new(),
+                total: 0,
+                complete: false,
+                usage: None,
+            },
+            started,
+            ttft: Duration::ZERO,
+            deadline,
+        };
+        if ask.stream && is_sse && ready.verdict == Verdict::Serve {
+            self.first_content(&mut ready, provider, wire).await?;
+        } else {
+            self.read_json(&mut ready, provider, wire).await?;
+        }
+        ready.ttft = started.elapsed();
+        Ok(ready)
+    }
+
+    /// The provider's request body: OpenAI's wire as sent (model spliced), or translated.
+    fn translate(
+        &self,
+        provider: &Provider,
+        target: &Target,
+        req: &crate::api::ChatRequest,
+        body: &Bytes,
+        rewritten: bool,
+    ) -> Result<(Bytes, Wire), Failure> {
+        let id = &target.route.id;
+        let refused = |m: String| unsupported(provider, &m);
+        Ok(match provider.kind {
+            ProviderKind::OpenAi | ProviderKind::Azure if rewritten => {
+                // A body detour rewrote (a continuation) has its own `model` span.
+                let req = crate::api::ChatRequest::parse(body)
+                    .map_err(|_| bad_response("the rewritten request does not parse"))?;
+                (req.body_for_model(body, id), Wire::OpenAi)
+            }
+            ProviderKind::OpenAi | ProviderKind::Azure => {
+                (req.body_for_model(body, id), Wire::OpenAi)
+            }
+            ProviderKind::Anthropic => {
+                let max = target.route.max_output_tokens.unwrap_or(4096);
+                let (b, opts) = anthropic::request(body, id, max).map_err(refused)?;
+                (Bytes::from(b), Wire::Anthropic(opts))
+            }
+            ProviderKind::Vertex if vertex::is_anthropic(id) => {
+                let max = target.route.max_output_tokens.unwrap_or(4096);
+                let version = ("anthropic_version", vertex::ANTHROPIC_VERSION);
+                let (b, opts) = anthropic::request_with(body, version, max).map_err(refused)?;
+                (Bytes::from(b), Wire::Anthropic(opts))
+            }
+            ProviderKind::GoogleAiStudio | ProviderKind::Vertex => {
+                let (b, opts) = gemini::request(body).map_err(refused)?;
+                (Bytes::from(b), Wire::Gemini(opts, id.clone()))
+            }
+            ProviderKind::Bedrock => {
+                let (b, opts) =
+                    bedrock::request(body, target.route.max_output_tokens).map_err(refused)?;
+                (Bytes::from(b), Wire::Bedrock(opts, id.clone()))
+            }
+        })
+    }
+
+    /// Open a session to `peer` and send the request; returns it with the response header read.
+    /// A failure on a reused pooled connection is retried once on a fresh one.
+    async fn send(
+        &self,
+        peer: &HttpPeer,
+        provider: &Provider,
+        header: &RequestHeader,
+        body: &Bytes,
+        deadline: Instant,
+    ) -> Result<(HttpSession, HttpPeer), Failure> {
+        let mut peer = peer.clone();
+        let mut fresh_retry_done = false;
+        loop {
+            let connect_deadline = deadline.min(Instant::now() + provider.timeouts.connect);
+            let connect = timeout_at(
+                connect_deadline.into(),
+                self.connector.get_http_session(&peer),
+            );
+            let (mut up, reused) = match connect.await {
+                Err(_) => {
+                    return Err(Failure::new(
+                        FailClass::ConnectTimeout,
+                        None,
+                        format!(
+                            "connect timeout after {} ms",
+                            provider.timeouts.connect.as_millis()
+                        ),
+                    ))
+                }
+                Ok(Err(e)) => {
+                    let class = if matches!(
+                        e.etype(),
+                        pingora_error::ErrorType::ConnectTimedout
+                            | pingora_error::ErrorType::TLSHandshakeTimedout
+                    ) {
+                        FailClass::ConnectTimeout
+                    } else {
+                        FailClass::ConnectError
+                    };
+                    return Err(Failure::new(
+                        class,
+                        None,
+                        format!("connect failed: {}", short_error(&e)),
+                    ));
+                }
+                Ok(Ok(x)) => x,
+            };
+            let exchange = async {
+                up.write_request_header(Box::new(header.clone())).await?;
+                up.write_request_body(body.clone(), true).await?;
+                up.finish_request_body().await?;
+                up.read_response_header().await
+            };
+            let now = Instant::now();
+            let fb_deadline = deadline.min(now + provider.timeouts.first_byte);
+            let budget = fb_deadline.saturating_duration_since(now);
+            match timeout_at(fb_deadline.into(), exchange).await {
+                Err(_) => {
+                    return Err(Failure::new(
+                        FailClass::FirstByteTimeout,
+                        None,
+                        format!("no response within {} ms", budget.as_millis()),
+                    ))
+                }
+                Ok(Ok(())) => return Ok((up, peer)),
+                Ok(Err(e)) => {
+                    if reused && !fresh_retry_done {
+                        // A pooled connection the upstream had closed: one more try on a new one.
+                        fresh_retry_done = true;
+                        peer.group_key = self.fresh_group.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    return Err(Failure::new(
+                        FailClass::UpstreamClosed,
+                        None,
+                        format!(
+                            "upstream closed the connection before responding: {}",
+                            short_error(&e)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Read a (small) error body; the connection goes back to the pool if it was read whole.
+    async fn read_small_body(&self, mut up: HttpSession, peer: &HttpPeer) -> Bytes {
+        let mut buf = Vec::new();
+        let read = async {
+            while let Ok(Some(chunk)) = up.read_response_body().await {
+                buf.extend_from_slice(&chunk);
+                if buf.len() > ERROR_BODY_CAP {
+                    return false;
+                }
+            }
+            true
+        };
+        let whole = matches!(
+            timeout_at((Instant::now() + ERROR_BODY_WAIT).into(), read).await,
+            Ok(true)
+        );
+        if whole {
+            self.release(up, peer).await;
+        }
+        Bytes::from(buf)
+    }
+
+    /// A JSON answer (or a passed-through error): read whole before committing, up to the
+    /// configured size, so a body cut short still falls back. Error bodies are classified:
+    /// context length and content policy are told apart from other 400s here.
+    async fn read_json(
+        &self,
+        ready: &mut Ready,
+        provider: &Provider,
+        wire: Wire,
+    ) -> Result<(), Failure> {
+        let cap = self.cfg.limits.max_buffered_response_bytes;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut total = 0usize;
+        let mut complete = false;
+        while total <= cap {
+            let idle = ready.deadline.min(Instant::now() + provider.timeouts.idle);
+            match read_until(&mut ready.up, idle).await {
+                Read::Chunk(c) => {
+                    total += c.len();
+                    chunks.push(c);
+                }
+                Read::End => {
+                    complete = true;
+                    break;
+                }
+                Read::Timeout => {
+                    return Err(Failure::new(
+                        FailClass::FirstByteTimeout,
+                        None,
+                        "upstream stalled while sending its answer".into(),
+                    ))
+                }
+                Read::Failed(e) => {
+                    return Err(Failure::new(
+                        FailClass::UpstreamClosed,
+                        None,
+                        format!("upstream closed the connection mid-answer: {e}"),
+                    ))
+                }
+            }
+        }
+        let ok = ready.resp.status.is_success();
+        if !matches!(wire, Wire::OpenAi) {
+            // Translated answers are read whole: the OpenAI JSON is built from the entire body.
+            if !complete {
+                return Err(bad_response("the answer is too large to translate"));
+            }
+            let raw: Vec<u8> = chunks.concat();
+            let translated = match &wire {
+                Wire::Anthropic(_) if ok => anthropic::response(&raw, unix_now()),
+                Wire::Anthropic(_) => Ok(anthropic::error_body(&raw)),
+                Wire::Gemini(_, model) if ok => gemini::response(&raw, model, unix_now()),
+                Wire::Gemini(..) => Ok(gemini::error_body(&raw)),
+                Wire::Bedrock(_, model) if ok => bedrock::response(&raw, model, unix_now()),
+                Wire::Bedrock(..) => Ok(bedrock::error_body(&raw, ready.resp.status.as_u16())),
+                Wire::OpenAi => Ok(raw),
+            };
+            let b = translated.map_err(|e| bad_response(&format!("untranslatable answer: {e}")))?;
+            total = b.len();
+            chunks = vec![Bytes::from(b)];
+        }
+        if !ok && complete {
+            let whole: Vec<u8> = chunks.concat();
+            match classify::body_error(&whole) {
+                Some(BodyError::ContextLength(m)) => ready.verdict = Verdict::ContextLength(m),
+                Some(BodyError::ContentFilter(m)) => ready.verdict = Verdict::ContentFilter(m),
+                None => {}
+            }
+        }
+        let usage = (ok && complete)
+            .then(|| {
+                if chunks.len() == 1 {
+                    watch::json_usage(&chunks[0])
+                } else {
+                    watch::json_usage(&chunks.concat())
+                }
+            })
+            .flatten();
+        ready.body = ReadyBody::Json {
+            chunks,
+            total,
+            complete,
+            usage,
+        };
+        Ok(())
+    }
+
+    /// A stream: read until the first event that carries content, within the first-token
+    /// deadline. Any failure before it — an error event, an event that is not JSON, a reset, a
+    /// stall, a slow first token — is a [`Failure`] nobody saw.
+    async fn first_content(
+        &self,
+        ready: &mut Ready,
+        provider: &Provider,
+        wire: Wire,
+    ) -> Result<(), Failure> {
+        let mut relay = Relay::new(wire);
+        // A translated event stream reaches the client as SSE.
+        if matches!(relay, Relay::Bedrock(_))
+            && ready
+                .resp
+                .insert_header(http::header::CONTENT_TYPE, "text/event-stream")
+                .is_err()
+        {
+            return Err(bad_response("unusable response header"));
+        }
+        let mut watch = Watch::new(self.cfg.failover.continuation);
+        let mut held = bytes::BytesMut::new();
+        let first_token = ready
+            .deadline
+            .min(ready.started + provider.timeouts.first_token);
+        let mut take = |seg: Bytes, watch: &mut Watch| -> Result<(), Failure> {
+            watch
+                .inspect(&seg)
+                .map_err(|e| in_band_failure(&e.kind, &e.message))?;
+            held.extend_from_slice(&seg);
+            Ok(())
+        };
+        let ended = loop {
+            if watch.has_content() {
+                break false;
+            }
+            let wait = first_token.min(Instant::now() + provider.timeouts.idle);
+            match read_until(&mut ready.up, wait).await {
+                Read::Chunk(c) => match relay.push(c) {
+                    Ok(Some(seg)) => take(seg, &mut watch)?,
+                    Ok(None) => {}
+                    // An error event before anything was sent (e.g. overloaded): fall back.
+                    Err(e) => return Err(in_band_failure(&e.kind, &e.message)),
+                },
+                Read::End => {
+                    if let Some(tail) = relay.finish() {
+                        take(tail, &mut watch)?;
+                    }
+                    if relay.complete() {
+                        break true; // an empty answer, properly ended
+                    }
+                    return Err(bad_response("upstream ended the stream before any content"));
+                }
+                Read::Timeout if Instant::now() >= first_token => {
+                    return Err(Failure::new(
+                        FailClass::FirstTokenTimeout,
+                        None,
+                        format!(
+                            "no content within the first-token timeout ({} ms)",
+                            first_token
+                                .saturating_duration_since(ready.started)
+                                .as_millis()
+                        ),
+                    ))
+                }
+                Read::Timeout => {
+                    return Err(Failure::new(
+                        FailClass::FirstTokenTimeout,
+                        None,
+                        "the stream stalled before its first content (idle timeout)".into(),
+                    ))
+                }
+                Read::Failed(e) => {
+                    return Err(Failure::new(
+                        FailClass::UpstreamClosed,
+                        None,
+                        format!("upstream closed the stream before its first content: {e}"),
+                    ))
+                }
+            }
+        };
+        ready.body = ReadyBody::Stream {
+            relay,
+            watch,
+            held: held.freeze(),
+            ended,
+        };
+        Ok(())
+    }
+}

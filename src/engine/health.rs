@@ -1,0 +1,555 @@
+//! Shared, cross-request state of the targets: one circuit breaker and latency record per
+//! (provider, model id), and the retry budget. Every request reads it when it plans its
+//! attempts and writes one outcome per attempt; the lock is held for a few map operations,
+//! never across I/O. Time is passed in, so the state machine is tested without sleeping.
+
+use crate::config::failover::{Breaker, Budget};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Tracked models per provider. Pass-through model ids come from clients; past this, closed
+/// and quiet entries are evicted, and if none is, a new id is not tracked (treated as closed).
+const MAX_TRACKED: usize = 1024;
+/// Time-to-first-token samples kept per target (for the p95 hedge delay).
+const TTFT_SAMPLES: usize = 64;
+/// Weight of the newest sample in the TTFT moving average.
+const EWMA_ALPHA: f64 = 0.3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl State {
+    pub fn gauge(self) -> i64 {
+        match self {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+        }
+    }
+}
+
+/// What an attempt did, as the breaker counts it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// Served: closes a half-open circuit. `ttft` feeds the latency record.
+    Success { ttft: Option<Duration> },
+    /// A provider fault: a 5xx, a timeout, a reset, a broken stream, a rejected key.
+    Failure,
+    /// A rate limit: cools the target for `Retry-After` when given, else counts as a failure.
+    RateLimited { retry_after: Option<Duration> },
+    /// Says nothing about the target's health (the client's own error, not sent, cancelled).
+    Neutral,
+}
+
+/// Whether a request may send to a target now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Yes,
+    /// Half-open: this request is the one probe.
+    Probe,
+    /// Open (or cooling after a rate limit) until `until`.
+    Open {
+        until: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    /// Open: when the cool-down ends. Half-open: when the probe was let through.
+    since: Instant,
+    until: Instant,
+    consecutive: u32,
+    /// Outcomes in the current window: (window start, requests, failures).
+    window_start: Instant,
+    requests: u32,
+    failures: u32,
+    ttft_ewma: Option<f64>,
+    ttft: VecDeque<f32>,
+    opened: u64,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Entry {
+        Entry {
+            state: State::Closed,
+            since: now,
+            until: now,
+            consecutive: 0,
+            window_start: now,
+            requests: 0,
+            failures: 0,
+            ttft_ewma: None,
+            ttft: VecDeque::new(),
+            opened: 0,
+        }
+    }
+
+    fn quiet(&self) -> bool {
+        self.state == State::Closed && self.consecutive == 0 && self.failures == 0
+    }
+
+    fn open(&mut self, now: Instant, until: Instant) {
+        if self.state != State::Open {
+            self.opened += 1;
+        }
+        self.state = State::Open;
+        self.since = now;
+        self.until = until;
+        self.requests = 0;
+        self.failures = 0;
+        self.window_start = now;
+    }
+}
+
+/// One target's state, for `GET /admin/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetHealth {
+    pub provider: String,
+    pub model: String,
+    pub state: State,
+    pub consecutive_failures: u32,
+    pub window_requests: u32,
+    pub window_failures: u32,
+    /// Open: milliseconds until a probe is let through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_for_ms: Option<u64>,
+    pub times_opened: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttft_ewma_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttft_p95_ms: Option<f64>,
+}
+
+/// The retry budget: extra attempts (retries and fallbacks) allowed as a share of recent
+/// requests, with a floor per second so that light traffic can always fail over.
+#[derive(Debug)]
+struct BudgetState {
+    /// Per one-tenth of the window: (slot start, requests, extra attempts).
+    slots: VecDeque<(Instant, u64, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BudgetHealth {
+    pub requests: u64,
+    pub extra_attempts: u64,
+    pub allowed: u64,
+}
+
+pub struct Health {
+    breaker: Breaker,
+    budget: Budget,
+    providers: Vec<String>,
+    targets: Vec<Mutex<HashMap<String, Entry>>>,
+    budget_state: Mutex<BudgetState>,
+}
+
+impl Health {
+    pub fn new(breaker: Breaker, budget: Budget, providers: Vec<String>) -> Health {
+        let targets = providers
+            .iter()
+            .map(|_| Mutex::new(HashMap::new()))
+            .collect();
+        Health {
+            breaker,
+            budget,
+            providers,
+            targets,
+            budget_state: Mutex::new(BudgetState {
+                slots: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Whether `model` on `provider` may be sent to now. An open circuit whose cool-down has
+    /// passed lets exactly one request through as its probe.
+    pub fn admit(&self, provider: usize, model: &str, now: Instant) -> Admit {
+        if !self.breaker.enabled {
+            return Admit::Yes;
+        }
+        let Some(Ok(mut map)) = self.targets.get(provider).map(|m| m.lock()) else {
+            return Admit::Yes;
+        };
+        let Some(e) = map.get_mut(model) else {
+            return Admit::Yes;
+        };
+        match e.state {
+            State::Closed => Admit::Yes,
+            State::Open if now >= e.until => {
+                e.state = State::HalfOpen;
+                e.since = now;
+                Admit::Probe
+            }
+            State::Open => Admit::Open { until: e.until },
+            // A probe that never reported back (its request was cancelled) frees the slot
+            // after one more cool-down.
+            State::HalfOpen if now >= e.since + self.breaker.cool_down => {
+                e.since = now;
+                Admit::Probe
+            }
+            State::HalfOpen => Admit::Open {
+                until: e.since + self.breaker.cool_down,
+            },
+        }
+    }
+
+    /// Count one attempt's outcome. Returns the state after it, if it changed.
+    pub fn record(
+        &self,
+        provider: usize,
+        model: &str,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Option<State> {
+        let Some(Ok(mut map)) = self.targets.get(provider).map(|m| m.lock()) else {
+            return None;
+        };
+        if !map.contains_key(model) {
+            if matches!(outcome, Outcome::Neutral) {
+                return None;
+            }
+            if matches!(outcome, Outcome::Success { ttft: None }) {
+                return None; // nothing to remember about a healthy target
+            }
+            if map.len() >= MAX_TRACKED {
+                map.retain(|_, e| !e.quiet());
+                if map.len() >= MAX_TRACKED {
+                    return None;
+                }
+            }
+            map.insert(model.to_string(), Entry::new(now));
+        }
+        let e = map.get_mut(model)?;
+        let before = e.state;
+        let b = &self.breaker;
+        if now.saturating_duration_since(e.window_start) >= b.window {
+            e.window_start = now;
+            e.requests = 0;
+            e.failures = 0;
+        }
+        match outcome {
+            Outcome::Neutral => {
+                if e.state == State::HalfOpen {
+                    // The probe proved nothing: let the next request probe.
+                    e.since = now - b.cool_down;
+                }
+            }
+            Outcome::Success { ttft } => {
+                e.consecutive = 0;
+                e.requests += 1;
+                if e.state != State::Closed {
+                    e.state = State::Closed;
+                    e.requests = 1;
+                    e.failures = 0;
+                    e.window_start = now;
+                }
+                if let Some(t) = ttft {
+                    let ms = t.as_secs_f64() * 1000.0;
+                    e.ttft_ewma = Some(match e.ttft_ewma {
+                        Some(x) => x + EWMA_ALPHA * (ms - x),
+                        None => ms,
+                    });
+                    if e.ttft.len() == TTFT_SAMPLES {
+                        e.ttft.pop_front();
+                    }
+                    e.ttft.push_back(ms as f32);
+                }
+            }
+            Outcome::RateLimited {
+                retry_after: Some(ra),
+            } if b.enabled => {
+                e.requests += 1;
+                e.failures += 1;
+                e.consecutive += 1;
+                let until = (now + ra).max(if e.state == State::Open { e.until } else { now });
+                e.open(now, until);
+            }
+            Outcome::Failure | Outcome::RateLimited { .. } => {
+                e.requests += 1;
+                e.failures += 1;
+                e.consecutive += 1;
+                if b.enabled {
+                    let ratio_hit = e.requests >= b.min_requests
+                        && f64::from(e.failures) >= b.failure_ratio * f64::from(e.requests);
+                    match e.state {
+                        State::HalfOpen => e.open(now, now + b.cool_down),
+                        State::Closed if e.consecutive >= b.consecutive_failures || ratio_hit => {
+                            e.open(now, now + b.cool_down)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        (e.state != before).then_some(e.state)
+    }
+
+    /// The moving average of time to first token, in ms, if measured.
+    pub fn ttft_ewma(&self, provider: usize, model: &str) -> Option<f64> {
+        let map = self.targets.get(provider)?.lock().ok()?;
+        map.get(model)?.ttft_ewma
+    }
+
+    /// The p95 of the recent times to first token, once there are 20 samples.
+    pub fn ttft_p95(&self, provider: usize, model: &str) -> Option<Duration> {
+        let map = self.targets.get(provider)?.lock().ok()?;
+        p95(&map.get(model)?.ttft).map(|ms| Duration::from_secs_f64(ms / 1000.0))
+    }
+
+    /// Take one extra attempt (a retry or a fallback) from the budget. `false`: spent.
+    pub fn withdraw(&self, now: Instant) -> bool {
+        if !self.budget.enabled {
+            return true;
+        }
+        let Ok(mut g) = self.budget_state.lock() else {
+            return true;
+        };
+        let (requests, extra) = self.rotate(&mut g, now);
+        let allowed = self.allowed(requests);
+        if extra >= allowed {
+            return false;
+        }
+        if let Some(last) = g.slots.back_mut() {
+            last.2 += 1;
+        }
+        true
+    }
+
+    /// Count one request toward the budget's base.
+    pub fn deposit(&self, now: Instant) {
+        if !self.budget.enabled {
+            return;
+        }
+        if let Ok(mut g) = self.budget_state.lock() {
+            self.rotate(&mut g, now);
+            if let Some(last) = g.slots.back_mut() {
+                last.1 += 1;
+            }
+        }
+    }
+
+    fn allowed(&self, requests: u64) -> u64 {
+        let floor = self.budget.min_per_second * self.budget.window.as_secs_f64();
+        (self.budget.ratio * requests as f64).max(floor).floor() as u64
+    }
+
+    /// Drop slots older than the window, open the current one; the window's totals.
+    fn rotate(&self, g: &mut BudgetState, now: Instant) -> (u64, u64) {
+        let slot = self.budget.window / 10;
+        while g
+            .slots
+            .front()
+            .is_some_and(|s| now.saturating_duration_since(s.0) >= self.budget.window)
+        {
+            g.slots.pop_front();
+        }
+        if g.slots
+            .back()
+            .is_none_or(|s| now.saturating_duration_since(s.0) >= slot)
+        {
+            g.slots.push_back((now, 0, 0));
+        }
+        g.slots.iter().fold((0, 0), |(r, x), s| (r + s.1, x + s.2))
+    }
+
+    /// Every tracked target and the budget, for `GET /admin/health`.
+    pub fn snapshot(&self, now: Instant) -> (Vec<TargetHealth>, BudgetHealth) {
+        let mut out = Vec::new();
+        for (i, m) in self.targets.iter().enumerate() {
+            let Ok(map) = m.lock() else { continue };
+            for (model, e) in map.iter() {
+                out.push(TargetHealth {
+                    provider: self.providers.get(i).cloned().unwrap_or_default(),
+                    model: model.clone(),
+                    state: e.state,
+                    consecutive_failures: e.consecutive,
+                    window_requests: e.requests,
+                    window_failures: e.failures,
+                    open_for_ms: (e.state == State::Open)
+                        .then(|| e.until.saturating_duration_since(now).as_millis() as u64),
+                    times_opened: e.opened,
+                    ttft_ewma_ms: e.ttft_ewma.map(|x| (x * 10.0).round() / 10.0),
+                    ttft_p95_ms: p95(&e.ttft),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
+        let budget = match self.budget_state.lock() {
+            Ok(mut g) => {
+                let (requests, extra) = self.rotate(&mut g, now);
+                BudgetHealth {
+                    requests,
+                    extra_attempts: extra,
+                    allowed: self.allowed(requests),
+                }
+            }
+            Err(_) => BudgetHealth {
+                requests: 0,
+                extra_attempts: 0,
+                allowed: 0,
+            },
+        };
+        (out, budget)
+    }
+}
+
+fn p95(samples: &VecDeque<f32>) -> Option<f64> {
+    if samples.len() < 20 {
+        return None;
+    }
+    let mut v: Vec<f32> = samples.iter().copied().collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64) * 0.95).ceil() as usize - 1;
+    v.get(i.min(v.len() - 1)).map(|x| f64::from(*x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(consecutive: u32) -> Health {
+        Health::new(
+            Breaker {
+                enabled: true,
+                consecutive_failures: consecutive,
+                failure_ratio: 0.5,
+                min_requests: 10,
+                window: Duration::from_secs(30),
+                cool_down: Duration::from_secs(5),
+            },
+            Budget {
+                enabled: true,
+                ratio: 0.2,
+                window: Duration::from_secs(10),
+                min_per_second: 1.0,
+            },
+            vec!["a".into(), "b".into()],
+        )
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_probes_once() {
+        let h = health(3);
+        let t0 = Instant::now();
+        assert_eq!(h.admit(0, "m", t0), Admit::Yes);
+        assert_eq!(h.record(0, "m", Outcome::Failure, t0), None);
+        assert_eq!(h.record(0, "m", Outcome::Failure, t0), None);
+        assert_eq!(h.record(0, "m", Outcome::Failure, t0), Some(State::Open));
+        let until = t0 + Duration::from_secs(5);
+        assert_eq!(h.admit(0, "m", t0), Admit::Open { until });
+        assert_eq!(h.admit(0, "other", t0), Admit::Yes, "per model");
+        assert_eq!(h.admit(1, "m", t0), Admit::Yes, "per provider");
+        // Cool-down over: one probe, and only one.
+        let t1 = until;
+        assert_eq!(h.admit(0, "m", t1), Admit::Probe);
+        assert!(matches!(h.admit(0, "m", t1), Admit::Open { .. }));
+        // The probe fails: open again for a full cool-down.
+        assert_eq!(h.record(0, "m", Outcome::Failure, t1), Some(State::Open));
+        assert!(matches!(
+            h.admit(0, "m", t1 + Duration::from_secs(4)),
+            Admit::Open { .. }
+        ));
+        let t2 = t1 + Duration::from_secs(5);
+        assert_eq!(h.admit(0, "m", t2), Admit::Probe);
+        let ok = Outcome::Success { ttft: None };
+        assert_eq!(h.record(0, "m", ok, t2), Some(State::Closed));
+        assert_eq!(h.admit(0, "m", t2), Admit::Yes);
+    }
+
+    #[test]
+    fn success_resets_the_consecutive_count_and_the_ratio_opens() {
+        let h = health(3);
+        let t = Instant::now();
+        for _ in 0..3 {
+            h.record(0, "m", Outcome::Failure, t);
+            h.record(0, "m", Outcome::Failure, t);
+            h.record(0, "m", Outcome::Success { ttft: None }, t);
+        }
+        assert_eq!(h.admit(0, "m", t), Admit::Yes, "never 3 in a row");
+        // Alternating failures: the ratio (>= 0.5 over >= 10 requests) opens it at the 11th.
+        let h2 = health(100);
+        for i in 0..11u32 {
+            let o = if i % 2 == 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success { ttft: None }
+            };
+            let s = h2.record(0, "m", o, t);
+            assert_eq!(s.is_some(), i == 10, "request {i}");
+        }
+        assert!(matches!(h2.admit(0, "m", t), Admit::Open { .. }));
+    }
+
+    #[test]
+    fn retry_after_cools_for_that_long() {
+        let h = health(5);
+        let t = Instant::now();
+        let ra = Duration::from_secs(2);
+        h.record(
+            0,
+            "m",
+            Outcome::RateLimited {
+                retry_after: Some(ra),
+            },
+            t,
+        );
+        assert_eq!(h.admit(0, "m", t), Admit::Open { until: t + ra });
+        assert_eq!(h.admit(0, "m", t + ra), Admit::Probe);
+    }
+
+    #[test]
+    fn neutral_probe_frees_the_slot() {
+        let h = health(1);
+        let t = Instant::now();
+        h.record(0, "m", Outcome::Failure, t);
+        let t1 = t + Duration::from_secs(5);
+        assert_eq!(h.admit(0, "m", t1), Admit::Probe);
+        h.record(0, "m", Outcome::Neutral, t1);
+        assert_eq!(h.admit(0, "m", t1), Admit::Probe);
+    }
+
+    #[test]
+    fn budget_has_a_floor_and_a_ratio() {
+        let h = health(5);
+        let t = Instant::now();
+        // Floor: 1/s over 10 s = 10 extra attempts, whatever the traffic.
+        for i in 0..12 {
+            assert_eq!(h.withdraw(t), i < 10, "withdrawal {i}");
+        }
+        // 100 requests: 20% = 20 extra attempts in the window.
+        for _ in 0..100 {
+            h.deposit(t);
+        }
+        let granted = (0..30).filter(|_| h.withdraw(t)).count();
+        assert_eq!(granted, 10, "20 allowed, 10 already spent");
+        // A window later it is all forgotten.
+        assert!(h.withdraw(t + Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn ttft_average_and_p95() {
+        let h = health(5);
+        let t = Instant::now();
+        for ms in 1..=40u64 {
+            h.record(
+                0,
+                "m",
+                Outcome::Success {
+                    ttft: Some(Duration::from_millis(ms)),
+                },
+                t,
+            );
+        }
+        let p = h.ttft_p95(0, "m").expect("enough samples");
+        assert_eq!(p, Duration::from_millis(38));
+        assert!(h.ttft_ewma(0, "m").expect("measured") > 30.0);
+        assert_eq!(h.ttft_p95(1, "m"), None);
+    }
+}

@@ -1,0 +1,104 @@
+//! Vertex access tokens: minted from the service-account key at the key's token endpoint,
+//! cached per provider. Runs inside an attempt, before its request is built.
+
+use super::{bad_response, short_error, unix_now, Engine, FailClass, Failure};
+use crate::config::{Secret, VertexAuth};
+use crate::providers::vertex;
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+
+/// A cached access token is renewed when less than this is left of its life.
+const TOKEN_RENEW_BEFORE: Duration = Duration::from_secs(300);
+
+impl Engine {
+    /// Provider `i`'s Vertex access token: the cached one while it has more than
+    /// [`TOKEN_RENEW_BEFORE`] left, else a new one from the token endpoint (one request at a
+    /// time per provider; concurrent attempts wait for it). A refused grant counts as a 401.
+    pub(super) async fn vertex_token(
+        &self,
+        i: usize,
+        auth: &VertexAuth,
+    ) -> Result<Secret, Failure> {
+        let Some(slot) = self.tokens.get(i) else {
+            return Err(bad_response("no token slot"));
+        };
+        let mut cached = slot.lock().await;
+        if let Some((token, expires)) = &*cached {
+            if *expires > Instant::now() + TOKEN_RENEW_BEFORE {
+                return Ok(token.clone());
+            }
+        }
+        let ep = &auth.endpoint;
+        let fail = |class, status, message: String| {
+            Failure::new(class, status, format!("vertex token: {message}"))
+        };
+        let peer = self
+            .token_peers
+            .get(i, ep)
+            .await
+            .map_err(|m| fail(FailClass::ConnectError, None, m))?;
+        let assertion = auth
+            .account
+            .assertion(unix_now())
+            .map_err(|m| fail(FailClass::BadResponse, None, m))?;
+        let body = Bytes::from(vertex::token_request_body(&assertion));
+        let exchange = async {
+            let mut h = pingora_http::RequestHeader::build("POST", ep.base_path.as_bytes(), None)?;
+            h.insert_header(http::header::HOST, ep.authority.as_str())?;
+            h.insert_header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )?;
+            h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+            h.insert_header(http::header::ACCEPT, "application/json")?;
+            let (mut up, _) = self.connector.get_http_session(&peer).await?;
+            up.write_request_header(Box::new(h)).await?;
+            up.write_request_body(body.clone(), true).await?;
+            up.finish_request_body().await?;
+            up.read_response_header().await?;
+            let status = up.response_header().map(|r| r.status.as_u16()).unwrap_or(0);
+            let mut answer = Vec::new();
+            while let Some(c) = up.read_response_body().await? {
+                answer.extend_from_slice(&c);
+                if answer.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            Ok::<_, pingora_error::BError>((status, answer))
+        };
+        let budget = ep.timeouts.connect + ep.timeouts.first_byte.min(Duration::from_secs(30));
+        let (status, answer) = match tokio::time::timeout(budget, exchange).await {
+            Err(_) => return Err(fail(FailClass::FirstByteTimeout, None, "timed out".into())),
+            Ok(Err(e)) => {
+                return Err(fail(
+                    FailClass::ConnectError,
+                    None,
+                    format!("token endpoint unreachable: {}", short_error(&e)),
+                ))
+            }
+            Ok(Ok(x)) => x,
+        };
+        if status != 200 {
+            let reason = vertex::token_error(&answer);
+            // A refused grant is a credentials problem, whatever status carries it.
+            let (class, st) = if (400..500).contains(&status) {
+                (FailClass::AuthError, 401)
+            } else {
+                (FailClass::of_status(status), status)
+            };
+            return Err(fail(
+                class,
+                Some(st),
+                format!("the token endpoint answered {status} ({reason})"),
+            ));
+        }
+        let (token, lifetime) =
+            vertex::parse_token(&answer).map_err(|m| fail(FailClass::BadResponse, None, m))?;
+        let token = Secret::new(token);
+        *cached = Some((
+            token.clone(),
+            Instant::now() + Duration::from_secs(lifetime),
+        ));
+        Ok(token)
+    }
+}

@@ -1,0 +1,339 @@
+//! What an OpenAI-format SSE stream says, event by event: whether content has started (the
+//! commit point), whether the answer finished, its usage, and whether an event is an error or
+//! not JSON at all. Pure: whole events in (as [`crate::sse::EventAligner`] and the translators
+//! produce them), facts out. Runs on every relayed event, so it borrows and allocates nothing
+//! for the common chunk.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// An error the stream itself reported, or an event that cannot be part of a valid stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadEvent {
+    /// Byte offset in the inspected segment where the bad event starts: what comes before it
+    /// is whole, valid events that may still be sent.
+    pub at: usize,
+    /// The provider's error type (`server_error`, `overloaded_error`, ...) or `invalid_event`.
+    pub kind: String,
+    pub message: String,
+}
+
+/// Token counts of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Watch {
+    content: bool,
+    finished: bool,
+    done: bool,
+    usage: Option<Usage>,
+    /// With `keep_text`: the answer's text so far (for a continuation's prefill).
+    text: Option<String>,
+    tool_calls: bool,
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow, default)]
+    choices: Vec<Choice<'a>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(borrow, default)]
+    error: Option<ErrorBody<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<IgnoredAny>,
+    #[serde(default)]
+    function_call: Option<IgnoredAny>,
+    #[serde(default)]
+    audio: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorBody<'a> {
+    Object {
+        #[serde(borrow, default)]
+        message: Option<Cow<'a, str>>,
+        #[serde(borrow, default, rename = "type")]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        code: Option<Cow<'a, str>>,
+    },
+    Text(Cow<'a, str>),
+}
+
+fn nonempty(s: &Option<Cow<'_, str>>) -> bool {
+    s.as_deref().is_some_and(|s| !s.is_empty())
+}
+
+impl Watch {
+    /// `keep_text`: also accumulate the answer's text (continuation needs it).
+    pub fn new(keep_text: bool) -> Watch {
+        Watch {
+            text: keep_text.then(String::new),
+            ..Watch::default()
+        }
+    }
+
+    /// Inspect a segment of whole events. `Err` names the first event that is an error or not
+    /// JSON; the events before it were inspected.
+    pub fn inspect(&mut self, seg: &[u8]) -> Result<(), BadEvent> {
+        let mut pos = 0;
+        while pos < seg.len() {
+            let (end, next) = match event_end(&seg[pos..]) {
+                Some((e, n)) => (pos + e, pos + n),
+                None => (seg.len(), seg.len()),
+            };
+            self.event(&seg[pos..end])
+                .map_err(|(kind, message)| BadEvent {
+                    at: pos,
+                    kind,
+                    message,
+                })?;
+            pos = next;
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, ev: &[u8]) -> Result<(), (String, String)> {
+        // The data lines, joined (OpenAI sends one per event; the spec allows several).
+        let mut data: Option<Cow<'_, [u8]>> = None;
+        for line in ev.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(v) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let v = v.strip_prefix(b" ").unwrap_or(v);
+            data = Some(match data {
+                None => Cow::Borrowed(v),
+                Some(d) => {
+                    let mut o = d.into_owned();
+                    o.push(b'\n');
+                    o.extend_from_slice(v);
+                    Cow::Owned(o)
+                }
+            });
+        }
+        let Some(data) = data else {
+            return Ok(()); // a comment (keep-alive) or an empty event
+        };
+        if data.as_ref() == b"[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        let chunk: Chunk<'_> = serde_json::from_slice(&data).map_err(|_| {
+            (
+                "invalid_event".to_string(),
+                "the provider sent an event that is not valid JSON".to_string(),
+            )
+        })?;
+        if let Some(e) = chunk.error {
+            return Err(match e {
+                ErrorBody::Object {
+                    message,
+                    kind,
+                    code,
+                } => (
+                    kind.or(code)
+                        .map(Cow::into_owned)
+                        .unwrap_or_else(|| "server_error".into()),
+                    message
+                        .map(Cow::into_owned)
+                        .unwrap_or_else(|| "the provider reported an error mid-stream".into()),
+                ),
+                ErrorBody::Text(t) => ("server_error".into(), t.into_owned()),
+            });
+        }
+        if let Some(u) = chunk.usage {
+            self.usage = Some(u);
+        }
+        for c in chunk.choices {
+            if c.finish_reason.is_some() {
+                self.finished = true;
+                self.content = true;
+            }
+            let Some(d) = c.delta else { continue };
+            if d.tool_calls.is_some() || d.function_call.is_some() || d.audio.is_some() {
+                self.tool_calls = true;
+                self.content = true;
+            }
+            if nonempty(&d.content)
+                || nonempty(&d.refusal)
+                || nonempty(&d.reasoning_content)
+                || nonempty(&d.reasoning)
+            {
+                self.content = true;
+            }
+            if let (Some(t), Some(c)) = (&mut self.text, &d.content) {
+                t.push_str(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// An event with content (text, a tool call, a refusal, reasoning, or a finish) was seen:
+    /// the commit point. Role-only and empty deltas, comments and usage do not count.
+    pub fn has_content(&self) -> bool {
+        self.content
+    }
+
+    /// A choice reported its `finish_reason`: the answer itself is complete.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// `data: [DONE]` was seen.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// The answer's text so far, if kept and the answer is plain text (no tool calls).
+    pub fn text(&self) -> Option<&str> {
+        self.text.as_deref().filter(|_| !self.tool_calls)
+    }
+}
+
+/// The end of the first event in `b`: (end of its content, start of the next event).
+fn event_end(b: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'\n', &b[from..]).map(|i| from + i) {
+        match b.get(i + 1) {
+            Some(b'\n') => return Some((i, i + 2)),
+            Some(b'\r') if b.get(i + 2) == Some(&b'\n') => return Some((i, i + 3)),
+            _ => from = i + 1,
+        }
+    }
+    None
+}
+
+/// The usage of a whole (non-stream) OpenAI chat completion, if it reports one.
+pub fn json_usage(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        usage: Option<Usage>,
+    }
+    serde_json::from_slice::<Answer>(body).ok()?.usage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &[u8] = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n: keep-alive\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hel\\nlo\"},\"finish_reason\":null}]}\r\n\r\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\ndata: [DONE]\n\n";
+
+    /// Where content starts in [`STREAM`]: the second data event.
+    fn content_at() -> usize {
+        let s = std::str::from_utf8(STREAM).expect("utf8");
+        s.find("data: {\"choices\":[{\"delta\":{\"content\"")
+            .expect("content event")
+    }
+
+    #[test]
+    fn role_only_and_comments_are_not_content() {
+        let mut w = Watch::new(true);
+        w.inspect(&STREAM[..content_at()]).expect("valid");
+        assert!(!w.has_content());
+        assert!(!w.finished() && !w.done());
+    }
+
+    /// Split the fixture at every event boundary: the facts are the same however it arrives.
+    #[test]
+    fn facts_are_the_same_at_every_event_split() {
+        let bounds: Vec<usize> = (0..=STREAM.len())
+            .filter(|&i| i == 0 || i == STREAM.len() || STREAM[..i].ends_with(b"\n\n"))
+            .collect();
+        for &i in &bounds {
+            let mut w = Watch::new(true);
+            w.inspect(&STREAM[..i]).expect("valid");
+            assert_eq!(w.has_content(), i > content_at(), "split {i}");
+            w.inspect(&STREAM[i..]).expect("valid");
+            assert!(w.has_content() && w.finished() && w.done(), "split {i}");
+            assert_eq!(
+                w.usage(),
+                Some(Usage {
+                    prompt_tokens: 9,
+                    completion_tokens: 2
+                })
+            );
+            assert_eq!(w.text(), Some("Hel\nlo"));
+        }
+    }
+
+    #[test]
+    fn tool_calls_and_finish_count_as_content() {
+        let mut w = Watch::new(true);
+        w.inspect(b"data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"\"}}]}}]}\n\n")
+            .expect("valid");
+        assert!(w.has_content());
+        assert_eq!(w.text(), None, "no prefill text for a tool call");
+        let mut w = Watch::new(false);
+        w.inspect(b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\n\n")
+            .expect("valid");
+        assert!(w.has_content() && w.finished());
+    }
+
+    #[test]
+    fn bad_events_name_their_offset() {
+        let good = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n";
+        let mut seg = good.to_vec();
+        seg.extend_from_slice(b"data: {\"choices\":[{\"delta\":{\"content\n\n");
+        let mut w = Watch::new(false);
+        let e = w.inspect(&seg).expect_err("not JSON");
+        assert_eq!(e.at, good.len());
+        assert_eq!(e.kind, "invalid_event");
+        assert!(w.has_content(), "the good event before it counted");
+
+        let mut seg = good.to_vec();
+        seg.extend_from_slice(
+            b"data: {\"error\":{\"message\":\"Overloaded\",\"type\":\"server_error\"}}\n\n",
+        );
+        let e = Watch::new(false).inspect(&seg).expect_err("error event");
+        assert_eq!((e.at, e.kind.as_str()), (good.len(), "server_error"));
+        assert_eq!(e.message, "Overloaded");
+    }
+
+    #[test]
+    fn json_answers_report_usage() {
+        let b = br#"{"id":"x","choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+        assert_eq!(
+            json_usage(b),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1
+            })
+        );
+        assert_eq!(json_usage(b"{}"), None);
+    }
+}

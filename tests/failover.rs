@@ -1,0 +1,751 @@
+//! One test per provider fault: each injects the fault through the mock and asserts what the
+//! client saw, how often each upstream was called, and (loosely) how long it took.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const TIMEOUTS: &str =
+    "timeouts: {connect: 1s, first-byte: 1s, first-token: 1s, idle: 1s, total: 20s}\n";
+
+/// `gpt-4o` on p1 then p2, with a `failover:` section.
+fn chain(a: &MockServer, b: &MockServer, failover: &str) -> String {
+    format!(
+        "failover:\n{failover}providers:\n{}{}models:\n  gpt-4o:\n    - {{provider: p1, id: gpt-4o-p1}}\n    - {{provider: p2, id: gpt-4o-p2}}\n",
+        provider("p1", a),
+        provider("p2", b)
+    )
+}
+
+async fn gateway(body: &str) -> Gateway {
+    Gateway::start_full(body, TIMEOUTS).await
+}
+
+fn mock_cfg(name: &str) -> MockConfig {
+    MockConfig {
+        name: name.into(),
+        ..MockConfig::default()
+    }
+}
+
+/// The text of a streamed answer (its content deltas, joined).
+fn streamed_text(body: &[u8]) -> String {
+    sse_data(body)
+        .iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+fn ends_with_done(body: &[u8]) -> bool {
+    sse_data(body).last().map(String::as_str) == Some("[DONE]")
+}
+
+/// The stream was cut and says so: an error event last, and no `[DONE]` anywhere.
+fn assert_cut(body: &[u8], code: &str) {
+    let data = sse_data(body);
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{data:?}");
+    let last: serde_json::Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], code, "{data:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_without_retry_after_moves_on_at_once() {
+    let p1 = mock_with(MockConfig {
+        status: 429,
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = gateway(&chain(&p1, &p2, "  retry: {attempts-per-target: 3}\n")).await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-provider"), Some("p2"));
+    assert_eq!(
+        (p1.calls(), p2.calls()),
+        (1, 1),
+        "a 429 without Retry-After is not retried"
+    );
+    assert!(took < Duration::from_millis(800), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_with_retry_after_waits_or_moves_on_and_cools_the_target() {
+    // Retry-After 1 s fits the 2 s maximum: wait, retry p1, and p1 serves.
+    let p1 = mock_with(MockConfig {
+        status: 429,
+        retry_after: Some("1".into()),
+        healthy_after: Some(1),
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let fo = "  retry: {attempts-per-target: 2, max-retry-after: 2s}\n";
+    let gw = gateway(&chain(&p1, &p2, fo)).await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-provider"), Some("p1"));
+    assert_eq!((p1.calls(), p2.calls()), (2, 0));
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    drop(gw);
+
+    // Retry-After 30 s is over the maximum: move on at once; the target is cooled for 30 s,
+    // so the next request does not touch it.
+    let q1 = mock_with(MockConfig {
+        status: 429,
+        retry_after: Some("30".into()),
+        ..mock_cfg("q1")
+    })
+    .await;
+    let q2 = mock("q2").await;
+    let gw = gateway(&chain(&q1, &q2, fo)).await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    assert_eq!(r.header("x-detour-provider"), Some("p2"), "{}", r.text());
+    assert!(
+        t.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    assert_eq!(r.header("x-detour-provider"), Some("p2"));
+    assert_eq!(
+        (q1.calls(), q2.calls()),
+        (1, 2),
+        "the cooled target was skipped"
+    );
+    let h = request(gw.admin_port, "GET", "/admin/health", &[], b"")
+        .await
+        .unwrap()
+        .json();
+    let t1 = h["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["provider"] == "p1")
+        .unwrap();
+    assert_eq!(t1["state"], "open", "{h}");
+    assert!(t1["open_for_ms"].as_u64().unwrap() > 25_000, "{h}");
+    // Everything else being healthy, an all-failed error would list it as circuit_open.
+    let r = gw.chat(&chat_body("gpt-4o/p1,!p2", false)).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(
+        q1.calls(),
+        2,
+        "nothing else left: the open target is still tried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_error_once_then_healthy_is_retried_on_the_same_target() {
+    let p1 = mock_with(MockConfig {
+        status: 500,
+        healthy_after: Some(1),
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let fo = "  retry: {attempts-per-target: 2, backoff-base: 100ms, backoff-max: 400ms}\n";
+    let gw = gateway(&chain(&p1, &p2, fo)).await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", true)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-provider"), Some("p1"));
+    assert_eq!(r.header("x-detour-attempts"), Some("2"));
+    assert!(ends_with_done(&r.body));
+    assert_eq!((p1.calls(), p2.calls()), (2, 0));
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    let m = gw
+        .metrics_with(&["detour_retries_total{provider=\"p1\",reason=\"server_error\"} 1"])
+        .await;
+    assert!(
+        m.contains("detour_retries_total{provider=\"p1\",reason=\"server_error\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_error_forever_uses_every_try_then_moves_on() {
+    let p1 = mock_with(MockConfig {
+        status: 503,
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let fo = "  retry: {attempts-per-target: 3, backoff-base: 50ms, backoff-max: 200ms}\n";
+    let gw = gateway(&chain(&p1, &p2, fo)).await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    assert_eq!(r.header("x-detour-provider"), Some("p2"), "{}", r.text());
+    assert_eq!(
+        (p1.calls(), p2.calls()),
+        (3, 1),
+        "never more than 3 tries per target"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        t.elapsed()
+    );
+    // Alone, it fails with every try listed.
+    let r = gw.chat(&chat_body("gpt-4o/p1", false)).await;
+    assert_eq!(r.status, 503);
+    let tries = r.json()["error"]["attempts"].as_array().unwrap().len();
+    assert_eq!(tries, 3, "{}", r.text());
+    assert_eq!(p1.calls(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_before_headers_moves_on() {
+    let p1 = mock_with(MockConfig {
+        fault: Fault::Reset,
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = gateway(&chain(&p1, &p2, "  retry: {attempts-per-target: 3}\n")).await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", true)).await;
+    assert_eq!(r.header("x-detour-provider"), Some("p2"), "{}", r.text());
+    assert_eq!(streamed_text(&r.body), "Hello from p2 tok1 tok2 tok3 tok4");
+    assert_eq!(
+        (p1.calls(), p2.calls()),
+        (1, 1),
+        "a fresh connection's reset is not retried"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_provider_costs_one_first_byte_timeout() {
+    let p1 = mock_with(MockConfig {
+        fault: Fault::Hang,
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = gateway(&chain(&p1, &p2, "  retry: {attempts-per-target: 3}\n")).await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    let took = t.elapsed();
+    assert_eq!(r.header("x-detour-provider"), Some("p2"), "{}", r.text());
+    assert_eq!(
+        (p1.calls(), p2.calls()),
+        (1, 1),
+        "a silent target is not retried"
+    );
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_first_token_falls_back_invisibly() {
+    // p1 sends its header and role event at once, then nothing for 3 s.
+    let p1 = mock_with(MockConfig {
+        first_token_delay: Duration::from_secs(3),
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = gateway(&chain(&p1, &p2, "")).await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", true)).await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-detour-provider"), Some("p2"));
+    assert!(
+        !r.text().contains("p1"),
+        "nothing of p1 reached the client: {}",
+        r.text()
+    );
+    assert_eq!(streamed_text(&r.body), "Hello from p2 tok1 tok2 tok3 tok4");
+    assert!(ends_with_done(&r.body));
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+    assert_eq!((p1.calls(), p2.calls()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_cut_mid_answer_ends_with_an_error_event() {
+    let p1 = mock_with(MockConfig {
+        fault: Fault::ResetMidStream,
+        fault_after: 3,
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = gateway(&chain(&p1, &p2, "")).await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", true)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(streamed_text(&r.body), "Hello from p1 tok1");
+    assert_cut(&r.body, "stream_interrupted");
+    assert_eq!((p1.calls(), p2.calls()), (1, 0), "no fallback after commit");
+    assert!(
+        t.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_mid_stream_ends_at_the_idle_deadline() {
+    let p1 = mock_with(MockConfig {
+        fault: Fault::StallMidStream,
+        fault_after: 3,
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = gateway(&chain(&p1, &p2, "")).await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", true)).await;
+    let took = t.elapsed();
+    assert_eq!(streamed_text(&r.body), "Hello from p1 tok1");
+    assert_cut(&r.body, "stream_interrupted");
+    assert!(r.text().contains("idle timeout"), "{}", r.text());
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+    assert_eq!((p1.calls(), p2.calls()), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_event_falls_back_before_commit_and_is_cut_after() {
+    let p1 = mock_with(MockConfig {
+        fault: Fault::BadEvent,
+        fault_after: 1, // right after the role event: before any content
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = gateway(&chain(&p1, &p2, "")).await;
+    let r = gw.chat(&chat_body("gpt-4o", true)).await;
+    assert_eq!(r.header("x-detour-provider"), Some("p2"));
+    assert_eq!(streamed_text(&r.body), "Hello from p2 tok1 tok2 tok3 tok4");
+    assert!(ends_with_done(&r.body));
+    assert_eq!((p1.calls(), p2.calls()), (1, 1));
+
+    // After content: the client gets what came before it, an error event, no [DONE], and
+    // never the broken bytes.
+    let r = gw
+        .chat_with(&chat_body("gpt-4o", true), &[("x-mock-fault-after", "3")])
+        .await;
+    assert_eq!(r.header("x-detour-provider"), Some("p1"));
+    assert_eq!(streamed_text(&r.body), "Hello from p1 tok1");
+    assert_cut(&r.body, "stream_interrupted");
+    assert!(!r.text().contains("{\"content\n"), "{}", r.text());
+    assert!(r.text().contains("not valid JSON"), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_without_done_is_finalised_at_once_or_cut() {
+    let p1 = mock_with(MockConfig {
+        fault: Fault::NoDone,
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = gateway(&chain(&p1, &p2, "")).await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", true)).await;
+    // The answer finished (finish_reason came) and the connection ended cleanly: detour
+    // closes the stream properly, without waiting for the idle timeout.
+    assert_eq!(streamed_text(&r.body), "Hello from p1 tok1 tok2 tok3 tok4");
+    assert!(ends_with_done(&r.body), "{}", r.text());
+    assert!(
+        t.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+    // Ended cleanly but before the answer finished: never passed off as complete.
+    let r = gw
+        .chat_with(
+            &chat_body("gpt-4o", true),
+            &[("x-mock-fault", "end-early"), ("x-mock-fault-after", "3")],
+        )
+        .await;
+    assert_eq!(streamed_text(&r.body), "Hello from p1 tok1");
+    assert_cut(&r.body, "stream_interrupted");
+    assert_eq!((p1.calls(), p2.calls()), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_length_moves_only_to_a_larger_window() {
+    let small = mock_with(MockConfig {
+        status: 400,
+        error_code: Some("context_length_exceeded".into()),
+        ..mock_cfg("small")
+    })
+    .await;
+    let same = mock("same").await;
+    let big = mock("big").await;
+    let body = format!(
+        "providers:\n{}{}{}models:\n  m:\n    - {{provider: small, context-window: 8192}}\n    - {{provider: same, context-window: 8192}}\n    - {{provider: big, context-window: 128000}}\n",
+        provider("small", &small),
+        provider("same", &same),
+        provider("big", &big)
+    );
+    let gw = gateway(&body).await;
+    let r = gw.chat(&chat_body("m", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-provider"), Some("big"));
+    assert_eq!((small.calls(), same.calls(), big.calls()), (1, 0, 1));
+    // Nothing larger left: the provider's own error, message and code.
+    let r = gw.chat(&chat_body("m/small,m/same", false)).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("maximum context length"));
+    assert_eq!((small.calls(), same.calls()), (2, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_filter_returns_the_refusal_unless_configured() {
+    let p1 = mock_with(MockConfig {
+        status: 400,
+        error_code: Some("content_policy_violation".into()),
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = gateway(&chain(&p1, &p2, "  retry: {attempts-per-target: 3}\n")).await;
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "content_policy_violation");
+    assert!(r.text().contains("safety system"), "{}", r.text());
+    assert_eq!(
+        (p1.calls(), p2.calls()),
+        (1, 0),
+        "not retried, not moved on"
+    );
+    drop(gw);
+    let gw = gateway(&chain(&p1, &p2, "  on-content-filter: true\n")).await;
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-detour-provider"), Some("p2"));
+    assert_eq!((p1.calls(), p2.calls()), (2, 1));
+}
+
+/// Continuation: the partial answer goes to the next target that accepts prefill, spliced
+/// into the same stream. A target the catalog says has no prefill is never asked; one that
+/// refuses leaves the client with the original failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_only_to_prefill_targets_and_original_failure_otherwise() {
+    let cut = mock_with(MockConfig {
+        fault: Fault::ResetMidStream,
+        fault_after: 3,
+        ..mock_cfg("cut")
+    })
+    .await;
+    let noprefill = mock("noprefill").await;
+    let refuses = mock_with(MockConfig {
+        status: 400,
+        ..mock_cfg("refuses")
+    })
+    .await;
+    let cont = mock("cont").await;
+    let providers = format!(
+        "providers:\n{}{}{}{}",
+        provider("cut", &cut),
+        provider("noprefill", &noprefill),
+        provider("refuses", &refuses),
+        provider("cont", &cont)
+    );
+    let models = "models:\n  m:\n    native: cut\n    capabilities: [prefill]\n    routes:\n      - {provider: cut}\n      - {provider: noprefill, capabilities: [tools]}\n      - {provider: refuses}\n      - {provider: cont}\n";
+    let gw = gateway(&format!(
+        "failover:\n  continuation: true\n{providers}{models}"
+    ))
+    .await;
+    // cut → (noprefill skipped) → refuses: 400 → the client sees cut's failure.
+    let r = gw
+        .chat(&chat_body("m/cut,m/noprefill,m/refuses", true))
+        .await;
+    assert_eq!(streamed_text(&r.body), "Hello from cut tok1");
+    assert_cut(&r.body, "stream_interrupted");
+    assert!(r.text().contains("connection failed"), "{}", r.text());
+    assert!(
+        !r.text().contains("Invalid request from mock"),
+        "{}",
+        r.text()
+    );
+    assert_eq!((noprefill.calls(), refuses.calls()), (0, 1));
+    // With a target that continues: one stream, one id, the prefill sent, [DONE] at the end.
+    let r = gw.chat(&chat_body("m/cut,m/noprefill,m/cont", true)).await;
+    assert!(ends_with_done(&r.body), "{}", r.text());
+    assert_eq!(
+        streamed_text(&r.body),
+        "Hello from cut tok1Hello from cont tok1 tok2 tok3 tok4"
+    );
+    let ids: std::collections::BTreeSet<String> = sse_data(&r.body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let sent: serde_json::Value = serde_json::from_slice(&cont.requests()[0].body).unwrap();
+    let last = sent["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["role"], "assistant");
+    assert_eq!(last["content"], "Hello from cut tok1");
+    assert_eq!(
+        (noprefill.calls(), refuses.calls(), cont.calls()),
+        (0, 1, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_provider_is_skipped_while_down_and_back_soon_after() {
+    let p1 = mock("p1").await;
+    let p2 = mock("p2").await;
+    let fo = "  circuit-breaker: {consecutive-failures: 3, cool-down: 500ms}\n";
+    let gw = gateway(&chain(&p1, &p2, fo)).await;
+    let served = |r: &Response| r.header("x-detour-provider").unwrap_or("none").to_string();
+    assert_eq!(served(&gw.chat(&chat_body("gpt-4o", false)).await), "p1");
+    p1.set_status(503);
+    let down = Instant::now();
+    let mut during = Vec::new();
+    while down.elapsed() < Duration::from_secs(2) {
+        let r = gw.chat(&chat_body("gpt-4o", true)).await;
+        assert_eq!(r.status, 200);
+        assert!(ends_with_done(&r.body));
+        during.push(served(&r));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outage_calls = p1.calls() - 1;
+    assert!(during.iter().all(|s| s == "p2"), "{during:?}");
+    // 3 failures open it; then about one probe per 500 ms cool-down.
+    assert!(during.len() > 20, "{} requests", during.len());
+    assert!(
+        outage_calls <= 3 + 5,
+        "{outage_calls} calls to p1 during the outage"
+    );
+    p1.set_status(200);
+    let up = Instant::now();
+    let mut back_after = None;
+    while up.elapsed() < Duration::from_secs(3) {
+        let r = gw.chat(&chat_body("gpt-4o", false)).await;
+        if served(&r) == "p1" {
+            back_after = Some(up.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let back_after = back_after.expect("back on p1 after recovery");
+    assert!(back_after < Duration::from_millis(1000), "{back_after:?}");
+    for _ in 0..5 {
+        assert_eq!(served(&gw.chat(&chat_body("gpt-4o", false)).await), "p1");
+    }
+    let h = request(gw.admin_port, "GET", "/admin/health", &[], b"")
+        .await
+        .unwrap()
+        .json();
+    let t1 = h["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["provider"] == "p1")
+        .unwrap()
+        .clone();
+    assert_eq!(t1["state"], "closed", "{h}");
+    assert!(t1["times_opened"].as_u64().unwrap() >= 1, "{h}");
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("detour_circuit_opened_total{provider=\"p1\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("detour_circuit_state{model=\"gpt-4o\",provider=\"p1\"} 0"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_fail_ends_inside_the_deadline() {
+    let h1 = mock_with(MockConfig {
+        fault: Fault::Hang,
+        ..mock_cfg("h1")
+    })
+    .await;
+    let h2 = mock_with(MockConfig {
+        fault: Fault::Hang,
+        ..mock_cfg("h2")
+    })
+    .await;
+    let body = format!(
+        "failover:\n  deadline: 1500ms\nproviders:\n{}{}",
+        provider("h1", &h1),
+        provider("h2", &h2)
+    );
+    // First-byte 5 s per attempt; the request's deadline is what ends it.
+    let gw = Gateway::start_full(
+        &body,
+        "timeouts: {connect: 1s, first-byte: 5s, idle: 5s, total: 20s}\n",
+    )
+    .await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("m/h1,m/h2", false)).await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(
+        took >= Duration::from_millis(1450) && took < Duration::from_millis(2200),
+        "{took:?}"
+    );
+    let a = r.json()["error"]["attempts"].clone();
+    assert_eq!(a[0]["source"], "m/h1");
+    assert_eq!(a[1]["source"], "m/h2");
+    assert_eq!(a[1]["skipped"], true, "{a}");
+    assert!(a[1]["error"].as_str().unwrap().contains("deadline"), "{a}");
+    // A client may lower it for one request.
+    let t = Instant::now();
+    let r = gw
+        .chat_with(
+            &chat_body("m/h1,m/h2", true),
+            &[("x-detour-timeout", "400ms")],
+        )
+        .await;
+    assert_eq!(r.status, 504);
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_caps_fallbacks() {
+    let p1 = mock_with(MockConfig {
+        status: 503,
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    // Floor: 0.2/s over 10 s = 2 extra attempts; 20% of a handful of requests is less.
+    let fo = "  circuit-breaker: {enabled: false}\n  retry-budget: {ratio: 0.2, window: 10s, min-per-second: 0.2}\n";
+    let gw = gateway(&chain(&p1, &p2, fo)).await;
+    let mut providers = Vec::new();
+    for _ in 0..5 {
+        let r = gw.chat(&chat_body("gpt-4o", false)).await;
+        providers.push((r.status, r.header("x-detour-provider").map(str::to_string)));
+    }
+    assert_eq!(p2.calls(), 2, "{providers:?}");
+    assert_eq!(p1.calls(), 5);
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    assert_eq!(r.status, 503);
+    let a = r.json()["error"]["attempts"].clone();
+    assert!(
+        a[1]["error"].as_str().unwrap().contains("retry budget"),
+        "{a}"
+    );
+    let m = gw
+        .metrics_with(&["detour_retry_budget_exhausted_total 4"])
+        .await;
+    assert!(m.contains("detour_retry_budget_exhausted_total 4"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedge_starts_the_next_target_and_takes_the_first_content() {
+    let slow = mock_with(MockConfig {
+        first_token_delay: Duration::from_millis(1500),
+        ..mock_cfg("p1")
+    })
+    .await;
+    let fast = mock("p2").await;
+    let gw = Gateway::start_full(
+        &chain(&slow, &fast, "  hedge: {after: 300ms}\n"),
+        "timeouts: {connect: 1s, first-byte: 5s, first-token: 5s, idle: 5s, total: 20s}\n",
+    )
+    .await;
+    let t = Instant::now();
+    let r = gw.chat(&chat_body("gpt-4o", true)).await;
+    let took = t.elapsed();
+    assert_eq!(r.header("x-detour-provider"), Some("p2"));
+    assert_eq!(streamed_text(&r.body), "Hello from p2 tok1 tok2 tok3 tok4");
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_millis(1200),
+        "{took:?}"
+    );
+    assert_eq!((slow.calls(), fast.calls()), (1, 1));
+    // The loser was cancelled: its connection closed, so its answer could not be finished.
+    tokio::time::sleep(Duration::from_millis(2000).saturating_sub(t.elapsed())).await;
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(slow.stats.completed.load(SeqCst), 0);
+    assert_eq!(slow.stats.aborted.load(SeqCst), 1);
+    // JSON is never hedged.
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    assert_eq!(r.header("x-detour-provider"), Some("p1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounting_is_the_serving_targets_and_ordering_by_price() {
+    let p1 = mock_with(MockConfig {
+        status: 500,
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let p3 = mock("p3").await;
+    let body = format!(
+        "failover:\n  order: price\nproviders:\n{}{}{}models:\n  gpt-4o:\n    - {{provider: p3, price: {{input: 10, output: 40}}}}\n    - {{provider: p2, price: {{input: 2, output: 8}}}}\n    - {{provider: p1, price: {{input: 1, output: 2}}}}\n",
+        provider("p1", &p1),
+        provider("p2", &p2),
+        provider("p3", &p3)
+    );
+    let gw = gateway(&body).await;
+    // Listed p3, p2, p1; cheapest first: p1 fails, p2 (cheaper than p3) serves.
+    let r = gw.chat(&chat_body("gpt-4o", false)).await;
+    assert_eq!(r.header("x-detour-provider"), Some("p2"));
+    let v = r.json();
+    assert_eq!(v["model"], "gpt-4o", "the serving target's model id");
+    assert_eq!(v["usage"]["prompt_tokens"], 9);
+    let r = gw.chat(&chat_body("gpt-4o", true)).await;
+    assert!(ends_with_done(&r.body));
+    let want = [
+        "detour_tokens_total{kind=\"prompt\",model=\"gpt-4o\",provider=\"p2\"} 9",
+        "detour_tokens_total{kind=\"completion\",model=\"gpt-4o\",provider=\"p2\"} 3",
+    ];
+    let m = gw.metrics_with(&want).await;
+    for w in want {
+        assert!(m.contains(w), "{w}\n{m}");
+    }
+    // The JSON answer's usage only (the mock's stream reports none); none for p1's failures.
+    assert!(!m.contains("detour_tokens_total{kind=\"prompt\",model=\"gpt-4o\",provider=\"p1\""));
+    // 9 × $2/M + 3 × $8/M
+    let cost: f64 = m
+        .lines()
+        .find(|l| l.starts_with("detour_cost_usd_total{model=\"gpt-4o\",provider=\"p2\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!((cost - 0.000042).abs() < 1e-9, "{cost}");
+    assert_eq!((p1.calls(), p2.calls(), p3.calls()), (2, 2, 0));
+}
