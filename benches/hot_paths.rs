@@ -83,7 +83,36 @@ fn benches(c: &mut Criterion) {
             a.saw_done()
         })
     });
+    // What the relay does per event since the failover work: align, then inspect (commit
+    // point, finish, usage, error events, JSON validity).
+    g.bench_function("aligned+inspected-22-events", |b| {
+        b.iter(|| {
+            let mut a = EventAligner::default();
+            let mut w = detour::engine::watch::Watch::new(false);
+            for ch in &chunks {
+                if let Some(seg) = a.push(ch.clone()) {
+                    let _ = black_box(w.inspect(&seg));
+                }
+            }
+            w.done()
+        })
+    });
     g.finish();
+    let h = detour::engine::health::Health::new(
+        cfg.failover.breaker.clone(),
+        cfg.failover.budget.clone(),
+        cfg.providers.iter().map(|p| p.name.clone()).collect(),
+    );
+    let now = std::time::Instant::now();
+    c.bench_function("health/admit+withdraw+record", |b| {
+        b.iter(|| {
+            let a = h.admit(0, black_box("gpt-4o"), now);
+            let w = h.withdraw(now);
+            h.deposit(now);
+            let ok = detour::engine::health::Outcome::Success { ttft: None };
+            black_box((a, w, h.record(0, "gpt-4o", ok, now)))
+        })
+    });
 }
 
 /// Anthropic translation on realistic payloads: a request with a system prompt, tools and a
