@@ -540,8 +540,13 @@ fn reason(status: u16) -> &'static str {
 }
 
 async fn write_json(sock: &mut TcpStream, status: u16, body: &[u8]) -> bool {
+    write_json_with(sock, status, "", body).await
+}
+
+/// A JSON answer with `extra` header lines (each ending in `\r\n`).
+async fn write_json_with(sock: &mut TcpStream, status: u16, extra: &str, body: &[u8]) -> bool {
     let head = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n",
         reason(status),
         body.len()
     );
@@ -612,6 +617,13 @@ async fn answer(
             .error_code
             .as_deref()
             .map_or("null".to_string(), |c| format!("\"{c}\""));
+        let extra =
+            plan.retry_after
+                .as_deref()
+                .map_or(String::new(), |ra| match ra.strip_suffix("ms") {
+                    Some(ms) => format!("retry-after-ms: {ms}\r\n"),
+                    None => format!("retry-after: {ra}\r\n"),
+                });
         let body = match dialect {
             Dialect::OpenAi => format!(
                 "{{\"error\":{{\"message\":\"{msg} ({})\",\"type\":\"{kind}\",\"param\":null,\"code\":{code}}}}}",
@@ -656,32 +668,14 @@ async fn answer(
                     _ => "ValidationException",
                 };
                 let body = format!("{{\"message\":\"{msg} ({})\"}}", cfg.name);
-                let head = format!(
-                    "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nx-amzn-errortype: {kind}:http://internal.amazon.com/coral/com.amazon.bedrock/\r\ncontent-length: {}\r\n\r\n{body}",
-                    plan.status,
-                    reason(plan.status),
-                    body.len()
-                );
-                return sock.write_all(head.as_bytes()).await.is_ok().then_some(sock);
+                let extra = format!("{extra}x-amzn-errortype: {kind}:http://internal.amazon.com/coral/com.amazon.bedrock/\r\n");
+                return write_json_with(&mut sock, plan.status, &extra, body.as_bytes())
+                    .await
+                    .then_some(sock);
             }
         };
-        let extra =
-            plan.retry_after
-                .as_deref()
-                .map_or(String::new(), |ra| match ra.strip_suffix("ms") {
-                    Some(ms) => format!("retry-after-ms: {ms}\r\n"),
-                    None => format!("retry-after: {ra}\r\n"),
-                });
-        let head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
-            plan.status,
-            reason(plan.status),
-            body.len()
-        );
-        return sock
-            .write_all(head.as_bytes())
+        return write_json_with(&mut sock, plan.status, &extra, body.as_bytes())
             .await
-            .is_ok()
             .then_some(sock);
     }
     let id = format!("chatcmpl-{}", cfg.name);

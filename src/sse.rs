@@ -80,6 +80,14 @@ impl EventAligner {
     }
 }
 
+/// The value of a `data:` line (one leading space and a trailing `\r` removed); `None` for any
+/// other line.
+pub fn data_line(line: &[u8]) -> Option<&[u8]> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let v = line.strip_prefix(b"data:")?;
+    Some(v.strip_prefix(b" ").unwrap_or(v))
+}
+
 /// An SSE error event (no `[DONE]` follows it), in OpenAI's error shape.
 pub fn error_event(message: &str, code: &str) -> Bytes {
     #[derive(serde::Serialize)]

@@ -30,18 +30,19 @@ fn mock_cfg(name: &str) -> MockConfig {
     }
 }
 
-/// The text of a streamed answer (its content deltas, joined).
-fn streamed_text(body: &[u8]) -> String {
-    sse_data(body)
+/// One target's entry in `GET /admin/health`.
+async fn admin_target(gw: &Gateway, provider: &str) -> serde_json::Value {
+    let h = request(gw.admin_port, "GET", "/admin/health", &[], b"")
+        .await
+        .unwrap()
+        .json();
+    h["targets"]
+        .as_array()
+        .unwrap()
         .iter()
-        .filter(|d| d.as_str() != "[DONE]")
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect()
+        .find(|t| t["provider"] == provider)
+        .unwrap_or_else(|| panic!("no {provider} in {h}"))
+        .clone()
 }
 
 fn ends_with_done(body: &[u8]) -> bool {
@@ -128,18 +129,9 @@ async fn rate_limit_with_retry_after_waits_or_moves_on_and_cools_the_target() {
         (1, 2),
         "the cooled target was skipped"
     );
-    let h = request(gw.admin_port, "GET", "/admin/health", &[], b"")
-        .await
-        .unwrap()
-        .json();
-    let t1 = h["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["provider"] == "p1")
-        .unwrap();
-    assert_eq!(t1["state"], "open", "{h}");
-    assert!(t1["open_for_ms"].as_u64().unwrap() > 25_000, "{h}");
+    let t1 = admin_target(&gw, "p1").await;
+    assert_eq!(t1["state"], "open", "{t1}");
+    assert!(t1["open_for_ms"].as_u64().unwrap() > 25_000, "{t1}");
     // Everything else being healthy, an all-failed error would list it as circuit_open.
     let r = gw.chat(&chat_body("gpt-4o/p1,!p2", false)).await;
     assert_eq!(r.status, 429, "{}", r.text());
@@ -565,19 +557,9 @@ async fn flapping_provider_is_skipped_while_down_and_back_soon_after() {
     for _ in 0..5 {
         assert_eq!(served(&gw.chat(&chat_body("gpt-4o", false)).await), "p1");
     }
-    let h = request(gw.admin_port, "GET", "/admin/health", &[], b"")
-        .await
-        .unwrap()
-        .json();
-    let t1 = h["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["provider"] == "p1")
-        .unwrap()
-        .clone();
-    assert_eq!(t1["state"], "closed", "{h}");
-    assert!(t1["times_opened"].as_u64().unwrap() >= 1, "{h}");
+    let t1 = admin_target(&gw, "p1").await;
+    assert_eq!(t1["state"], "closed", "{t1}");
+    assert!(t1["times_opened"].as_u64().unwrap() >= 1, "{t1}");
     let m = gw.metrics().await;
     assert!(
         m.contains("detour_circuit_opened_total{provider=\"p1\"}"),

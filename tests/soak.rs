@@ -110,15 +110,7 @@ async fn two_hundred_streams_against_a_flapping_provider() {
                     Ok(Ok(r)) => {
                         let data = sse_data(&r.body);
                         let done = data.last().map(String::as_str) == Some("[DONE]");
-                        let text: String = data
-                            .iter()
-                            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-                            .filter_map(|v| {
-                                v["choices"][0]["delta"]["content"]
-                                    .as_str()
-                                    .map(str::to_string)
-                            })
-                            .collect();
+                        let text = streamed_text(&r.body);
                         let whole = text.ends_with(" tok1 tok2 tok3 tok4 tok5 tok6 tok7");
                         let cut = data
                             .last()

@@ -309,7 +309,7 @@ impl Engine {
         };
         let targets = self.ordered(plan);
         let mut queue: VecDeque<usize> = (0..targets.len()).collect();
-        let mut deferred: Vec<(usize, Instant)> = Vec::new();
+        let mut deferred: Vec<usize> = Vec::new();
         let mut last_resort = false;
         let mut sent = 0usize;
         // After a context-length refusal: only a larger window may follow.
@@ -320,7 +320,7 @@ impl Engine {
                 // Nothing else is left: the open circuits get their turn, in order.
                 if !last_resort && !deferred.is_empty() {
                     last_resort = true;
-                    queue.extend(deferred.drain(..).map(|(i, _)| i));
+                    queue.extend(deferred.drain(..));
                     continue;
                 }
                 break;
@@ -348,8 +348,8 @@ impl Engine {
                 self.health
                     .admit(target.route.provider, &target.route.id, Instant::now())
             };
-            if let Admit::Open { until } = admit {
-                deferred.push((ti, until));
+            if let Admit::Open { .. } = admit {
+                deferred.push(ti);
                 continue;
             }
             let mut tries = 0u32;
@@ -400,7 +400,8 @@ impl Engine {
                         }
                     }
                 };
-                if results.len() > 1 && queue.front() == Some(&results[1].0) {
+                // A hedge started the next target: it has had its turn.
+                if results.iter().any(|r| Some(&r.0) == queue.front()) {
                     queue.pop_front();
                 }
                 let mut retry_wait: Option<(Duration, &'static str)> = None;
@@ -473,7 +474,7 @@ impl Engine {
             }
         }
         // Whatever was not tried is reported, with why.
-        for (i, _) in deferred {
+        for i in deferred {
             let t = &targets[i];
             self.skipped(
                 log,
@@ -589,41 +590,47 @@ impl Engine {
         let t1 = Instant::now();
         let b = self.prepare(ask, t2, None);
         tokio::pin!(b);
-        let (winner, other) = unless_client_gone(s, async {
+        // Whichever reaches its commit point (or fails) first.
+        enum First<T> {
+            A(T),
+            B(T),
+        }
+        let first_done = unless_client_gone(s, async {
             tokio::select! {
-                ra = &mut a => (Some((first, t0, ra)), None),
-                rb = &mut b => (None, Some((second, t1, rb))),
+                ra = &mut a => First::A(ra),
+                rb = &mut b => First::B(rb),
             }
         })
         .await?;
-        // One finished. If it failed, the other may still win.
-        match (winner, other) {
-            (Some((i, st, Ok(r))), _) | (_, Some((i, st, Ok(r)))) => {
-                let lost = if i == first { second } else { first };
-                let lost_at = if i == first { t1 } else { t0 };
-                self.hedge_lost(&targets[lost], lost_at);
-                Some(vec![(i, st, Ok(r))])
+        let results = match first_done {
+            First::A(Ok(r)) => {
+                self.hedge_lost(&targets[second]);
+                vec![(first, t0, Ok(r))]
             }
-            (Some((i, st, Err(f))), None) => {
-                let rb = unless_client_gone(s, b).await?;
-                Some(vec![(i, st, Err(f)), (second, t1, rb)])
+            First::B(Ok(r)) => {
+                self.hedge_lost(&targets[first]);
+                vec![(second, t1, Ok(r))]
             }
-            (None, Some((i, st, Err(f)))) => {
-                let ra = unless_client_gone(s, a).await?;
-                Some(vec![(first, t0, ra), (i, st, Err(f))])
-            }
-            // select! yields exactly one of the two.
-            (Some(_), Some(_)) | (None, None) => None,
-        }
+            // It failed: the other may still win.
+            First::A(Err(f)) => vec![
+                (first, t0, Err(f)),
+                (second, t1, unless_client_gone(s, b).await?),
+            ],
+            First::B(Err(f)) => vec![
+                (first, t0, unless_client_gone(s, a).await?),
+                (second, t1, Err(f)),
+            ],
+        };
+        Some(results)
     }
 
-    fn hedge_lost(&self, t: &Target, started: Instant) {
+    /// The hedge that did not win: cancelled (its future dropped, its connection closed).
+    fn hedge_lost(&self, t: &Target) {
         let provider = &self.cfg.providers[t.route.provider];
         self.metrics
             .attempts
             .with_label_values(&[provider.name.as_str(), "hedge_lost"])
             .inc();
-        let _ = started;
         self.record_health(t, health::Outcome::Neutral);
     }
 

@@ -68,10 +68,7 @@ async fn next_chunk(s: &mut Session, up: &mut HttpSession, until: Instant) -> Op
 
 /// `id`, `created` and `model` of the first chunk in `seg`.
 fn chunk_head(seg: &[u8]) -> Option<ChunkHead> {
-    let line = seg.split(|&b| b == b'\n').find_map(|l| {
-        l.strip_prefix(b"data: ")
-            .or_else(|| l.strip_prefix(b"data:"))
-    })?;
+    let line = seg.split(|&b| b == b'\n').find_map(crate::sse::data_line)?;
     let v: serde_json::Value = serde_json::from_slice(line).ok()?;
     Some(ChunkHead {
         id: v.get("id")?.as_str()?.to_string(),
@@ -168,7 +165,13 @@ impl Engine {
                 held,
                 ended,
             } => {
-                let head = chunk_head(&held);
+                // Only a continuation needs the answer's identity.
+                let head = self
+                    .cfg
+                    .failover
+                    .continuation
+                    .then(|| chunk_head(&held))
+                    .flatten();
                 if let Some(h) = h {
                     if commit(s, h, None).await.is_err() {
                         return Delivered::ClientGone;
@@ -338,14 +341,8 @@ impl Engine {
 /// and without the role-only chunk that opens every stream. Only runs for a continuation.
 fn spliced(seg: &[u8], to: &ChunkHead) -> Bytes {
     let mut out = Vec::with_capacity(seg.len() + 64);
-    for ev in seg.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let line = ev.strip_suffix(b"\r").unwrap_or(ev);
-        let Some(data) = line
-            .strip_prefix(b"data: ")
-            .or_else(|| line.strip_prefix(b"data:"))
-        else {
-            continue; // comments and event names carry nothing the client needs here
-        };
+    // Comments and event names carry nothing the client needs here.
+    for data in seg.split(|&b| b == b'\n').filter_map(crate::sse::data_line) {
         if data == b"[DONE]" {
             out.extend_from_slice(b"data: [DONE]\n\n");
             continue;

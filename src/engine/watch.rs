@@ -125,12 +125,7 @@ impl Watch {
     fn event(&mut self, ev: &[u8]) -> Result<(), (String, String)> {
         // The data lines, joined (OpenAI sends one per event; the spec allows several).
         let mut data: Option<Cow<'_, [u8]>> = None;
-        for line in ev.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(v) = line.strip_prefix(b"data:") else {
-                continue;
-            };
-            let v = v.strip_prefix(b" ").unwrap_or(v);
+        for v in ev.split(|&b| b == b'\n').filter_map(crate::sse::data_line) {
             data = Some(match data {
                 None => Cow::Borrowed(v),
                 Some(d) => {

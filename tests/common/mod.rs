@@ -429,6 +429,19 @@ impl ChunkDecoder {
     }
 }
 
+/// The text of a streamed OpenAI answer: its content deltas, joined.
+pub fn streamed_text(body: &[u8]) -> String {
+    sse_data(body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// SSE `data:` payloads in a body, in order.
 pub fn sse_data(body: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(body)
