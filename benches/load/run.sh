@@ -21,6 +21,8 @@
 #   DETOUR_BIN [target/release/detour]   DURATION [15s] per measured run   WARMUP [1s] (0: none)
 #   CONC [64]   CHUNKS [20]   RSS_CONNS [1000]   RSS_DURATION [10s]   RSS_CHUNK_INTERVAL_MS [50]
 #   WRK_TIMEOUT [10s]   DETOUR_CPU [0]   LOAD_CPU [1]   BASE_PORT [18100]   KEEP_LOGS [0]
+#   MODES ["json stream anth"]: the modes of step 2 to run (empty: none); RSS_CONNS=0 skips step 3.
+#   Example, memory only: MODES= benches/load/run.sh; JSON only: MODES=json RSS_CONNS=0 ...
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,6 +41,7 @@ DETOUR_CPU="${DETOUR_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 BASE_PORT="${BASE_PORT:-18100}"
 KEEP_LOGS="${KEEP_LOGS:-0}"
+MODES="${MODES-json stream anth}"
 WRK="${WRK:-wrk}"
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -362,7 +365,8 @@ preflight direct-near "$NEAR_URL"
 # ---------------------------------------------------------------------------------------------
 # Mode anth: an Anthropic SSE stream from the mock (its /v1/messages), translated by detour into
 # OpenAI chunks; the direct runs read the mock's Anthropic stream as it is.
-for mode in json stream anth; do
+for mode in $MODES; do
+  case $mode in json | stream | anth) ;; *) die "MODES: unknown mode '$mode' (json, stream, anth)" ;; esac
   for target in direct detour; do
     if [[ $target == direct ]]; then url=$DIRECT_URL; else url=$DETOUR_URL; fi
     wrk_mode=$mode model=gpt-4o near_model=gpt-4o-near near_url=$NEAR_URL
@@ -393,7 +397,7 @@ done
 #    established detour→mock connections are counted to prove that concurrency was reached.
 # ---------------------------------------------------------------------------------------------
 RSS_LABEL="rss-stream-c$RSS_CONNS" PEAK_KB="" IDLE_RSS_KB="" MAX_CONNS=0
-if ((ABORTED == 0)); then
+if ((ABORTED == 0 && RSS_CONNS > 0)); then
   [[ -n $GW_PID ]] && stop_pid "$GW_PID"   # free CPU $DETOUR_CPU and memory; its checks are done
   GW_PID=""
   start_mock slow "$SLOW_PORT" --chunks "$CHUNKS" --chunk-interval-ms "$RSS_CHUNK_INTERVAL_MS"
@@ -440,7 +444,7 @@ mode_name() {
   fi
   echo "| Mode | Load | Metric | Direct (mock) | detour → mock | detour vs. direct |"
   echo "|---|---|---|---:|---:|---:|"
-  for mode in json stream anth; do
+  for mode in $MODES; do
     d="$mode-direct-c1" g="$mode-detour-c1"
     echo "| $(mode_name $mode) | c=1 | latency p50 | $(us "${R[$d.p50_us]:-}") | $(us "${R[$g.p50_us]:-}") | $(added "${R[$d.p50_us]:-}" "${R[$g.p50_us]:-}") |"
     echo "| $(mode_name $mode) | c=1 | latency p99 | $(us "${R[$d.p99_us]:-}") | $(us "${R[$g.p99_us]:-}") | $(added "${R[$d.p99_us]:-}" "${R[$g.p99_us]:-}") |"
