@@ -233,7 +233,7 @@ impl Engine {
         ask: &Ask<'_>,
         target: &Target,
         body_override: Option<&Bytes>,
-    ) -> Result<Ready, Failure> {
+    ) -> Result<Box<Ready>, Failure> {
         let started = Instant::now();
         let provider = &self.cfg.providers[target.route.provider];
         let body = body_override.unwrap_or(ask.body);
@@ -313,7 +313,8 @@ impl Engine {
                 Wire::Bedrock(..) => ct.starts_with("application/vnd.amazon.eventstream"),
                 _ => ct.starts_with("text/event-stream"),
             });
-        let mut ready = Ready {
+        // Boxed: it is moved through the attempt loop and into the relay.
+        let mut ready = Box::new(Ready {
             up,
             peer,
             resp,
@@ -327,7 +328,7 @@ impl Engine {
             started,
             ttft: Duration::ZERO,
             deadline,
-        };
+        });
         if ask.stream && is_sse && ready.verdict == Verdict::Serve {
             self.first_content(&mut ready, provider, wire).await?;
         } else {

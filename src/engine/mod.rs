@@ -384,17 +384,20 @@ impl Engine {
                 };
                 let results = match hedge {
                     Some((next, delay)) => {
-                        match self
-                            .hedged(s, &ask, &targets, ti, next, delay, &mut sent)
-                            .await
-                        {
+                        let hedged =
+                            Box::pin(self.hedged(s, &ask, &targets, ti, next, delay, &mut sent));
+                        match hedged.await {
                             Some(r) => r,
                             None => return Err(GatewayError::ClientClosed),
                         }
                     }
                     None => {
                         let started = Instant::now();
-                        match unless_client_gone(s, self.prepare(&ask, target, None)).await {
+                        // Boxed, as are the hedge and the continuation: an attempt's future is
+                        // large (the connector's), and is over before the answer is relayed, so
+                        // it must not stay inside every in-flight request's own future.
+                        let attempt = Box::pin(self.prepare(&ask, target, None));
+                        match unless_client_gone(s, attempt).await {
                             Some(r) => vec![(ti, started, r)],
                             None => return Err(GatewayError::ClientClosed),
                         }
@@ -562,7 +565,7 @@ impl Engine {
         second: usize,
         delay: Duration,
         sent: &mut usize,
-    ) -> Option<Vec<(usize, Instant, Result<Ready, Failure>)>> {
+    ) -> Option<Vec<(usize, Instant, Result<Box<Ready>, Failure>)>> {
         let t0 = Instant::now();
         let a = self.prepare(ask, &targets[first], None);
         tokio::pin!(a);
@@ -644,7 +647,7 @@ impl Engine {
         reports: &mut Vec<AttemptReport>,
         target: &Target,
         index: usize,
-        ready: Ready,
+        ready: Box<Ready>,
         started: Instant,
         queue: &VecDeque<usize>,
         targets: &[Target],
@@ -694,7 +697,10 @@ impl Engine {
             }
         };
         let stream = matches!(ready.body, attempt::ReadyBody::Stream { .. });
-        match self.deliver(s, ready, Some(h), provider, None).await {
+        // Boxed, like the attempt: otherwise rustc lays the relay's future out inline in this
+        // one and in serve's, each sized for its largest await.
+        let delivered = Box::pin(self.deliver(s, ready, Some(h), provider, None));
+        match delivered.await {
             Delivered::ClientGone => {
                 self.record_health(target, health::Outcome::Neutral);
                 Turn::Over(Err(GatewayError::ClientClosed))
@@ -754,9 +760,10 @@ impl Engine {
                 if self.cfg.failover.continuation {
                     if let (Some(text), Some(head)) = (watch.text(), head) {
                         if !text.is_empty()
-                            && self
-                                .continue_stream(s, ask, log, text, &head, queue, targets)
-                                .await
+                            && Box::pin(
+                                self.continue_stream(s, ask, log, text, &head, queue, targets),
+                            )
+                            .await
                         {
                             log.outcome = "success_continued";
                             return Turn::Over(Ok(()));

@@ -84,7 +84,7 @@ impl Engine {
     pub(super) async fn deliver(
         &self,
         s: &mut Session,
-        ready: Ready,
+        ready: Box<Ready>,
         h: Option<ResponseHeader>,
         provider: &Provider,
         splice: Option<&ChunkHead>,
@@ -95,7 +95,7 @@ impl Engine {
             body,
             deadline,
             ..
-        } = ready;
+        } = *ready;
         match body {
             ReadyBody::Json {
                 chunks,
