@@ -276,6 +276,8 @@ struct Plan {
     first_token_delay: Duration,
     retry_after: Option<String>,
     error_code: Option<String>,
+    /// The request asked for `stream_options.include_usage` (OpenAI streams end with usage).
+    include_usage: bool,
 }
 
 fn plan_for(cfg: &MockConfig, headers: &[(String, String)]) -> Plan {
@@ -311,6 +313,7 @@ fn plan_for(cfg: &MockConfig, headers: &[(String, String)]) -> Plan {
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis)
             .unwrap_or(cfg.chunk_interval),
+        include_usage: false,
     }
 }
 
@@ -362,7 +365,8 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
             plan.status = 401;
         }
         let model = model_of(&body);
-        let stream = stream_of(&body);
+        let (stream, include_usage) = stream_of(&body);
+        plan.include_usage = include_usage;
         let (method, path) = (head.method.clone(), head.path.clone());
         let body_for_token = body.clone();
         if cfg.record {
@@ -520,16 +524,28 @@ fn model_of(body: &[u8]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn stream_of(body: &[u8]) -> bool {
+/// `stream`, and `stream_options.include_usage`.
+fn stream_of(body: &[u8]) -> (bool, bool) {
+    #[derive(serde::Deserialize)]
+    struct Opts {
+        #[serde(default)]
+        include_usage: Option<bool>,
+    }
     #[derive(serde::Deserialize)]
     struct S {
         #[serde(default)]
         stream: Option<bool>,
+        #[serde(default)]
+        stream_options: Option<Opts>,
     }
-    serde_json::from_slice::<S>(body)
-        .ok()
-        .and_then(|s| s.stream)
-        .unwrap_or(false)
+    serde_json::from_slice::<S>(body).map_or((false, false), |s| {
+        (
+            s.stream.unwrap_or(false),
+            s.stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        )
+    })
 }
 
 fn reason(status: u16) -> &'static str {
@@ -768,6 +784,13 @@ async fn answer(
                 ));
             }
             text_events.push(chunk_of("{}", "\"stop\""));
+            if plan.include_usage {
+                text_events.push(format!(
+                    "data: {{\"id\":\"{id}\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":{model_json},\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\n",
+                    plan.chunks,
+                    9 + plan.chunks
+                ));
+            }
             text_events.push("data: [DONE]\n\n".to_string());
         }
         Dialect::Gemini => {

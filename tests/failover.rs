@@ -387,6 +387,64 @@ async fn stream_without_done_is_finalised_at_once_or_cut() {
     assert_eq!(streamed_text(&r.body), "Hello from p1 tok1");
     assert_cut(&r.body, "stream_interrupted");
     assert_eq!((p1.calls(), p2.calls()), (2, 0));
+
+    // "With usage if asked for". The upstream sent its usage chunk, then ended without [DONE]:
+    // its usage is passed on as it is, and [DONE] follows.
+    let asked = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = gw.chat(asked).await;
+    assert!(ends_with_done(&r.body), "{}", r.text());
+    let u = usage_of(&r.body);
+    assert_eq!(u["prompt_tokens"], 9, "{}", r.text());
+    assert_eq!(
+        u["completion_tokens"],
+        5,
+        "the mock's own count: {}",
+        r.text()
+    );
+    assert!(u.get("detour_estimated").is_none(), "{u}");
+    // The upstream ended after its finish but before the usage it was asked for: detour adds
+    // a usage chunk, estimated and marked so, in the stream's own id and model.
+    let r = gw
+        .chat_with(
+            asked,
+            &[("x-mock-fault", "end-early"), ("x-mock-fault-after", "7")],
+        )
+        .await;
+    assert_eq!(streamed_text(&r.body), "Hello from p1 tok1 tok2 tok3 tok4");
+    assert!(ends_with_done(&r.body), "{}", r.text());
+    let u = usage_of(&r.body);
+    assert_eq!(u["detour_estimated"], true, "{u}");
+    // 33 bytes of text at about 4 a token; the prompt's "hi" (4 bytes as JSON) + 3 + 3.
+    assert_eq!(u["completion_tokens"], 9, "{u}");
+    assert_eq!(u["prompt_tokens"], 7, "{u}");
+    assert_eq!(u["total_tokens"], 16, "{u}");
+    let chunks: Vec<serde_json::Value> = sse_data(&r.body)
+        .iter()
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let last = chunks.last().unwrap();
+    assert_eq!(last["id"], chunks[0]["id"]);
+    assert_eq!(last["model"], chunks[0]["model"]);
+    assert_eq!(last["choices"], serde_json::json!([]));
+    // Not asked for: no usage chunk is made up.
+    let r = gw
+        .chat_with(
+            &chat_body("gpt-4o", true),
+            &[("x-mock-fault", "end-early"), ("x-mock-fault-after", "7")],
+        )
+        .await;
+    assert!(ends_with_done(&r.body), "{}", r.text());
+    assert!(!r.text().contains("\"usage\":{"), "{}", r.text());
+}
+
+/// The `usage` object of a stream's usage chunk (panics if there is none).
+fn usage_of(body: &[u8]) -> serde_json::Value {
+    sse_data(body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .map(|v| v["usage"].clone())
+        .unwrap_or_else(|| panic!("no usage chunk in {}", String::from_utf8_lossy(body)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

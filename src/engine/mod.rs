@@ -699,7 +699,7 @@ impl Engine {
         let stream = matches!(ready.body, attempt::ReadyBody::Stream { .. });
         // Boxed, like the attempt: otherwise rustc lays the relay's future out inline in this
         // one and in serve's, each sized for its largest await.
-        let delivered = Box::pin(self.deliver(s, ready, Some(h), provider, None));
+        let delivered = Box::pin(self.deliver(s, ready, Some(h), provider, None, ask.body));
         match delivered.await {
             Delivered::ClientGone => {
                 self.record_health(target, health::Outcome::Neutral);
@@ -842,7 +842,10 @@ impl Engine {
                 return false;
             }
             let ttft = ready.ttft;
-            return match self.deliver(s, ready, None, provider, Some(head)).await {
+            return match self
+                .deliver(s, ready, None, provider, Some(head), ask.body)
+                .await
+            {
                 Delivered::Done { usage, .. } => {
                     self.record_health(t, health::Outcome::Success { ttft: Some(ttft) });
                     self.account(t, usage);

@@ -66,6 +66,28 @@ async fn next_chunk(s: &mut Session, up: &mut HttpSession, until: Instant) -> Op
     unless_client_gone(s, read_until(up, until)).await
 }
 
+/// A usage chunk in OpenAI's shape (`choices` empty), as the SSE event that goes before
+/// `[DONE]`. An estimate says so: `usage.detour_estimated` is `true`.
+fn usage_event(head: &ChunkHead, u: Usage) -> Vec<u8> {
+    let mut usage = serde_json::json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    });
+    if u.estimated {
+        usage["detour_estimated"] = true.into();
+    }
+    let chunk = serde_json::json!({
+        "id": head.id,
+        "object": "chat.completion.chunk",
+        "created": head.created,
+        "model": head.model,
+        "choices": [],
+        "usage": usage,
+    });
+    format!("data: {chunk}\n\n").into_bytes()
+}
+
 /// `id`, `created` and `model` of the first chunk in `seg`.
 fn chunk_head(seg: &[u8]) -> Option<ChunkHead> {
     let line = seg.split(|&b| b == b'\n').find_map(crate::sse::data_line)?;
@@ -80,7 +102,8 @@ fn chunk_head(seg: &[u8]) -> Option<ChunkHead> {
 impl Engine {
     /// Commit `ready` with header `h` and write it to the client. A continuation has no header
     /// of its own (`h` is `None`: the client's stream is already open) and its chunks are
-    /// `splice`d: given the original answer's identity, role-only chunks dropped.
+    /// `splice`d: given the original answer's identity, role-only chunks dropped. `request` is
+    /// the client's body (read only to finalise a stream that ended without its usage).
     pub(super) async fn deliver(
         &self,
         s: &mut Session,
@@ -88,6 +111,7 @@ impl Engine {
         h: Option<ResponseHeader>,
         provider: &Provider,
         splice: Option<&ChunkHead>,
+        request: &[u8],
     ) -> Delivered {
         let Ready {
             mut up,
@@ -177,6 +201,9 @@ impl Engine {
                         return Delivered::ClientGone;
                     }
                 }
+                // The first events, kept (a reference, not a copy) for the answer's identity
+                // should the stream need finalising.
+                let first = held.clone();
                 let held = match splice {
                     Some(to) => spliced(&held, to),
                     None => held,
@@ -286,6 +313,7 @@ impl Engine {
                                 }
                             }
                             let finalised = !relay.complete();
+                            let mut usage = watch.usage();
                             if finalised {
                                 // Ended at the HTTP level without [DONE]: complete only if the
                                 // answer itself finished and nothing partial is held back.
@@ -297,8 +325,24 @@ impl Engine {
                                         head,
                                     );
                                 }
-                                let done = Bytes::from_static(b"data: [DONE]\n\n");
-                                if s.write_response_body(Some(done), false).await.is_err() {
+                                // The usage chunk, if the client asked for one and none came.
+                                let mut end = Vec::new();
+                                if watch.usage().is_none() {
+                                    let estimate = super::watch::estimated_usage(
+                                        request,
+                                        watch.output_bytes(),
+                                    );
+                                    let head = splice.cloned().or_else(|| chunk_head(&first));
+                                    if let (Some(u), Some(head)) = (estimate, head) {
+                                        end = usage_event(&head, u);
+                                        usage = Some(u);
+                                    }
+                                }
+                                end.extend_from_slice(b"data: [DONE]\n\n");
+                                if s.write_response_body(Some(end.into()), false)
+                                    .await
+                                    .is_err()
+                                {
                                     return Delivered::ClientGone;
                                 }
                             }
@@ -306,10 +350,7 @@ impl Engine {
                                 return Delivered::ClientGone;
                             }
                             self.release(up, &peer).await;
-                            return Delivered::Done {
-                                usage: watch.usage(),
-                                finalised,
-                            };
+                            return Delivered::Done { usage, finalised };
                         }
                     }
                 }

@@ -6,6 +6,7 @@
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 
 /// An error the stream itself reported, or an event that cannot be part of a valid stream.
@@ -26,6 +27,9 @@ pub struct Usage {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Counted by detour ([`estimated_usage`]), not reported by the provider.
+    #[serde(skip)]
+    pub estimated: bool,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +41,9 @@ pub struct Watch {
     /// With `keep_text`: the answer's text so far (for a continuation's prefill).
     text: Option<String>,
     tool_calls: bool,
+    /// Bytes of generated output so far (text, refusal, reasoning, tool calls as JSON): the
+    /// basis of an estimated usage when the upstream never reports one.
+    output_bytes: usize,
 }
 
 #[derive(Deserialize)]
@@ -67,10 +74,10 @@ struct Delta<'a> {
     reasoning_content: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     reasoning: Option<Cow<'a, str>>,
-    #[serde(default)]
-    tool_calls: Option<IgnoredAny>,
-    #[serde(default)]
-    function_call: Option<IgnoredAny>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    function_call: Option<&'a RawValue>,
     #[serde(default)]
     audio: Option<IgnoredAny>,
 }
@@ -179,6 +186,14 @@ impl Watch {
                 self.tool_calls = true;
                 self.content = true;
             }
+            let len = |s: &Option<Cow<'_, str>>| s.as_deref().map_or(0, str::len);
+            let raw = |r: Option<&RawValue>| r.map_or(0, |r| r.get().len());
+            self.output_bytes += len(&d.content)
+                + len(&d.refusal)
+                + len(&d.reasoning_content)
+                + len(&d.reasoning)
+                + raw(d.tool_calls)
+                + raw(d.function_call);
             if nonempty(&d.content)
                 || nonempty(&d.refusal)
                 || nonempty(&d.reasoning_content)
@@ -213,6 +228,11 @@ impl Watch {
         self.usage
     }
 
+    /// Bytes of generated output seen so far.
+    pub fn output_bytes(&self) -> usize {
+        self.output_bytes
+    }
+
     /// The answer's text so far, if kept and the answer is plain text (no tool calls).
     pub fn text(&self) -> Option<&str> {
         self.text.as_deref().filter(|_| !self.tool_calls)
@@ -240,6 +260,55 @@ pub fn json_usage(body: &[u8]) -> Option<Usage> {
         usage: Option<Usage>,
     }
     serde_json::from_slice::<Answer>(body).ok()?.usage
+}
+
+/// About how many bytes of text make a token (OpenAI's rule of thumb for English; UTF-8 text
+/// in other scripts has more bytes per character and about as many per token).
+const BYTES_PER_TOKEN: usize = 4;
+
+/// The usage to report for a stream the upstream ended (after its finish) without the usage
+/// chunk: `None` unless the client asked for one (`stream_options.include_usage`). Estimated,
+/// and marked so: the prompt from the size of its messages and tools, plus OpenAI's 3 tokens a
+/// message and 3 for the reply; the answer from `output_bytes`.
+pub fn estimated_usage(request: &[u8], output_bytes: usize) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct Opts {
+        #[serde(default)]
+        include_usage: bool,
+    }
+    #[derive(Deserialize)]
+    struct Message<'a> {
+        #[serde(borrow, default)]
+        content: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        tool_calls: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Request<'a> {
+        #[serde(default)]
+        stream_options: Option<Opts>,
+        #[serde(borrow, default)]
+        messages: Vec<Message<'a>>,
+        #[serde(borrow, default)]
+        tools: Option<&'a RawValue>,
+    }
+    let r: Request<'_> = serde_json::from_slice(request).ok()?;
+    if !r.stream_options.is_some_and(|o| o.include_usage) {
+        return None;
+    }
+    let raw = |v: Option<&RawValue>| v.map_or(0, |v| v.get().len());
+    let prompt_bytes: usize = r
+        .messages
+        .iter()
+        .map(|m| raw(m.content) + raw(m.tool_calls))
+        .sum::<usize>()
+        + raw(r.tools);
+    let tokens = |b: usize| b.div_ceil(BYTES_PER_TOKEN) as u64;
+    Some(Usage {
+        prompt_tokens: tokens(prompt_bytes) + 3 * r.messages.len() as u64 + 3,
+        completion_tokens: tokens(output_bytes),
+        estimated: true,
+    })
 }
 
 #[cfg(test)]
@@ -279,7 +348,8 @@ mod tests {
                 w.usage(),
                 Some(Usage {
                     prompt_tokens: 9,
-                    completion_tokens: 2
+                    completion_tokens: 2,
+                    estimated: false
                 })
             );
             assert_eq!(w.text(), Some("Hel\nlo"));
@@ -326,9 +396,41 @@ mod tests {
             json_usage(b),
             Some(Usage {
                 prompt_tokens: 3,
-                completion_tokens: 1
+                completion_tokens: 1,
+                estimated: false
             })
         );
         assert_eq!(json_usage(b"{}"), None);
+    }
+
+    #[test]
+    fn output_bytes_count_every_kind_of_output() {
+        let mut w = Watch::new(false);
+        w.inspect(STREAM).expect("valid");
+        assert_eq!(w.output_bytes(), "Hel\nlo".len());
+        w.inspect(b"data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"abcd\",\"tool_calls\":[1]}}]}\n\n")
+            .expect("valid");
+        assert_eq!(w.output_bytes(), "Hel\nlo".len() + 4 + "[1]".len());
+    }
+
+    #[test]
+    fn usage_is_estimated_only_when_asked_for() {
+        let asked = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},
+            "messages":[{"role":"system","content":"12345678"},{"role":"user","content":"1234"}]}"#;
+        // Contents as JSON: 10 + 6 bytes → 4 tokens, plus 3 per message and 3 for the reply.
+        assert_eq!(
+            estimated_usage(asked, 9),
+            Some(Usage {
+                prompt_tokens: 4 + 2 * 3 + 3,
+                completion_tokens: 3,
+                estimated: true
+            })
+        );
+        let not_asked =
+            br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        assert_eq!(estimated_usage(not_asked, 9), None);
+        let off = br#"{"stream_options":{"include_usage":false},"messages":[]}"#;
+        assert_eq!(estimated_usage(off, 9), None);
+        assert_eq!(estimated_usage(b"not json", 9), None);
     }
 }
