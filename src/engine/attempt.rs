@@ -28,7 +28,8 @@ const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
 
 /// What the request asks of every attempt.
 pub(super) struct Ask<'a> {
-    pub client: &'a RequestHeader,
+    /// The client's headers to forward.
+    pub client: &'a [(http::HeaderName, http::HeaderValue)],
     pub req: &'a crate::api::ChatRequest,
     pub request_id: &'a str,
     pub body: &'a Bytes,

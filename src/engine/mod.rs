@@ -297,7 +297,7 @@ impl Engine {
                 sk.reason.clone(),
             );
         }
-        let client = s.req_header().clone();
+        let client = upstream::forwarded(s.req_header());
         let request_id = log.request_id.clone();
         let ask = Ask {
             client: &client,

@@ -119,23 +119,35 @@ fn forwardable(name: &str) -> bool {
     ) && !name.starts_with("x-detour-")
 }
 
+/// The client's headers that every attempt forwards, copied once per request (usually none:
+/// a copy of the whole header per request cost throughput and memory).
+pub type Forwarded = Vec<(http::HeaderName, http::HeaderValue)>;
+
+/// The client's forwardable headers, in order.
+pub fn forwarded(client: &RequestHeader) -> Forwarded {
+    client
+        .headers
+        .iter()
+        .filter(|(name, _)| forwardable(name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
 /// The upstream request header for one attempt.
 pub fn request_header(
     p: &Provider,
     target: &Target,
-    client: &RequestHeader,
+    client: &[(http::HeaderName, http::HeaderValue)],
     body: &[u8],
     request_id: &str,
     stream: bool,
     bearer: Option<&str>,
 ) -> pingora_core::Result<RequestHeader> {
     let path = p.chat_path(&target.route, stream);
-    let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8 + client.headers.len()))?;
-    for (name, value) in client.headers.iter() {
+    let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8 + client.len()))?;
+    for (name, value) in client {
         // A client's x-amz-* headers could collide with the signature's.
-        if forwardable(name.as_str())
-            && !(p.kind == ProviderKind::Bedrock && name.as_str().starts_with("x-amz-"))
-        {
+        if !(p.kind == ProviderKind::Bedrock && name.as_str().starts_with("x-amz-")) {
             h.append_header(name.clone(), value.clone())?;
         }
     }
@@ -227,7 +239,7 @@ models:
         let h = request_header(
             &c.providers[0],
             &plan.targets[0],
-            &client,
+            &forwarded(&client),
             &[b' '; 42],
             "rid",
             false,

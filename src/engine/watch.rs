@@ -253,13 +253,23 @@ fn event_end(b: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// The usage of a whole (non-stream) OpenAI chat completion, if it reports one.
+///
+/// Runs on every JSON answer, so it parses only the `usage` object: the last `"usage"` key in
+/// the body (OpenAI puts it after `choices`). A `"usage"` inside a string is escaped
+/// (`\"usage\"`) and cannot match; a string value `"usage"` is not followed by `:`.
 pub fn json_usage(body: &[u8]) -> Option<Usage> {
-    #[derive(Deserialize)]
-    struct Answer {
-        #[serde(default)]
-        usage: Option<Usage>,
+    let mut end = body.len();
+    while let Some(at) = memchr::memmem::rfind(&body[..end], b"\"usage\"") {
+        let rest = &body[at + b"\"usage\"".len()..];
+        let ws = |b: &u8| b.is_ascii_whitespace();
+        let rest = &rest[rest.iter().take_while(|b| ws(b)).count()..];
+        if let Some(value) = rest.strip_prefix(b":") {
+            let mut de = serde_json::Deserializer::from_slice(value);
+            return Option::<Usage>::deserialize(&mut de).ok().flatten();
+        }
+        end = at;
     }
-    serde_json::from_slice::<Answer>(body).ok()?.usage
+    None
 }
 
 /// About how many bytes of text make a token (OpenAI's rule of thumb for English; UTF-8 text
@@ -401,6 +411,17 @@ mod tests {
             })
         );
         assert_eq!(json_usage(b"{}"), None);
+        assert_eq!(json_usage(br#"{"usage":null}"#), None);
+        // "usage" as a string value, and inside the answer's text, is not the key.
+        let b = br#"{"usage" : {"prompt_tokens":5,"completion_tokens":2}, "choices":[{"message":{"content":"the \"usage\": {1}","kind":"usage"}}]}"#;
+        assert_eq!(
+            json_usage(b),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 2,
+                estimated: false
+            })
+        );
     }
 
     #[test]
