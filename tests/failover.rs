@@ -197,12 +197,21 @@ async fn server_error_forever_uses_every_try_then_moves_on() {
         "{:?}",
         t.elapsed()
     );
-    // Alone, it fails with every try listed.
+    // Alone, it fails with every try listed. Its fifth consecutive failure (the second try here)
+    // opens its circuit (consecutive-failures: 5), so the third try is not made but reported.
     let r = gw.chat(&chat_body("gpt-4o/p1", false)).await;
     assert_eq!(r.status, 503);
-    let tries = r.json()["error"]["attempts"].as_array().unwrap().len();
-    assert_eq!(tries, 3, "{}", r.text());
-    assert_eq!(p1.calls(), 6);
+    let v = r.json();
+    let tries = v["error"]["attempts"].as_array().unwrap();
+    assert_eq!(tries.len(), 3, "{}", r.text());
+    assert_eq!(tries[1]["status"], 503, "{}", r.text());
+    assert_eq!(tries[2]["skipped"], true, "{}", r.text());
+    assert!(
+        tries[2]["error"].as_str().unwrap().contains("circuit_open"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(p1.calls(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -360,6 +360,23 @@ impl Engine {
                     queue.push_front(ti);
                     break 'targets;
                 }
+                // A circuit that opened during this target's tries (by their failures or other
+                // requests') ends them: an open circuit is not retried.
+                if tries > 0 && !last_resort {
+                    let admit = self
+                        .health
+                        .admit(target.route.provider, &target.route.id, now);
+                    if let Admit::Open { .. } = admit {
+                        self.skipped(
+                            log,
+                            &mut reports,
+                            target.route.provider,
+                            target.source(&self.cfg),
+                            "skipped: circuit_open (it opened during this target's retries)".into(),
+                        );
+                        break;
+                    }
+                }
                 if sent > 0 && !self.health.withdraw(now) {
                     self.metrics.budget_exhausted.inc();
                     cut = Some(Cut::Budget);
