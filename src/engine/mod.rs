@@ -342,40 +342,36 @@ impl Engine {
                     continue;
                 }
             }
-            let admit = if last_resort {
-                Admit::Yes
-            } else {
-                self.health
-                    .admit(target.route.provider, &target.route.id, Instant::now())
-            };
-            if let Admit::Open { .. } = admit {
-                deferred.push(ti);
-                continue;
-            }
             let mut tries = 0u32;
             loop {
                 let now = Instant::now();
-                if now >= deadline {
-                    cut = Some(Cut::Deadline);
-                    queue.push_front(ti);
-                    break 'targets;
-                }
-                // A circuit that opened during this target's tries (by their failures or other
-                // requests') ends them: an open circuit is not retried.
-                if tries > 0 && !last_resort {
+                // Every try asks the breaker. Open before the first: deferred, tried only when
+                // nothing else is left. Opened during the tries (by their failures or other
+                // requests'): no more of them.
+                if !last_resort {
                     let admit = self
                         .health
                         .admit(target.route.provider, &target.route.id, now);
                     if let Admit::Open { .. } = admit {
-                        self.skipped(
-                            log,
-                            &mut reports,
-                            target.route.provider,
-                            target.source(&self.cfg),
-                            "skipped: circuit_open (it opened during this target's retries)".into(),
-                        );
+                        if tries == 0 {
+                            deferred.push(ti);
+                        } else {
+                            self.skipped(
+                                log,
+                                &mut reports,
+                                target.route.provider,
+                                target.source(&self.cfg),
+                                "skipped: circuit_open (it opened during this target's retries)"
+                                    .into(),
+                            );
+                        }
                         break;
                     }
+                }
+                if now >= deadline {
+                    cut = Some(Cut::Deadline);
+                    queue.push_front(ti);
+                    break 'targets;
                 }
                 if sent > 0 && !self.health.withdraw(now) {
                     self.metrics.budget_exhausted.inc();

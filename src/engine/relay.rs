@@ -66,28 +66,6 @@ async fn next_chunk(s: &mut Session, up: &mut HttpSession, until: Instant) -> Op
     unless_client_gone(s, read_until(up, until)).await
 }
 
-/// A usage chunk in OpenAI's shape (`choices` empty), as the SSE event that goes before
-/// `[DONE]`. An estimate says so: `usage.detour_estimated` is `true`.
-fn usage_event(head: &ChunkHead, u: Usage) -> Vec<u8> {
-    let mut usage = serde_json::json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-    });
-    if u.estimated {
-        usage["detour_estimated"] = true.into();
-    }
-    let chunk = serde_json::json!({
-        "id": head.id,
-        "object": "chat.completion.chunk",
-        "created": head.created,
-        "model": head.model,
-        "choices": [],
-        "usage": usage,
-    });
-    format!("data: {chunk}\n\n").into_bytes()
-}
-
 /// `id`, `created` and `model` of the first chunk in `seg`.
 fn chunk_head(seg: &[u8]) -> Option<ChunkHead> {
     let line = seg.split(|&b| b == b'\n').find_map(crate::sse::data_line)?;
@@ -334,7 +312,12 @@ impl Engine {
                                     );
                                     let head = splice.cloned().or_else(|| chunk_head(&first));
                                     if let (Some(u), Some(head)) = (estimate, head) {
-                                        end = usage_event(&head, u);
+                                        end = crate::providers::usage_event(
+                                            (&head.id, head.created, &head.model),
+                                            (u.prompt_tokens, u.completion_tokens),
+                                            u.estimated,
+                                        )
+                                        .into_bytes();
                                         usage = Some(u);
                                     }
                                 }

@@ -79,12 +79,25 @@ pub(crate) fn push_stream_end(
     (input, output): (u64, u64),
 ) {
     if include_usage {
-        let u = json!({"id": id, "object": "chat.completion.chunk", "created": created,
-            "model": model, "choices": [],
-            "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output}});
-        out.push_str(&format!("data: {u}\n\n"));
+        out.push_str(&usage_event((id, created, model), (input, output), false));
     }
     out.push_str("data: [DONE]\n\n");
+}
+
+/// A usage chunk in OpenAI's shape (`choices` empty) as an SSE event, the one before `[DONE]`.
+/// An estimate of detour's own says so: `usage.detour_estimated` is `true`.
+pub(crate) fn usage_event(
+    (id, created, model): (&str, u64, &str),
+    (input, output): (u64, u64),
+    estimated: bool,
+) -> String {
+    let mut usage = json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output});
+    if estimated {
+        usage["detour_estimated"] = true.into();
+    }
+    let u = json!({"id": id, "object": "chat.completion.chunk", "created": created,
+        "model": model, "choices": [], "usage": usage});
+    format!("data: {u}\n\n")
 }
 
 /// Append `s` as a JSON string literal.
