@@ -101,7 +101,11 @@ fn benches(c: &mut Criterion) {
     let h = detour::engine::health::Health::new(
         cfg.failover.breaker.clone(),
         cfg.failover.budget.clone(),
-        cfg.providers.iter().map(|p| p.name.clone()).collect(),
+        cfg.providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), cfg.catalog_ids(i)))
+            .collect(),
     );
     let now = std::time::Instant::now();
     c.bench_function("health/admit+withdraw+record", |b| {

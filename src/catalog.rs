@@ -335,13 +335,22 @@ fn resolve(
                 "deployment and api-version apply to azure providers only",
             ));
         }
+        let id = r.id.clone().unwrap_or_else(|| name.to_string());
+        for (field, value) in [("id", Some(&id)), ("deployment", r.deployment.as_ref())] {
+            if let Some(why) = value.and_then(|v| crate::text::model_id_fault(v)) {
+                return Err(ConfigError::new(
+                    format!("{rpath}.{field}"),
+                    format!("not usable as a model id: {why}"),
+                ));
+            }
+        }
         let caps = match &r.capabilities {
             Some(c) => Capabilities::parse(c, &format!("{rpath}.capabilities"))?,
             None => capabilities.unwrap_or(Capabilities::ALL),
         };
         routes.push(ModelRoute {
             provider,
-            id: r.id.clone().unwrap_or_else(|| name.to_string()),
+            id,
             deployment: r.deployment.clone(),
             api_version: r.api_version.clone(),
             max_output_tokens: r.max_output_tokens.or(m.max_output_tokens),

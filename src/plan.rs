@@ -92,6 +92,11 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
                 if m.is_empty() {
                     return Err(format!("missing model name in `{}`", clip(e)));
                 }
+                // A pinned id goes to the provider as written (into its URL path, for some
+                // kinds): nothing that could change which resource it addresses.
+                if let Some(why) = crate::text::model_id_fault(m) {
+                    return Err(format!("invalid model id in `{}`: {why}", clip(e)));
+                }
                 entries.push(Entry::Pinned(m, i));
             }
             None => {

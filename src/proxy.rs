@@ -172,8 +172,8 @@ impl DetourProxy {
 
     async fn chat(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<()> {
         ctx.is_chat = true;
-        let m = self.metrics();
-        m.in_flight.inc();
+        // Decremented when this scope ends, whichever way it ends.
+        let _in_flight = InFlight::enter(&self.metrics().in_flight);
         let result = async {
             let body = self.read_body(session).await?;
             let req = ChatRequest::parse(&body)?;
@@ -183,11 +183,26 @@ impl DetourProxy {
             self.engine.serve(session, ctx, &req, &body, &plan).await
         }
         .await;
-        m.in_flight.dec();
         match result {
             Ok(()) => Ok(()),
             Err(e) => Self::write_error(session, ctx, &e).await,
         }
+    }
+}
+
+/// One request in flight: counted in the gauge while this lives.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -90,6 +90,15 @@ pub fn data_line(line: &[u8]) -> Option<&[u8]> {
 
 /// An SSE error event (no `[DONE]` follows it), in OpenAI's error shape.
 pub fn error_event(message: &str, code: &str) -> Bytes {
+    let mut out = b"data: ".to_vec();
+    out.extend_from_slice(&error_json(message, code));
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// `{"error":{"message":…,"type":"upstream_error","param":null,"code":…}}`: an upstream
+/// failure in OpenAI's error shape.
+pub fn error_json(message: &str, code: &str) -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct E<'a> {
         message: &'a str,
@@ -102,7 +111,7 @@ pub fn error_event(message: &str, code: &str) -> Bytes {
     struct W<'a> {
         error: E<'a>,
     }
-    let json = serde_json::to_string(&W {
+    serde_json::to_vec(&W {
         error: E {
             message,
             kind: "upstream_error",
@@ -110,8 +119,7 @@ pub fn error_event(message: &str, code: &str) -> Bytes {
             code,
         },
     })
-    .unwrap_or_default();
-    Bytes::from(format!("data: {json}\n\n"))
+    .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -184,17 +184,7 @@ impl GatewayError {
     }
 }
 
-/// Cut a client-supplied string for an error message, on a char boundary.
-pub fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub use crate::text::truncate;
 
 /// What detour reads of a chat completion request; the rest is forwarded untouched.
 #[derive(Debug, Clone, PartialEq)]

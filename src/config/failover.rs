@@ -42,6 +42,8 @@ pub struct RawBreaker {
     pub min_requests: Option<u32>,
     pub window: Option<String>,
     pub cool_down: Option<String>,
+    /// The longest an upstream's `Retry-After` may keep a circuit open.
+    pub max_cool_down: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +85,8 @@ pub struct Breaker {
     pub min_requests: u32,
     pub window: Duration,
     pub cool_down: Duration,
+    /// A `Retry-After` opens the circuit for that long, but never longer than this.
+    pub max_cool_down: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +141,7 @@ impl Default for Failover {
                 min_requests: 20,
                 window: Duration::from_secs(30),
                 cool_down: Duration::from_secs(15),
+                max_cool_down: Duration::from_secs(300),
             },
             budget: Budget {
                 enabled: true,
@@ -158,7 +163,7 @@ fn dur(v: &Option<String>, path: &str, dflt: Duration) -> Result<Duration, Confi
         Some(s) => parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| {
             ConfigError::new(
                 path,
-                format!("invalid duration `{s}` (use e.g. 500ms, 5s, 2m)"),
+                format!("invalid duration `{s}` (use e.g. 500ms, 5s, 2m; at most 8784h)"),
             )
         }),
     }
@@ -243,6 +248,11 @@ pub fn validate(raw: &RawFailover) -> Result<Failover, ConfigError> {
             &b.cool_down,
             "failover.circuit-breaker.cool-down",
             d.breaker.cool_down,
+        )?,
+        max_cool_down: dur(
+            &b.max_cool_down,
+            "failover.circuit-breaker.max-cool-down",
+            d.breaker.max_cool_down,
         )?,
     };
     let g = raw.retry_budget.as_ref();

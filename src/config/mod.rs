@@ -8,6 +8,8 @@ pub mod failover;
 pub(crate) mod raw;
 
 pub use crate::catalog::{Capabilities, Model, ModelRoute, Price};
+pub use crate::durations::parse as parse_duration;
+pub use crate::secrets::Secret;
 pub use failover::{Failover, HedgeAfter, Order};
 use http::header::{HeaderName, HeaderValue};
 use pingora_core::server::configuration::ServerConf;
@@ -49,32 +51,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// A provider key. Never printed: `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: String) -> Self {
-        Secret(s)
-    }
-    /// The raw key, for building an auth header. Do not log the result.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
 
 /// Where a provider's key stands after reading the environment at start-up.
 #[derive(Debug, Clone)]
@@ -189,6 +165,29 @@ pub struct Provider {
 }
 
 impl Provider {
+    /// Every credential this provider holds: its key, its AWS keys, and the values of its
+    /// configured headers whose names say they carry one (`…key…`, `…token…`, `…auth…`,
+    /// `…secret…`). The [`crate::secrets::Masker`] masks all of them.
+    pub fn credentials(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = Vec::new();
+        if let ApiKey::Present(k) = &self.key {
+            v.push(k.expose());
+        }
+        if let Some(aws) = &self.aws {
+            v.extend(aws.to_mask());
+        }
+        for (name, value) in &self.headers {
+            let n = name.as_str();
+            if ["key", "token", "auth", "secret"]
+                .iter()
+                .any(|w| n.contains(w))
+            {
+                v.extend(value.to_str().ok());
+            }
+        }
+        v
+    }
+
     /// The request path (and query) for a chat completion with this provider-side model.
     pub fn chat_path(&self, route: &ModelRoute, stream: bool) -> String {
         match self.kind {
@@ -202,8 +201,8 @@ impl Provider {
                 format!(
                     "{}/openai/deployments/{}/chat/completions?api-version={}",
                     self.base_path,
-                    route.deployment.as_deref().unwrap_or(&route.id),
-                    version
+                    crate::text::path_segment(route.deployment.as_deref().unwrap_or(&route.id)),
+                    crate::text::query_value(version)
                 )
             }
             ProviderKind::Anthropic => format!("{}/v1/messages", self.base_path),
@@ -306,23 +305,23 @@ impl Config {
         Self::from_yaml(&text)
     }
 
+    /// A masker for every credential of every provider.
+    pub fn masker(&self) -> crate::secrets::Masker {
+        crate::secrets::Masker::new(self.providers.iter().flat_map(Provider::credentials))
+    }
+
+    /// The provider-side model ids the catalog lists for provider `i`.
+    pub fn catalog_ids(&self, i: usize) -> Vec<String> {
+        self.models
+            .values()
+            .flat_map(|m| &m.routes)
+            .filter(|r| r.provider == i)
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
     pub fn provider_index(&self, name: &str) -> Option<usize> {
         self.provider_index.get(name).copied()
-    }
-}
-
-/// Parse `250ms`, `5s`, `2m`, `1h`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    match unit.trim() {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
-        _ => None,
     }
 }
 
@@ -334,7 +333,7 @@ fn timeouts(raw: &RawTimeouts, base: Timeouts, path: &str) -> Result<Timeouts, C
                 Some(d) if !d.is_zero() => Ok(d),
                 _ => Err(ConfigError::new(
                     format!("{path}.{name}"),
-                    format!("invalid duration `{s}` (use e.g. 500ms, 5s, 2m)"),
+                    format!("invalid duration `{s}` (use e.g. 500ms, 5s, 2m; at most 8784h)"),
                 )),
             },
         }
@@ -860,15 +859,6 @@ models:
         let env = |_: &str| Some("sk-very-secret".to_string());
         let c = Config::from_yaml_with_env(MIN, &env).expect("valid");
         assert!(!format!("{c:?}").contains("sk-very-secret"));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("s"), None);
     }
 
     #[test]

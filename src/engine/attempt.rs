@@ -9,7 +9,7 @@
 use super::classify::{self, decide, BodyError, Decision, FailClass};
 use super::watch::{self, Watch};
 use super::{bad_response, short_error, unix_now, upstream, Engine, Failure};
-use crate::config::{ApiKey, Capabilities, Provider, ProviderKind};
+use crate::config::{Capabilities, Provider, ProviderKind};
 use crate::plan::Target;
 use crate::providers::{anthropic, bedrock, gemini, vertex};
 use crate::sse::EventAligner;
@@ -210,23 +210,6 @@ pub(super) fn in_band_failure(kind: &str, message: &str) -> Failure {
     Failure::new(class, status, format!("in-stream {kind}: {message}"))
 }
 
-/// `Retry-After` (seconds) or `retry-after-ms`, whichever is given; the finer one wins.
-pub(super) fn retry_after(h: &ResponseHeader) -> Option<Duration> {
-    let get = |n: &str| {
-        h.headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
-    }
-    let secs = get("retry-after")?.parse::<f64>().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
-}
-
 impl Engine {
     /// Run one target up to its commit point. No I/O with the client.
     pub(super) async fn prepare(
@@ -290,17 +273,14 @@ impl Engine {
             .observe(started.elapsed().as_secs_f64());
         let verdict = match decide(status, &self.cfg.fallback) {
             Decision::Next(class) => {
-                let key = match &provider.key {
-                    ApiKey::Present(k) => Some(k.expose()),
-                    _ => None,
-                };
                 let err_body = self.read_small_body(up, &peer).await;
                 let mut f = Failure::new(
                     class,
                     Some(status),
-                    classify::error_message(status, &err_body, key),
+                    classify::error_message(status, &err_body, &self.masker),
                 );
-                f.retry_after = retry_after(&resp);
+                f.retry_after =
+                    crate::durations::retry_after(&resp.headers, std::time::SystemTime::now());
                 return Err(f);
             }
             Decision::PassThrough => Verdict::PassThrough,
@@ -531,6 +511,23 @@ impl Engine {
             }
         }
         let ok = ready.resp.status.is_success();
+        if !ok {
+            // An error answer that reaches the client: read whole, credentials masked (a
+            // provider may quote its key, or another's).
+            if !complete {
+                chunks = vec![Bytes::from(crate::sse::error_json(
+                    &format!(
+                        "{} answered {} with an error body over {cap} bytes; it is not relayed",
+                        provider.name,
+                        ready.resp.status.as_u16()
+                    ),
+                    "upstream_error_too_large",
+                ))];
+                complete = true;
+            }
+            chunks = vec![Bytes::from(self.masked_body(&chunks.concat()))];
+            total = chunks[0].len();
+        }
         if !matches!(wire, Wire::OpenAi) {
             // Translated answers are read whole: the OpenAI JSON is built from the entire body.
             if !complete {
@@ -546,7 +543,12 @@ impl Engine {
                 Wire::Bedrock(..) => Ok(bedrock::error_body(&raw, ready.resp.status.as_u16())),
                 Wire::OpenAi => Ok(raw),
             };
-            let b = translated.map_err(|e| bad_response(&format!("untranslatable answer: {e}")))?;
+            let mut b =
+                translated.map_err(|e| bad_response(&format!("untranslatable answer: {e}")))?;
+            if !ok {
+                // Translation decodes escapes: mask what it produced too.
+                b = self.masked_body(&b);
+            }
             total = b.len();
             chunks = vec![Bytes::from(b)];
         }
@@ -574,6 +576,19 @@ impl Engine {
             usage,
         };
         Ok(())
+    }
+
+    /// An error body with every credential masked: in the bytes as sent, and (for JSON) in
+    /// its decoded text, since `\u0073k-…` is the same key to the client's JSON parser. A body
+    /// without any credential is relayed as it came.
+    fn masked_body(&self, raw: &[u8]) -> Vec<u8> {
+        let canonical = serde_json::from_slice::<serde_json::Value>(raw)
+            .ok()
+            .and_then(|v| serde_json::to_vec(&v).ok());
+        match canonical {
+            Some(c) if self.masker.finds(&c) => self.masker.bytes(&c).into_owned(),
+            _ => self.masker.bytes(raw).into_owned(),
+        }
     }
 
     /// A stream: read until the first event that carries content, within the first-token

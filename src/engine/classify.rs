@@ -107,8 +107,9 @@ pub fn decide(status: u16, t: &FallbackTriggers) -> Decision {
 /// The one-line reason reported in the `attempts` list for a failed status.
 ///
 /// Auth failures never echo the provider's text: providers quote part of the key they were
-/// given, and that key is detour's, not the client's. Any other text has the key masked.
-pub fn error_message(status: u16, body: &[u8], key: Option<&str>) -> String {
+/// given, and that key is detour's, not the client's. Any other text has every credential
+/// detour holds masked.
+pub fn error_message(status: u16, body: &[u8], masker: &crate::secrets::Masker) -> String {
     if status == 401 || status == 403 {
         return format!("provider rejected detour's credentials ({status})");
     }
@@ -119,13 +120,9 @@ pub fn error_message(status: u16, body: &[u8], key: Option<&str>) -> String {
             .unwrap_or("error")
             .to_string()
     });
-    let mut text = crate::api::truncate(text.trim(), 300).to_string();
-    if let Some(k) = key.filter(|k| k.len() >= 4) {
-        if text.contains(k) {
-            text = text.replace(k, "***");
-        }
-    }
-    text
+    // Masked before it is cut, so that a cut cannot leave part of a credential behind.
+    let text = masker.text(text.trim());
+    crate::api::truncate(&text, 300).to_string()
 }
 
 /// A 4xx whose body says more than its status.
@@ -229,19 +226,28 @@ mod tests {
 
     #[test]
     fn messages_are_extracted_and_keys_masked() {
+        let none = crate::secrets::Masker::new([]);
+        let keys = crate::secrets::Masker::new(["sk-abcdef", "other-provider-key"]);
         let b = br#"{"error":{"message":"Rate limit exceeded","type":"x"}}"#;
-        assert_eq!(error_message(429, b, None), "Rate limit exceeded");
+        assert_eq!(error_message(429, b, &none), "Rate limit exceeded");
         assert_eq!(
-            error_message(500, br#"{"error":"boom sk-abcdef"}"#, Some("sk-abcdef")),
-            "boom ***"
+            error_message(
+                500,
+                br#"{"error":"boom sk-abcdef other-provider-key"}"#,
+                &keys
+            ),
+            "boom *** ***"
         );
-        assert_eq!(error_message(503, b"", None), "Service Unavailable");
+        assert_eq!(error_message(503, b"", &none), "Service Unavailable");
         assert_eq!(
-            error_message(502, b"<html>bad gateway</html>", None),
+            error_message(502, b"<html>bad gateway</html>", &none),
             "Bad Gateway"
         );
         let leak = br#"{"error":{"message":"Incorrect API key provided: sk-ab***xyz"}}"#;
-        let m = error_message(401, leak, Some("sk-abcxyz"));
+        let m = error_message(401, leak, &keys);
         assert!(!m.contains("sk-"), "{m}");
+        // A key straddling the 300-byte cut is masked, not cut in half.
+        let long = format!(r#"{{"error":"{}sk-abcdef"}}"#, "x".repeat(295));
+        assert!(!error_message(400, long.as_bytes(), &keys).contains("sk-ab"));
     }
 }

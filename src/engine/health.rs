@@ -4,14 +4,18 @@
 //! never across I/O. Time is passed in, so the state machine is tested without sleeping.
 
 use crate::config::failover::{Breaker, Budget};
+use crate::durations::{earlier, later};
 use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Tracked models per provider. Pass-through model ids come from clients; past this, closed
-/// and quiet entries are evicted, and if none is, a new id is not tracked (treated as closed).
-const MAX_TRACKED: usize = 1024;
+/// Tracked model ids per provider that are not in the catalog. They come from clients (pinned
+/// `model/provider` entries), so they are bounded in number here and in size by the planner
+/// (at most 256 bytes): past this, quiet entries are evicted, then the least recently used.
+/// Catalog ids are always tracked: their number is fixed by the config, and no client can push
+/// them out.
+const MAX_PINNED: usize = 256;
 /// Time-to-first-token samples kept per target (for the p95 hedge delay).
 const TTFT_SAMPLES: usize = 64;
 /// Weight of the newest sample in the TTFT moving average.
@@ -74,11 +78,14 @@ struct Entry {
     ttft_ewma: Option<f64>,
     ttft: VecDeque<f32>,
     opened: u64,
+    /// When an outcome was last recorded (eviction of pinned ids).
+    touched: Instant,
 }
 
 impl Entry {
     fn new(now: Instant) -> Entry {
         Entry {
+            touched: now,
             state: State::Closed,
             since: now,
             until: now,
@@ -143,24 +150,79 @@ pub struct BudgetHealth {
     pub allowed: u64,
 }
 
+/// One provider's tracked targets.
+#[derive(Debug, Default)]
+struct Tracked {
+    /// The provider's catalog ids: always tracked.
+    catalog: HashSet<String>,
+    entries: HashMap<String, Entry>,
+    /// Entries whose id is not in the catalog.
+    pinned: usize,
+}
+
+impl Tracked {
+    /// Make room for one more pinned id: evict quiet ones, else the least recently used.
+    fn make_room(&mut self) {
+        if self.pinned < MAX_PINNED {
+            return;
+        }
+        let catalog = &self.catalog;
+        self.entries
+            .retain(|id, e| catalog.contains(id) || !e.quiet());
+        self.pinned = self.entries.len() - self.catalog_entries();
+        if self.pinned < MAX_PINNED {
+            return;
+        }
+        let oldest = self
+            .entries
+            .iter()
+            .filter(|(id, _)| !catalog.contains(*id))
+            .min_by_key(|(_, e)| e.touched)
+            .map(|(id, _)| id.clone());
+        if let Some(id) = oldest {
+            self.entries.remove(&id);
+            self.pinned -= 1;
+        }
+    }
+
+    fn catalog_entries(&self) -> usize {
+        self.entries
+            .keys()
+            .filter(|id| self.catalog.contains(*id))
+            .count()
+    }
+}
+
 pub struct Health {
     breaker: Breaker,
     budget: Budget,
     providers: Vec<String>,
-    targets: Vec<Mutex<HashMap<String, Entry>>>,
+    targets: Vec<Mutex<Tracked>>,
     budget_state: Mutex<BudgetState>,
 }
 
+/// A lock that a panic elsewhere cannot take out of service: the state it guards is a set of
+/// counters, valid after any partial update.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Health {
-    pub fn new(breaker: Breaker, budget: Budget, providers: Vec<String>) -> Health {
+    /// `providers`: each provider's name and its catalog model ids.
+    pub fn new(breaker: Breaker, budget: Budget, providers: Vec<(String, Vec<String>)>) -> Health {
         let targets = providers
             .iter()
-            .map(|_| Mutex::new(HashMap::new()))
+            .map(|(_, ids)| {
+                Mutex::new(Tracked {
+                    catalog: ids.iter().cloned().collect(),
+                    ..Tracked::default()
+                })
+            })
             .collect();
         Health {
             breaker,
             budget,
-            providers,
+            providers: providers.into_iter().map(|(name, _)| name).collect(),
             targets,
             budget_state: Mutex::new(BudgetState {
                 slots: VecDeque::new(),
@@ -174,10 +236,10 @@ impl Health {
         if !self.breaker.enabled {
             return Admit::Yes;
         }
-        let Some(Ok(mut map)) = self.targets.get(provider).map(|m| m.lock()) else {
+        let Some(mut t) = self.targets.get(provider).map(lock) else {
             return Admit::Yes;
         };
-        let Some(e) = map.get_mut(model) else {
+        let Some(e) = t.entries.get_mut(model) else {
             return Admit::Yes;
         };
         match e.state {
@@ -190,12 +252,12 @@ impl Health {
             State::Open => Admit::Open { until: e.until },
             // A probe that never reported back (its request was cancelled) frees the slot
             // after one more cool-down.
-            State::HalfOpen if now >= e.since + self.breaker.cool_down => {
+            State::HalfOpen if now >= later(e.since, self.breaker.cool_down) => {
                 e.since = now;
                 Admit::Probe
             }
             State::HalfOpen => Admit::Open {
-                until: e.since + self.breaker.cool_down,
+                until: later(e.since, self.breaker.cool_down),
             },
         }
     }
@@ -208,25 +270,25 @@ impl Health {
         outcome: Outcome,
         now: Instant,
     ) -> Option<State> {
-        let Some(Ok(mut map)) = self.targets.get(provider).map(|m| m.lock()) else {
-            return None;
-        };
-        if !map.contains_key(model) {
+        let mut t = lock(self.targets.get(provider)?);
+        if !t.entries.contains_key(model) {
             if matches!(outcome, Outcome::Neutral) {
                 return None;
             }
             if matches!(outcome, Outcome::Success { ttft: None }) {
                 return None; // nothing to remember about a healthy target
             }
-            if map.len() >= MAX_TRACKED {
-                map.retain(|_, e| !e.quiet());
-                if map.len() >= MAX_TRACKED {
-                    return None;
-                }
+            if model.len() > crate::text::MAX_MODEL_ID {
+                return None; // the planner refuses such ids; never keep one
             }
-            map.insert(model.to_string(), Entry::new(now));
+            if !t.catalog.contains(model) {
+                t.make_room();
+                t.pinned += 1;
+            }
+            t.entries.insert(model.to_string(), Entry::new(now));
         }
-        let e = map.get_mut(model)?;
+        let e = t.entries.get_mut(model)?;
+        e.touched = now;
         let before = e.state;
         let b = &self.breaker;
         if now.saturating_duration_since(e.window_start) >= b.window {
@@ -238,7 +300,7 @@ impl Health {
             Outcome::Neutral => {
                 if e.state == State::HalfOpen {
                     // The probe proved nothing: let the next request probe.
-                    e.since = now - b.cool_down;
+                    e.since = earlier(now, b.cool_down);
                 }
             }
             Outcome::Success { ttft } => {
@@ -268,7 +330,9 @@ impl Health {
                 e.requests += 1;
                 e.failures += 1;
                 e.consecutive += 1;
-                let until = (now + ra).max(if e.state == State::Open { e.until } else { now });
+                // An upstream's word, so capped: a circuit is cooled for `max-cool-down` at most.
+                let until = later(now, ra.min(b.max_cool_down));
+                let until = until.max(if e.state == State::Open { e.until } else { now });
                 e.open(now, until);
             }
             Outcome::Failure | Outcome::RateLimited { .. } => {
@@ -279,9 +343,9 @@ impl Health {
                     let ratio_hit = e.requests >= b.min_requests
                         && f64::from(e.failures) >= b.failure_ratio * f64::from(e.requests);
                     match e.state {
-                        State::HalfOpen => e.open(now, now + b.cool_down),
+                        State::HalfOpen => e.open(now, later(now, b.cool_down)),
                         State::Closed if e.consecutive >= b.consecutive_failures || ratio_hit => {
-                            e.open(now, now + b.cool_down)
+                            e.open(now, later(now, b.cool_down))
                         }
                         _ => {}
                     }
@@ -293,14 +357,16 @@ impl Health {
 
     /// The moving average of time to first token, in ms, if measured.
     pub fn ttft_ewma(&self, provider: usize, model: &str) -> Option<f64> {
-        let map = self.targets.get(provider)?.lock().ok()?;
-        map.get(model)?.ttft_ewma
+        lock(self.targets.get(provider)?)
+            .entries
+            .get(model)?
+            .ttft_ewma
     }
 
     /// The p95 of the recent times to first token, once there are 20 samples.
     pub fn ttft_p95(&self, provider: usize, model: &str) -> Option<Duration> {
-        let map = self.targets.get(provider)?.lock().ok()?;
-        p95(&map.get(model)?.ttft).map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        let t = lock(self.targets.get(provider)?);
+        p95(&t.entries.get(model)?.ttft).and_then(|ms| crate::durations::secs_f64(ms / 1000.0))
     }
 
     /// Take one extra attempt (a retry or a fallback) from the budget. `false`: spent.
@@ -308,9 +374,7 @@ impl Health {
         if !self.budget.enabled {
             return true;
         }
-        let Ok(mut g) = self.budget_state.lock() else {
-            return true;
-        };
+        let mut g = lock(&self.budget_state);
         let (requests, extra) = self.rotate(&mut g, now);
         let allowed = self.allowed(requests);
         if extra >= allowed {
@@ -327,11 +391,10 @@ impl Health {
         if !self.budget.enabled {
             return;
         }
-        if let Ok(mut g) = self.budget_state.lock() {
-            self.rotate(&mut g, now);
-            if let Some(last) = g.slots.back_mut() {
-                last.1 += 1;
-            }
+        let mut g = lock(&self.budget_state);
+        self.rotate(&mut g, now);
+        if let Some(last) = g.slots.back_mut() {
+            last.1 += 1;
         }
     }
 
@@ -363,8 +426,8 @@ impl Health {
     pub fn snapshot(&self, now: Instant) -> (Vec<TargetHealth>, BudgetHealth) {
         let mut out = Vec::new();
         for (i, m) in self.targets.iter().enumerate() {
-            let Ok(map) = m.lock() else { continue };
-            for (model, e) in map.iter() {
+            let t = lock(m);
+            for (model, e) in t.entries.iter() {
                 out.push(TargetHealth {
                     provider: self.providers.get(i).cloned().unwrap_or_default(),
                     model: model.clone(),
@@ -381,20 +444,14 @@ impl Health {
             }
         }
         out.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
-        let budget = match self.budget_state.lock() {
-            Ok(mut g) => {
-                let (requests, extra) = self.rotate(&mut g, now);
-                BudgetHealth {
-                    requests,
-                    extra_attempts: extra,
-                    allowed: self.allowed(requests),
-                }
+        let budget = {
+            let mut g = lock(&self.budget_state);
+            let (requests, extra) = self.rotate(&mut g, now);
+            BudgetHealth {
+                requests,
+                extra_attempts: extra,
+                allowed: self.allowed(requests),
             }
-            Err(_) => BudgetHealth {
-                requests: 0,
-                extra_attempts: 0,
-                allowed: 0,
-            },
         };
         (out, budget)
     }
@@ -423,6 +480,7 @@ mod tests {
                 min_requests: 10,
                 window: Duration::from_secs(30),
                 cool_down: Duration::from_secs(5),
+                max_cool_down: Duration::from_secs(60),
             },
             Budget {
                 enabled: true,
@@ -430,7 +488,7 @@ mod tests {
                 window: Duration::from_secs(10),
                 min_per_second: 1.0,
             },
-            vec!["a".into(), "b".into()],
+            vec![("a".into(), vec!["m".into()]), ("b".into(), vec![])],
         )
     }
 
@@ -531,6 +589,79 @@ mod tests {
         assert_eq!(granted, 10, "20 allowed, 10 already spent");
         // A window later it is all forgotten.
         assert!(h.withdraw(t + Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn a_huge_retry_after_cools_for_the_cap_and_never_overflows() {
+        let h = health(5);
+        let t = Instant::now();
+        for ra in [
+            Duration::MAX,
+            crate::durations::CEILING,
+            Duration::from_secs(3600),
+        ] {
+            h.record(
+                0,
+                "m",
+                Outcome::RateLimited {
+                    retry_after: Some(ra),
+                },
+                t,
+            );
+            assert_eq!(
+                h.admit(0, "m", t),
+                Admit::Open {
+                    until: t + Duration::from_secs(60)
+                },
+                "{ra:?}: cooled for max-cool-down (60 s) only"
+            );
+        }
+        assert_eq!(h.admit(0, "m", t + Duration::from_secs(60)), Admit::Probe);
+    }
+
+    #[test]
+    fn pinned_ids_are_bounded_and_never_push_out_catalog_ids() {
+        let h = health(1);
+        let t = Instant::now();
+        h.record(0, "m", Outcome::Failure, t); // "m" is provider a's catalog id
+        for i in 0..(MAX_PINNED * 4) {
+            let at = t + Duration::from_millis(i as u64);
+            h.record(0, &format!("pinned-{i}"), Outcome::Failure, at);
+        }
+        let tracked = lock(&h.targets[0]);
+        assert_eq!(tracked.pinned, MAX_PINNED);
+        assert_eq!(tracked.entries.len(), MAX_PINNED + 1);
+        assert!(tracked.entries.contains_key("m"), "the catalog id stays");
+        assert!(
+            tracked
+                .entries
+                .contains_key(&format!("pinned-{}", MAX_PINNED * 4 - 1)),
+            "the newest pinned id is tracked"
+        );
+        assert!(!tracked.entries.contains_key("pinned-0"), "the oldest went");
+        drop(tracked);
+        assert!(matches!(h.admit(0, "m", t), Admit::Open { .. }));
+        assert_eq!(
+            h.record(0, &"x".repeat(300), Outcome::Failure, t),
+            None,
+            "an over-long id is never kept"
+        );
+    }
+
+    #[test]
+    fn a_poisoned_lock_does_not_take_the_breaker_out_of_service() {
+        let h = std::sync::Arc::new(health(1));
+        let h2 = h.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = h2.targets[0].lock();
+            std::panic::panic_any("poison");
+        })
+        .join();
+        assert!(h.targets[0].is_poisoned());
+        let t = Instant::now();
+        assert_eq!(h.record(0, "m", Outcome::Failure, t), Some(State::Open));
+        assert!(matches!(h.admit(0, "m", t), Admit::Open { .. }));
+        assert_eq!(h.snapshot(t).0.len(), 1, "still listed");
     }
 
     #[test]

@@ -129,6 +129,9 @@ pub struct Engine {
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Every credential detour holds, masked out of provider text before a client or a log
+    /// sees it.
+    pub masker: Arc<crate::secrets::Masker>,
     connector: Connector,
     peers: upstream::Peers,
     fresh_group: AtomicU64,
@@ -192,9 +195,14 @@ impl Engine {
         let health = Arc::new(Health::new(
             cfg.failover.breaker.clone(),
             cfg.failover.budget.clone(),
-            cfg.providers.iter().map(|p| p.name.clone()).collect(),
+            cfg.providers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.name.clone(), cfg.catalog_ids(i)))
+                .collect(),
         ));
         Engine {
+            masker: Arc::new(cfg.masker()),
             cfg,
             metrics,
             health,
@@ -562,7 +570,8 @@ impl Engine {
             _ => return None,
         };
         // Only if the retry could still get an answer in time: wait plus a little.
-        (Instant::now() + wait + Duration::from_millis(50) < deadline).then_some((wait, reason))
+        let ready_by = crate::durations::later(Instant::now(), wait + Duration::from_millis(50));
+        (ready_by < deadline).then_some((wait, reason))
     }
 
     /// Run the target at `first` and, if it has no content after `delay`, the one at `second`
@@ -754,6 +763,7 @@ impl Engine {
                 watch,
                 head,
             } => {
+                let reason = self.masker.string(reason);
                 self.record_health(target, health::Outcome::Failure);
                 self.metrics
                     .attempts
@@ -955,17 +965,20 @@ impl Engine {
                 .inc();
         }
         let source = target.source(&self.cfg);
+        // Provider text (an error body, an in-band error event, a token endpoint's reason):
+        // every credential masked before the client or the log sees it.
+        let message = self.masker.string(f.message);
         log.attempts.push(AttemptLog {
             provider: target.route.provider,
             source: source.clone(),
             outcome: label,
             status: f.status,
-            error: Some(f.message.clone()),
+            error: Some(message.clone()),
             duration: started.elapsed(),
         });
         reports.push(AttemptReport {
             source,
-            error: f.message,
+            error: message,
             status: f.status,
             skipped: false,
         });
@@ -1008,12 +1021,13 @@ impl Engine {
         let mut h = ResponseHeader::build(resp.status, Some(12))?;
         for (name, value) in resp.headers.iter() {
             let n = name.as_str();
-            if n == "content-type"
+            let passed = n == "content-type"
                 || n == "cache-control"
                 || n == "retry-after"
                 || n.starts_with("x-ratelimit-")
-                || n.starts_with("openai-")
-            {
+                || n.starts_with("openai-");
+            // A header that quotes a credential is not passed on.
+            if passed && !self.masker.finds(value.as_bytes()) {
                 h.append_header(name.clone(), value.clone())?;
             }
         }

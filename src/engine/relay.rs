@@ -343,6 +343,7 @@ impl Engine {
 
     /// End a broken stream: an SSE error event and no `[DONE]`.
     pub(super) async fn end_broken(&self, s: &mut Session, reason: &str) {
+        let reason = self.masker.text(reason);
         let ev = crate::sse::error_event(
             &format!("{reason}; the answer is incomplete"),
             "stream_interrupted",

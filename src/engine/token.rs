@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 /// A cached access token is renewed when less than this is left of its life.
 const TOKEN_RENEW_BEFORE: Duration = Duration::from_secs(300);
+/// The longest a minted token is cached, whatever `expires_in` says (Google's last an hour).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 impl Engine {
     /// Provider `i`'s Vertex access token: the cached one while it has more than
@@ -24,7 +26,7 @@ impl Engine {
         };
         let mut cached = slot.lock().await;
         if let Some((token, expires)) = &*cached {
-            if *expires > Instant::now() + TOKEN_RENEW_BEFORE {
+            if *expires > crate::durations::later(Instant::now(), TOKEN_RENEW_BEFORE) {
                 return Ok(token.clone());
             }
         }
@@ -94,10 +96,14 @@ impl Engine {
         }
         let (token, lifetime) =
             vertex::parse_token(&answer).map_err(|m| fail(FailClass::BadResponse, None, m))?;
+        // A token is a credential like any key: masked wherever provider text is shown.
+        self.masker.add_minted(&token);
         let token = Secret::new(token);
+        // `expires_in` is the token endpoint's word: capped, and never an overflow.
+        let lifetime = Duration::from_secs(lifetime).min(MAX_TOKEN_LIFETIME);
         *cached = Some((
             token.clone(),
-            Instant::now() + Duration::from_secs(lifetime),
+            crate::durations::later(Instant::now(), lifetime),
         ));
         Ok(token)
     }

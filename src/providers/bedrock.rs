@@ -37,13 +37,8 @@ pub fn path(base_path: &str, model_id: &str, stream: bool) -> String {
     let mut p = String::with_capacity(base_path.len() + model_id.len() + 32);
     p.push_str(base_path);
     p.push_str("/model/");
-    for b in model_id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            p.push(b as char);
-        } else {
-            p.push_str(&format!("%{b:02X}"));
-        }
-    }
+    // One path label, as botocore renders it: only the unreserved bytes stay as they are.
+    p.push_str(&crate::text::query_value(model_id));
     p.push_str(if stream {
         "/converse-stream"
     } else {
@@ -57,7 +52,8 @@ pub fn path(base_path: &str, model_id: &str, stream: bool) -> String {
 #[derive(Clone)]
 pub struct AwsCredentials {
     pub access_key_id: String,
-    session_token: bool,
+    secret_access_key: crate::config::Secret,
+    session_token: Option<crate::config::Secret>,
     identity: aws_smithy_runtime_api::client::identity::Identity,
 }
 
@@ -67,24 +63,38 @@ impl AwsCredentials {
         secret_access_key: crate::config::Secret,
         session_token: Option<crate::config::Secret>,
     ) -> Self {
-        let has_token = session_token.is_some();
         let identity = aws_credential_types::Credentials::new(
             access_key_id.clone(),
             secret_access_key.expose().to_string(),
-            session_token.map(|t| t.expose().to_string()),
+            session_token.as_ref().map(|t| t.expose().to_string()),
             None,
             "detour-env",
         )
         .into();
         AwsCredentials {
             access_key_id,
-            session_token: has_token,
+            secret_access_key,
+            session_token,
             identity,
         }
     }
 
     pub fn has_session_token(&self) -> bool {
-        self.session_token
+        self.session_token.is_some()
+    }
+
+    /// Everything here that must never reach a client or a log (the key id too: AWS error
+    /// texts quote it).
+    pub fn to_mask(&self) -> impl Iterator<Item = &str> {
+        [
+            Some(self.access_key_id.as_str()),
+            Some(self.secret_access_key.expose()),
+        ]
+        .into_iter()
+        .chain(std::iter::once(
+            self.session_token.as_ref().map(|t| t.expose()),
+        ))
+        .flatten()
     }
 }
 

@@ -21,6 +21,7 @@ use std::borrow::Cow;
 
 /// The request path for `model_id` below the provider's base path.
 pub fn path(base_path: &str, model_id: &str, stream: bool) -> String {
+    let model_id = crate::text::path_segment(model_id);
     if stream {
         format!("{base_path}/v1beta/models/{model_id}:streamGenerateContent?alt=sse")
     } else {

@@ -34,8 +34,12 @@ pub fn path(base_path: &str, project: &str, region: &str, model_id: &str, stream
         (false, false) => ("google", "generateContent"),
         (false, true) => ("google", "streamGenerateContent?alt=sse"),
     };
+    let seg = crate::text::path_segment;
     format!(
-        "{base_path}/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{model_id}:{method}"
+        "{base_path}/v1/projects/{}/locations/{}/publishers/{publisher}/models/{}:{method}",
+        seg(project),
+        seg(region),
+        seg(model_id)
     )
 }
 

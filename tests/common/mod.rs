@@ -17,6 +17,9 @@ use tokio::net::TcpStream;
 
 pub use detour::mock::{Fault, MockConfig, MockServer};
 
+mod raw;
+pub use raw::*;
+
 static N: AtomicUsize = AtomicUsize::new(0);
 
 pub fn free_port() -> u16 {
@@ -60,6 +63,8 @@ pub fn provider(name: &str, m: &MockServer) -> String {
 
 /// The secret the gateway's providers get from `DETOUR_TEST_KEY`.
 pub const PROVIDER_KEY: &str = "sk-provider-secret-0123456789";
+/// A second provider key, from `DETOUR_TEST_KEY2`.
+pub const PROVIDER_KEY2: &str = "sk-second-provider-key-abcdefgh";
 
 /// The AWS credentials every test gateway gets from the standard env vars.
 pub const AWS_KEY_ID: &str = "AKIDDETOURTEST";
@@ -129,6 +134,7 @@ impl Gateway {
             .arg(dir.join("detour.yaml"))
             .args(extra)
             .env("DETOUR_TEST_KEY", PROVIDER_KEY)
+            .env("DETOUR_TEST_KEY2", PROVIDER_KEY2)
             .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
             .env("AWS_SESSION_TOKEN", AWS_TOKEN)
