@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Request sent → first stream chunk relayed to the client, by provider.
     pub stream_ttft: HistogramVec,
     pub in_flight: IntGauge,
+    /// Bytes of request bodies held now, all requests together (`limits.max-total-body-bytes`).
+    pub body_bytes_held: IntGauge,
     pub attempts_per_request: Histogram,
     /// Same-target retries by provider and the reason (`server_error`, `retry_after`).
     pub retries: IntCounterVec,
@@ -95,6 +97,10 @@ impl Metrics {
             &["provider"],
         )?;
         let in_flight = IntGauge::new("detour_requests_in_flight", "Requests being served now")?;
+        let body_bytes_held = IntGauge::new(
+            "detour_request_body_bytes_held",
+            "Bytes of request bodies held now, all requests together",
+        )?;
         let attempts_per_request = Histogram::with_opts(
             HistogramOpts::new(
                 "detour_attempts_per_request",
@@ -154,6 +160,7 @@ impl Metrics {
         registry.register(Box::new(upstream_ttfb.clone()))?;
         registry.register(Box::new(stream_ttft.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(body_bytes_held.clone()))?;
         registry.register(Box::new(attempts_per_request.clone()))?;
         for p in providers {
             attempts.with_label_values(&[p.as_str(), "success"]);
@@ -169,6 +176,7 @@ impl Metrics {
             upstream_ttfb,
             stream_ttft,
             in_flight,
+            body_bytes_held,
             attempts_per_request,
             retries,
             circuit_state,

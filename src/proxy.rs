@@ -11,15 +11,67 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::{ProxyHttp, Session};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a client may take to send its request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The error `request_filter` returns to make Pingora abort the client's connection (a
+/// committed answer was cut).
+const ANSWER_CUT: pingora_error::ErrorType = pingora_error::ErrorType::Custom("answer cut");
+
+/// Request bodies held at once, all requests together, against `limits.max-total-body-bytes`.
+struct BodyBudget {
+    held: AtomicUsize,
+    cap: usize,
+    gauge: prometheus::IntGauge,
+}
+
+/// One request's share of the [`BodyBudget`], given back when dropped.
+struct BodyHold<'a> {
+    budget: &'a BodyBudget,
+    held: usize,
+}
+
+impl<'a> BodyHold<'a> {
+    fn new(budget: &'a BodyBudget) -> Self {
+        BodyHold { budget, held: 0 }
+    }
+
+    fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Take `n` more bytes; `false` (and nothing taken) if the total would pass the cap.
+    fn grow(&mut self, n: usize) -> bool {
+        let cap = self.budget.cap;
+        let took = self
+            .budget
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                h.checked_add(n).filter(|t| *t <= cap)
+            })
+            .is_ok();
+        if took {
+            self.held += n;
+            self.budget.gauge.add(n as i64);
+        }
+        took
+    }
+}
+
+impl Drop for BodyHold<'_> {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.held, Ordering::AcqRel);
+        self.budget.gauge.sub(self.held as i64);
+    }
+}
+
 pub struct DetourProxy {
     engine: Engine,
+    bodies: BodyBudget,
     models_json: Bytes,
     id_prefix: String,
     next_id: AtomicU64,
@@ -38,6 +90,11 @@ impl DetourProxy {
             .unwrap_or(0)
             ^ (u64::from(std::process::id()) << 32);
         DetourProxy {
+            bodies: BodyBudget {
+                held: AtomicUsize::new(0),
+                cap: cfg.limits.max_total_body_bytes,
+                gauge: metrics.body_bytes_held.clone(),
+            },
             engine: Engine::new(cfg, metrics, connector),
             models_json,
             id_prefix: format!("{seed:016x}"),
@@ -71,7 +128,13 @@ impl DetourProxy {
         format!("{}{n:08x}", self.id_prefix)
     }
 
-    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, GatewayError> {
+    /// Read the request body whole, within `limits.max-body-bytes` for this request and
+    /// `limits.max-total-body-bytes` for all requests together; the returned hold keeps the
+    /// body's share of the total until it is dropped.
+    async fn read_body(
+        &self,
+        session: &mut Session,
+    ) -> std::result::Result<(Bytes, BodyHold<'_>), GatewayError> {
         let limit = self.cfg().limits.max_body_bytes;
         let declared = session
             .req_header()
@@ -82,8 +145,12 @@ impl DetourProxy {
         if declared.is_some_and(|n| n > limit) {
             return Err(GatewayError::BodyTooLarge { limit });
         }
+        let mut hold = BodyHold::new(&self.bodies);
+        if !hold.grow(declared.unwrap_or(0)) {
+            return Err(GatewayError::Overloaded { retry_after: 1 });
+        }
         // curl and others wait (1 s) for a go-ahead before sending a larger body. Pingora relays
-        // an upstream's 100 only on its proxy path, so detour gives it here, after the size check.
+        // an upstream's 100 only on its proxy path, so detour gives it here, after the checks.
         let expects_continue = session
             .req_header()
             .headers
@@ -98,24 +165,21 @@ impl DetourProxy {
                 .await
                 .map_err(|e| GatewayError::ClientRead(e.etype().as_str().to_string()))?;
         }
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
-        let mut first: Option<Bytes> = None;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut total = 0usize;
         let read = async {
             loop {
                 match session.read_request_body().await {
                     Ok(Some(chunk)) => {
-                        if buf.len() + chunk.len() + first.as_ref().map_or(0, |f| f.len()) > limit {
+                        total += chunk.len();
+                        if total > limit {
                             return Err(GatewayError::BodyTooLarge { limit });
                         }
-                        // The common case, one chunk, is kept as it is.
-                        if first.is_none() && buf.is_empty() {
-                            first = Some(chunk);
-                        } else {
-                            if let Some(f) = first.take() {
-                                buf.extend_from_slice(&f);
-                            }
-                            buf.extend_from_slice(&chunk);
+                        // A chunked body is counted as it arrives.
+                        if total > hold.held() && !hold.grow(total - hold.held()) {
+                            return Err(GatewayError::Overloaded { retry_after: 1 });
                         }
+                        chunks.push(chunk);
                     }
                     Ok(None) => return Ok(()),
                     Err(e) => return Err(GatewayError::ClientRead(e.etype().as_str().to_string())),
@@ -127,8 +191,32 @@ impl DetourProxy {
                 "timed out reading the body".into(),
             )),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Ok(first.unwrap_or_else(|| buf.freeze())),
+            // The common case, one chunk, is kept as it is; more are joined once.
+            Ok(Ok(())) if chunks.len() == 1 => Ok((chunks.remove(0), hold)),
+            Ok(Ok(())) => {
+                let mut buf = BytesMut::with_capacity(total);
+                for c in &chunks {
+                    buf.extend_from_slice(c);
+                }
+                Ok((buf.freeze(), hold))
+            }
         }
+    }
+
+    fn json_header(
+        status: u16,
+        length: usize,
+        request_id: &str,
+        attempts: Option<usize>,
+    ) -> Result<ResponseHeader> {
+        let mut h = ResponseHeader::build(status, Some(5))?;
+        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        h.insert_header(http::header::CONTENT_LENGTH, length)?;
+        h.insert_header("x-request-id", request_id)?;
+        if let Some(n) = attempts {
+            h.insert_header("x-detour-attempts", n)?;
+        }
+        Ok(h)
     }
 
     async fn write_json(
@@ -136,15 +224,8 @@ impl DetourProxy {
         status: u16,
         body: Bytes,
         request_id: &str,
-        attempts: Option<usize>,
     ) -> Result<()> {
-        let mut h = ResponseHeader::build(status, Some(4))?;
-        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        h.insert_header("x-request-id", request_id)?;
-        if let Some(n) = attempts {
-            h.insert_header("x-detour-attempts", n)?;
-        }
+        let h = Self::json_header(status, body.len(), request_id, None)?;
         session.write_response_header(Box::new(h), false).await?;
         session.write_response_body(Some(body), true).await
     }
@@ -161,13 +242,20 @@ impl DetourProxy {
         }
         if matches!(
             e,
-            GatewayError::BodyTooLarge { .. } | GatewayError::ClientRead(_)
+            GatewayError::BodyTooLarge { .. }
+                | GatewayError::ClientRead(_)
+                | GatewayError::Overloaded { .. }
         ) {
             // The rest of the body was not read: the connection cannot carry another request.
             session.set_keepalive(None);
         }
         let attempts = ctx.is_chat.then(|| ctx.attempts_made());
-        Self::write_json(session, e.status(), e.to_json(), &ctx.request_id, attempts).await
+        let mut h = Self::json_header(e.status(), e.to_json().len(), &ctx.request_id, attempts)?;
+        if let GatewayError::Overloaded { retry_after } = e {
+            h.insert_header(http::header::RETRY_AFTER, *retry_after)?;
+        }
+        session.write_response_header(Box::new(h), false).await?;
+        session.write_response_body(Some(e.to_json()), true).await
     }
 
     async fn chat(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<()> {
@@ -175,7 +263,8 @@ impl DetourProxy {
         // Decremented when this scope ends, whichever way it ends.
         let _in_flight = InFlight::enter(&self.metrics().in_flight);
         let result = async {
-            let body = self.read_body(session).await?;
+            // The hold counts the body in the total until the request is over.
+            let (body, _hold) = self.read_body(session).await?;
             let req = ChatRequest::parse(&body)?;
             ctx.stream = req.stream;
             let plan =
@@ -185,6 +274,11 @@ impl DetourProxy {
         .await;
         match result {
             Ok(()) => Ok(()),
+            // Never a clean end: Pingora drops the connection (see `fail_to_proxy`).
+            Err(GatewayError::AnswerCut) => pingora_error::Error::e_explain(
+                ANSWER_CUT,
+                "a committed answer was cut; the client connection is aborted",
+            ),
             Err(e) => Self::write_error(session, ctx, &e).await,
         }
     }
@@ -283,19 +377,12 @@ impl ProxyHttp for DetourProxy {
             ("chat", "POST") => self.chat(session, ctx).await?,
             ("models", "GET") => {
                 ctx.status = 200;
-                Self::write_json(
-                    session,
-                    200,
-                    self.models_json.clone(),
-                    &ctx.request_id,
-                    None,
-                )
-                .await?
+                Self::write_json(session, 200, self.models_json.clone(), &ctx.request_id).await?
             }
             ("health", "GET") => {
                 ctx.status = 200;
                 let b = Bytes::from_static(br#"{"status":"ok"}"#);
-                Self::write_json(session, 200, b, &ctx.request_id, None).await?
+                Self::write_json(session, 200, b, &ctx.request_id).await?
             }
             ("", _) => {
                 let e = GatewayError::NotFound { path };
@@ -319,6 +406,41 @@ impl ProxyHttp for DetourProxy {
         _ctx: &mut RequestLog,
     ) -> Result<Box<HttpPeer>> {
         pingora_error::Error::e_explain(pingora_error::ErrorType::InternalError, "no upstream path")
+    }
+
+    /// Only reached through an `Err` from `request_filter`: a cut answer (the connection is
+    /// dropped without a clean end, nothing more written) or a failed write to the client.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora_error::Error,
+        _ctx: &mut RequestLog,
+    ) -> pingora_proxy::FailToProxy {
+        use pingora_error::{ErrorSource, ErrorType};
+        let code = match (e.etype(), e.esource()) {
+            (t, _) if *t == ANSWER_CUT => 0,
+            (ErrorType::HTTPStatus(c), _) => *c,
+            (ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed, _) => 0,
+            (_, ErrorSource::Downstream) => 400,
+            _ => 500,
+        };
+        if code > 0 && session.response_written().is_none() {
+            let _ = session.respond_error(code).await;
+        }
+        pingora_proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// A cut answer is recorded in the access log; it is not an error of detour's.
+    fn suppress_error_log(
+        &self,
+        _s: &Session,
+        _ctx: &RequestLog,
+        e: &pingora_error::Error,
+    ) -> bool {
+        *e.etype() == ANSWER_CUT
     }
 
     /// Runs once per request after the response: metrics and the access log line.

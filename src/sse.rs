@@ -53,8 +53,11 @@ impl EventAligner {
                 }
             };
         }
+        // Only the new bytes (and the 3 before them, for a terminator split across reads)
+        // can hold a new boundary: a long partial event is scanned once, not once per read.
+        let from = self.carry.len().saturating_sub(3);
         self.carry.extend_from_slice(&chunk);
-        let n = last_boundary(&self.carry)?;
+        let n = from + last_boundary(&self.carry[from..])?;
         let out = self.carry.split_to(n).freeze();
         self.emit(out)
     }
@@ -197,8 +200,9 @@ pub struct SseDecoder {
 
 impl SseDecoder {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        let from = self.buf.len().saturating_sub(3);
         self.buf.extend_from_slice(bytes);
-        let Some(end) = last_boundary(&self.buf) else {
+        let Some(end) = last_boundary(&self.buf[from..]).map(|n| from + n) else {
             return Vec::new();
         };
         let whole: Vec<u8> = self.buf.drain(..end).collect();

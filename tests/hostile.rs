@@ -325,3 +325,177 @@ async fn an_absurd_oauth_expires_in_is_capped() {
     assert_eq!(tokens, 1, "the token was cached");
     assert!(!gw.stderr().contains("panicked"), "{}", gw.stderr());
 }
+
+/// A close-delimited SSE answer that starts an event and never ends it, after `before`.
+fn endless_event(before: Vec<u8>) -> Vec<Step> {
+    let mut head =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n".to_vec();
+    head.extend_from_slice(&before);
+    head.extend_from_slice(br#"data: {"choices":[{"delta":{"content":""#);
+    vec![Step::Send(head), Step::Endless(b'x')]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_never_ends_fails_the_stream_at_the_cap() {
+    let up = RawUpstream::start(|req| match req.header("x-case") {
+        Some("after") => endless_event(content_event("Hello")),
+        _ => endless_event(Vec::new()),
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = Gateway::start(&format!(
+        "limits: {{max-event-bytes: 65536}}\nproviders:\n{}{}",
+        raw_provider("p1", "openai", &up.base_url()),
+        provider("p2", &p2)
+    ))
+    .await;
+    // Before commit: an invisible failure, the next target serves.
+    let r = gw.chat(&chat_body("m/p1,m/p2", true)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-provider"), Some("p2"));
+    assert!(streamed_text(&r.body).starts_with("Hello from p2"));
+    // After commit: the client gets what came before and an error event, no [DONE].
+    let r = gw
+        .chat_with(&chat_body("m/p1", true), &[("x-case", "after")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(streamed_text(&r.body), "Hello");
+    let data = sse_data(&r.body);
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{data:?}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_interrupted");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("an event over 65536 bytes"),
+        "{last}"
+    );
+    // detour stopped reading both times: far less than the 200 MB an unbounded reader takes.
+    let sent = up.endless_sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < 16 * 1024 * 1024, "{sent} bytes were taken");
+    let log = gw.stderr();
+    assert!(log.contains("an event over 65536 bytes"), "{log}");
+}
+
+/// Read a response whose body must end abnormally; returns the head and the body bytes that
+/// came, and fails the test if the body ended cleanly.
+async fn read_cut(port: u16, body: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let h = [("content-type", "application/json")];
+    send_request(
+        &mut sock,
+        "POST",
+        "/v1/chat/completions",
+        &h,
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    let read = async {
+        let (status, headers, rest) = read_head(&mut sock).await.unwrap();
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+        let mut got = Vec::new();
+        let outcome = if chunked {
+            let mut dec = ChunkDecoder::new(rest);
+            loop {
+                match dec.next_chunk(&mut sock).await {
+                    Ok(Some(c)) => got.extend_from_slice(&c),
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            }
+        } else {
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .map(|(_, v)| v.parse().unwrap())
+                .expect("a length");
+            got = rest;
+            use tokio::io::AsyncReadExt;
+            let _ = sock.read_to_end(&mut got).await;
+            if got.len() < len {
+                Err(std::io::Error::other("short"))
+            } else {
+                Ok(())
+            }
+        };
+        assert!(outcome.is_err(), "the cut body ended cleanly");
+        (status, headers, got)
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the client saw the end of the connection")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_answer_cut_after_commit_aborts_the_connection() {
+    let big = completion_json(&"y".repeat(20_000));
+    let half = big[..big.len() / 2].to_vec();
+    let len = big.len();
+    let up = RawUpstream::start(move |req| match req.header("x-case") {
+        Some("length") => vec![
+            Step::Send(
+                format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n")
+                    .into_bytes(),
+            ),
+            Step::Send(half.clone()),
+            Step::Sleep(Duration::from_millis(50)),
+            Step::Reset,
+        ],
+        _ => vec![
+            Step::Send(chunked_head(200, "application/json")),
+            Step::Send(chunk(&half)),
+            Step::Sleep(Duration::from_millis(50)),
+            Step::Reset,
+        ],
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "limits: {{max-buffered-response-bytes: 1024}}\nproviders:\n{}",
+        raw_provider("p1", "openai", &up.base_url())
+    ))
+    .await;
+    // Chunked: the client gets the first half and then no terminating chunk.
+    let (status, headers, got) = read_cut(gw.port, &chat_body("m/p1", false)).await;
+    assert_eq!(status, 200);
+    assert!(headers.iter().all(|(k, _)| k != "content-length"));
+    assert_eq!(got, big[..big.len() / 2]);
+    // With the upstream's Content-Length: the client gets it too, and a short body.
+    let body = chat_body("m/p1", false);
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let h = [("content-type", "application/json"), ("x-case", "length")];
+    send_request(
+        &mut sock,
+        "POST",
+        "/v1/chat/completions",
+        &h,
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut sock))
+        .await
+        .unwrap();
+    let e = r.expect_err("a short body");
+    assert!(e.to_string().contains("shorter than content-length"), "{e}");
+    // Both are in the access log as broken after commit (the request and its attempt); the
+    // gateway serves on.
+    let log = gw
+        .stderr_when(|l| l.matches("\"outcome\":\"stream_error\"").count() >= 4)
+        .await;
+    assert_eq!(
+        log.matches("\"outcome\":\"stream_error\"").count(),
+        4,
+        "{log}"
+    );
+    assert!(!log.contains("Fail to filter request"), "{log}");
+    let r = request(gw.port, "GET", "/health", &[], b"").await.unwrap();
+    assert_eq!(r.status, 200);
+}

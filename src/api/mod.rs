@@ -42,6 +42,14 @@ pub enum GatewayError {
     ClientClosed,
     /// Reading the request from the client failed or timed out.
     ClientRead(String),
+    /// Too many request bodies are held at once (`limits.max-total-body-bytes`): try again in
+    /// `retry_after` seconds.
+    Overloaded {
+        retry_after: u64,
+    },
+    /// A committed non-stream answer was cut: never written, the connection is aborted so
+    /// that the client cannot take the partial body for a whole one.
+    AnswerCut,
 }
 
 /// One line of the `attempts` list in the all-failed error.
@@ -68,6 +76,8 @@ impl GatewayError {
             GatewayError::AllFailed { status, .. } => *status,
             GatewayError::ClientClosed => 499,
             GatewayError::ClientRead(_) => 400,
+            GatewayError::Overloaded { .. } => 503,
+            GatewayError::AnswerCut => 502,
         }
     }
 
@@ -83,6 +93,8 @@ impl GatewayError {
             GatewayError::AllFailed { .. } => "all_failed",
             GatewayError::ClientClosed => "client_closed",
             GatewayError::ClientRead(_) => "client_read_error",
+            GatewayError::Overloaded { .. } => "overloaded",
+            GatewayError::AnswerCut => "stream_error",
         }
     }
 
@@ -117,10 +129,10 @@ impl GatewayError {
             }),
             other => {
                 let (message, param, code) = other.plain_parts();
-                let kind = if matches!(other, GatewayError::ClientClosed) {
-                    "client_closed"
-                } else {
-                    "invalid_request_error"
+                let kind = match other {
+                    GatewayError::ClientClosed => "client_closed",
+                    GatewayError::Overloaded { .. } | GatewayError::AnswerCut => "server_error",
+                    _ => "invalid_request_error",
                 };
                 serde_json::to_vec(&Envelope {
                     error: &Plain {
@@ -179,6 +191,18 @@ impl GatewayError {
                 "All fallback attempts failed".into(),
                 None,
                 "all_attempts_failed",
+            ),
+            GatewayError::Overloaded { retry_after } => (
+                format!(
+                    "detour is holding as many request bodies as it may; retry in {retry_after} s"
+                ),
+                None,
+                "overloaded",
+            ),
+            GatewayError::AnswerCut => (
+                "The answer was cut after it had started".into(),
+                None,
+                "answer_cut",
             ),
         }
     }

@@ -259,6 +259,10 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_chain_length: usize,
     pub max_buffered_response_bytes: usize,
+    /// The largest single stream event an upstream may send.
+    pub max_event_bytes: usize,
+    /// Request bodies held at once, all requests together.
+    pub max_total_body_bytes: usize,
 }
 
 /// The validated configuration. Built once; shared read-only by every request.
@@ -682,14 +686,37 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         .map(|a| parse_addr(&a.listen, "admin.listen"))
         .transpose()?;
     let base_timeouts = timeouts(&raw.timeouts, Timeouts::default(), "timeouts")?;
+    let max_body_bytes = raw.limits.max_body_bytes.unwrap_or(32 * 1024 * 1024);
     let limits = Limits {
-        max_body_bytes: raw.limits.max_body_bytes.unwrap_or(32 * 1024 * 1024),
+        max_body_bytes,
         max_chain_length: raw.limits.max_chain_length.unwrap_or(10),
         max_buffered_response_bytes: raw
             .limits
             .max_buffered_response_bytes
             .unwrap_or(4 * 1024 * 1024),
+        max_event_bytes: raw.limits.max_event_bytes.unwrap_or(4 * 1024 * 1024),
+        max_total_body_bytes: raw
+            .limits
+            .max_total_body_bytes
+            .unwrap_or((512 * 1024 * 1024).max(max_body_bytes)),
     };
+    for (v, name) in [
+        (limits.max_event_bytes, "max-event-bytes"),
+        (limits.max_total_body_bytes, "max-total-body-bytes"),
+    ] {
+        if v == 0 {
+            return Err(ConfigError::new(
+                format!("limits.{name}"),
+                "must be at least 1",
+            ));
+        }
+    }
+    if limits.max_total_body_bytes < limits.max_body_bytes {
+        return Err(ConfigError::new(
+            "limits.max-total-body-bytes",
+            "must be at least limits.max-body-bytes",
+        ));
+    }
     if limits.max_chain_length == 0 {
         return Err(ConfigError::new(
             "limits.max-chain-length",

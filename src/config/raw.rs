@@ -53,6 +53,10 @@ pub struct RawLimits {
     pub max_chain_length: Option<usize>,
     /// Largest non-streaming upstream answer buffered before commit; larger ones are relayed.
     pub max_buffered_response_bytes: Option<usize>,
+    /// Largest single upstream stream event (a partial event held back past it fails the stream).
+    pub max_event_bytes: Option<usize>,
+    /// Request bodies buffered at once, all requests together (over it: 503 with Retry-After).
+    pub max_total_body_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,6 +21,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::time::timeout_at;
 
+/// The in-band error kind of an event over `limits.max-event-bytes`.
+pub(super) const EVENT_TOO_LARGE: &str = "event_too_large";
+
 /// The most of an upstream error body read to find its message.
 const ERROR_BODY_CAP: usize = 64 * 1024;
 /// The longest wait for an upstream error body after its header.
@@ -118,14 +121,23 @@ impl Relay {
         }
     }
 
-    /// Feed one upstream chunk; the OpenAI SSE bytes to send the client now, if any.
-    pub fn push(&mut self, c: Bytes) -> Result<Option<Bytes>, anthropic::InBandError> {
-        match self {
+    /// Feed one upstream chunk; the OpenAI SSE bytes to send the client now, if any. A partial
+    /// event held back past `cap` bytes is an error ([`EVENT_TOO_LARGE`]): an upstream that
+    /// starts an event and never ends it cannot make detour buffer without bound.
+    pub fn push(&mut self, c: Bytes, cap: usize) -> Result<Option<Bytes>, anthropic::InBandError> {
+        let out = match self {
             Relay::Pass(a) => Ok(a.push(c)),
             Relay::Anthropic(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
             Relay::Gemini(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
             Relay::Bedrock(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
+        }?;
+        if self.pending() > cap {
+            return Err(anthropic::InBandError {
+                kind: EVENT_TOO_LARGE.into(),
+                message: format!("the provider sent an event over {cap} bytes"),
+            });
         }
+        Ok(out)
     }
 
     /// At the upstream's clean end: closing bytes a translated format owes the client.
@@ -615,11 +627,18 @@ impl Engine {
         let first_token = ready
             .deadline
             .min(ready.started + provider.timeouts.first_token);
+        let cap = self.cfg.limits.max_event_bytes;
         let mut take = |seg: Bytes, watch: &mut Watch| -> Result<(), Failure> {
             watch
                 .inspect(&seg)
                 .map_err(|e| in_band_failure(&e.kind, &e.message))?;
             held.extend_from_slice(&seg);
+            // What is held before the first content (role chunks, keep-alives) is bounded too.
+            if held.len() > cap {
+                return Err(bad_response(&format!(
+                    "the stream sent over {cap} bytes before its first content"
+                )));
+            }
             Ok(())
         };
         let ended = loop {
@@ -628,7 +647,7 @@ impl Engine {
             }
             let wait = first_token.min(Instant::now() + provider.timeouts.idle);
             match read_until(&mut ready.up, wait).await {
-                Read::Chunk(c) => match relay.push(c) {
+                Read::Chunk(c) => match relay.push(c, cap) {
                     Ok(Some(seg)) => take(seg, &mut watch)?,
                     Ok(None) => {}
                     // An error event before anything was sent (e.g. overloaded): fall back.

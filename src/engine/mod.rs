@@ -725,7 +725,15 @@ impl Engine {
         match delivered.await {
             Delivered::ClientGone => {
                 self.record_health(target, health::Outcome::Neutral);
+                // The attempt served: the access log says which, and that the client left.
+                self.record_success(log, provider, target, "client_closed", status, started);
                 Turn::Over(Err(GatewayError::ClientClosed))
+            }
+            Delivered::Cut { reason } => {
+                let reason = self.masker.string(reason);
+                self.record_health(target, health::Outcome::Failure);
+                self.broken_attempt(log, target, status, &reason, started);
+                Turn::Over(Err(GatewayError::AnswerCut))
             }
             Delivered::Done { usage, finalised } => {
                 if serving {
@@ -765,21 +773,7 @@ impl Engine {
             } => {
                 let reason = self.masker.string(reason);
                 self.record_health(target, health::Outcome::Failure);
-                self.metrics
-                    .attempts
-                    .with_label_values(&[provider.name.as_str(), "stream_error"])
-                    .inc();
-                log.attempts.push(AttemptLog {
-                    provider: target.route.provider,
-                    source: target.source(&self.cfg),
-                    outcome: "stream_error",
-                    status: Some(status),
-                    error: Some(reason.clone()),
-                    duration: started.elapsed(),
-                });
-                log.status = status;
-                log.post_commit_error = Some(reason.clone());
-                log.outcome = "stream_error";
+                self.broken_attempt(log, target, status, &reason, started);
                 if self.cfg.failover.continuation {
                     if let (Some(text), Some(head)) = (watch.text(), head) {
                         if !text.is_empty()
@@ -875,8 +869,11 @@ impl Engine {
                     self.record_success(log, provider, t, "success", status, started);
                     true
                 }
-                Delivered::ClientGone => false,
-                Delivered::Broken { reason, .. } => {
+                Delivered::ClientGone => {
+                    self.record_success(log, provider, t, "client_closed", status, started);
+                    false
+                }
+                Delivered::Cut { reason } | Delivered::Broken { reason, .. } => {
                     self.record_health(t, health::Outcome::Failure);
                     let f = Failure::new(
                         FailClass::UpstreamClosed,
@@ -982,6 +979,33 @@ impl Engine {
             status: f.status,
             skipped: false,
         });
+    }
+
+    /// Log and count an attempt that failed after its answer was committed.
+    fn broken_attempt(
+        &self,
+        log: &mut RequestLog,
+        target: &Target,
+        status: u16,
+        reason: &str,
+        started: Instant,
+    ) {
+        let pname = self.cfg.providers[target.route.provider].name.as_str();
+        self.metrics
+            .attempts
+            .with_label_values(&[pname, "stream_error"])
+            .inc();
+        log.attempts.push(AttemptLog {
+            provider: target.route.provider,
+            source: target.source(&self.cfg),
+            outcome: "stream_error",
+            status: Some(status),
+            error: Some(reason.to_string()),
+            duration: started.elapsed(),
+        });
+        log.status = status;
+        log.post_commit_error = Some(reason.to_string());
+        log.outcome = "stream_error";
     }
 
     fn record_success(

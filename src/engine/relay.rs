@@ -24,6 +24,11 @@ pub(super) enum Delivered {
         finalised: bool,
     },
     ClientGone,
+    /// A JSON answer (relayed past the buffer limit) was cut after its header went out. The
+    /// client's connection must end abnormally: no terminating chunk, no clean close.
+    Cut {
+        reason: String,
+    },
     /// A stream broke after commit; nothing has been written about it yet. The caller may
     /// continue it elsewhere, and otherwise ends it with [`Engine::end_broken`].
     Broken {
@@ -42,8 +47,9 @@ pub struct ChunkHead {
     pub model: String,
 }
 
-/// Write the client's header: the commit point. `Content-Length` when the whole body is known,
-/// else chunked framing (HTTP/1; HTTP/2 frames the body itself).
+/// Write the client's header: the commit point. `Content-Length` when the body's length is
+/// known; else chunked framing for HTTP/1.1, a close-delimited body for HTTP/1.0 (which has no
+/// chunked encoding), and HTTP/2's own framing.
 pub(super) async fn commit(
     s: &mut Session,
     mut h: ResponseHeader,
@@ -52,6 +58,11 @@ pub(super) async fn commit(
     let framed = match content_length {
         Some(n) => h.insert_header(http::header::CONTENT_LENGTH, n),
         None if s.as_downstream().is_http2() => Ok(()),
+        None if s.req_header().version == http::Version::HTTP_10 => {
+            // Pingora writes a body without length or chunking until it closes the connection.
+            s.set_keepalive(None);
+            Ok(())
+        }
         None => h.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
     };
     // A header that cannot be framed is not sent; the client then sees a closed connection.
@@ -59,6 +70,17 @@ pub(super) async fn commit(
     s.write_response_header(Box::new(h), false)
         .await
         .map_err(|_| ())
+}
+
+/// The upstream answer's `Content-Length`, if it gave a valid one.
+fn upstream_length(resp: &ResponseHeader) -> Option<usize> {
+    resp.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The next upstream chunk, giving up at `until` or as soon as the client leaves (`None`).
@@ -96,6 +118,7 @@ impl Engine {
             peer,
             body,
             deadline,
+            resp,
             ..
         } = *ready;
         match body {
@@ -112,7 +135,14 @@ impl Engine {
                         head: None,
                     };
                 };
-                if commit(s, h, complete.then_some(total)).await.is_err() {
+                // Past the buffer limit, the upstream's own length (a pass-through answer is
+                // relayed byte for byte): a cut is then visible to any client as a short body.
+                let length = if complete {
+                    Some(total)
+                } else {
+                    upstream_length(&resp)
+                };
+                if commit(s, h, length).await.is_err() {
                     return Delivered::ClientGone;
                 }
                 let n = chunks.len();
@@ -150,13 +180,15 @@ impl Engine {
                             };
                         }
                         None => return Delivered::ClientGone,
-                        Some(Read::Timeout | Read::Failed(_)) => {
-                            // The chunked body never gets its terminator: the client sees the cut.
-                            return Delivered::Broken {
-                                reason: "upstream failed mid-answer".into(),
-                                watch: Box::default(),
-                                head: None,
-                            };
+                        Some(Read::Timeout) => {
+                            return Delivered::Cut {
+                                reason: "the upstream stalled mid-answer".into(),
+                            }
+                        }
+                        Some(Read::Failed(e)) => {
+                            return Delivered::Cut {
+                                reason: format!("the upstream failed mid-answer: {e}"),
+                            }
                         }
                     }
                 }
@@ -199,6 +231,7 @@ impl Engine {
                         finalised: false,
                     };
                 }
+                let event_cap = self.cfg.limits.max_event_bytes;
                 // Committed. From here a failure is reported in band and never looks complete.
                 let broken =
                     |reason: String, watch: Watch, head: Option<ChunkHead>| Delivered::Broken {
@@ -225,7 +258,7 @@ impl Engine {
                     let mut bad: Option<String> = None;
                     let end = loop {
                         match read {
-                            Read::Chunk(c) => match relay.push(c) {
+                            Read::Chunk(c) => match relay.push(c, event_cap) {
                                 Ok(Some(seg)) => match watch.inspect(&seg) {
                                     Ok(()) => match splice {
                                         Some(to) => out.push(spliced(&seg, to)),
@@ -403,6 +436,8 @@ fn spliced(seg: &[u8], to: &ChunkHead) -> Bytes {
 fn in_band_reason(kind: &str, message: &str) -> String {
     if kind == "invalid_event" {
         "the provider sent an event that is not valid JSON".into()
+    } else if kind == super::attempt::EVENT_TOO_LARGE {
+        message.to_string()
     } else {
         format!("the provider reported {kind}: {message}")
     }

@@ -93,7 +93,10 @@ impl Peers {
     }
 }
 
-/// Client headers never forwarded: hop-by-hop, framing, credentials, detour's own controls.
+/// Client headers never forwarded: hop-by-hop, framing, detour's own controls, and every
+/// header that carries a credential for some provider (OpenAI's, Azure's, Anthropic's,
+/// Google's, AWS's, Azure API Management's): each provider gets detour's credentials for it,
+/// never a client's, and never one meant for another cloud.
 fn forwardable(name: &str) -> bool {
     !matches!(
         name,
@@ -112,11 +115,14 @@ fn forwardable(name: &str) -> bool {
             | "authorization"
             | "api-key"
             | "x-api-key"
+            | "x-goog-api-key"
+            | "ocp-apim-subscription-key"
             | "cookie"
             | "accept-encoding"
             | "content-type"
             | "x-request-id"
     ) && !name.starts_with("x-detour-")
+        && !name.starts_with("x-amz-")
 }
 
 /// The client's headers that every attempt forwards, copied once per request (usually none:
@@ -146,10 +152,7 @@ pub fn request_header(
     let path = p.chat_path(&target.route, stream);
     let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8 + client.len()))?;
     for (name, value) in client {
-        // A client's x-amz-* headers could collide with the signature's.
-        if !(p.kind == ProviderKind::Bedrock && name.as_str().starts_with("x-amz-")) {
-            h.append_header(name.clone(), value.clone())?;
-        }
+        h.append_header(name.clone(), value.clone())?;
     }
     h.insert_header(http::header::HOST, p.authority.as_str())?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
@@ -233,6 +236,11 @@ models:
             ("accept-encoding", "gzip"),
             ("x-detour-timeout", "5"),
             ("openai-beta", "assistants=v2"),
+            ("x-goog-api-key", "client-google-key"),
+            ("x-amz-security-token", "client-aws-token"),
+            ("x-api-key", "client-anthropic-key"),
+            ("api-key", "client-azure-key"),
+            ("ocp-apim-subscription-key", "client-apim-key"),
         ] {
             client.append_header(k, v).expect("h");
         }
@@ -259,6 +267,14 @@ models:
         assert_eq!(get("host"), Some("res.example.com:8443"));
         assert_eq!(get("content-length"), Some("42"));
         assert_eq!(get("openai-beta"), Some("assistants=v2"));
+        for n in [
+            "x-goog-api-key",
+            "x-amz-security-token",
+            "x-api-key",
+            "ocp-apim-subscription-key",
+        ] {
+            assert_eq!(get(n), None, "{n}");
+        }
         assert_eq!(get("x-extra"), Some("1"));
     }
 }

@@ -162,6 +162,19 @@ impl Gateway {
         panic!("detour did not become ready; stderr: {}", self.stderr());
     }
 
+    /// The gateway's stderr once `done` holds for it (at most 5 s): the access log line is
+    /// written in Pingora's logging phase, just after the response's last byte.
+    pub async fn stderr_when(&self, done: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.stderr();
+            if done(&s) || start.elapsed() > Duration::from_secs(5) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
