@@ -6,13 +6,13 @@
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use detour::api::ChatRequest;
-use detour::config::Config;
+use detour::gateway::Gateway;
 use detour::sse::EventAligner;
 
-fn config() -> Config {
+fn config() -> Gateway {
     // Every key variable set, except the path of a Vertex key file.
     let env = |n: &str| (n != "GOOGLE_APPLICATION_CREDENTIALS").then(|| "key".to_string());
-    Config::from_yaml_with_env(detour::config::DEFAULT_CONFIG, &env).unwrap_or_else(|e| {
+    Gateway::from_yaml_with_env(detour::config::DEFAULT_CONFIG, &env).unwrap_or_else(|e| {
         eprintln!("default config: {e}");
         std::process::exit(1)
     })
@@ -42,11 +42,11 @@ fn benches(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_function(format!("parse+plan+splice/{name}"), |b| {
             b.iter(|| {
-                let req =
-                    ChatRequest::parse(black_box(&body)).unwrap_or_else(|_| std::process::exit(1));
+                let req = ChatRequest::parse(black_box(body.clone()))
+                    .unwrap_or_else(|_| std::process::exit(1));
                 let plan = detour::plan::plan(&req.model, &cfg).unwrap_or_default();
                 let t = &plan.targets[0];
-                black_box(req.body_for_model(&body, &t.route.id))
+                black_box(req.body_for_model(&t.route.id))
             })
         });
         g.finish();
@@ -99,12 +99,12 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
     let h = detour::engine::health::Health::new(
-        cfg.failover.breaker.clone(),
-        cfg.failover.budget.clone(),
+        cfg.cfg.failover.breaker.clone(),
+        cfg.cfg.failover.budget.clone(),
         cfg.providers
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.name.clone(), cfg.catalog_ids(i)))
+            .map(|(i, p)| (p.name.clone(), cfg.catalog.ids_of(i)))
             .collect(),
     );
     let now = std::time::Instant::now();
@@ -146,7 +146,12 @@ fn anthropic(c: &mut Criterion) {
     stream.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string());
     let mut g = c.benchmark_group("anthropic");
     g.bench_function("request", |b| {
-        b.iter(|| anthropic::request(black_box(request), "claude-sonnet-4-20250514", 4096))
+        // The request's JSON tree is parsed in the bench too, as before translation took a tree.
+        b.iter(|| {
+            let v: serde_json::Value =
+                serde_json::from_slice(black_box(request)).unwrap_or_default();
+            anthropic::request(&v, "claude-sonnet-4-20250514", 4096)
+        })
     });
     g.bench_function("response", |b| {
         b.iter(|| anthropic::response(black_box(answer), 1))
@@ -155,7 +160,7 @@ fn anthropic(c: &mut Criterion) {
     g.bench_function("stream-24-events", |b| {
         b.iter(|| {
             let mut t = anthropic::StreamTranslator::new(
-                anthropic::StreamOpts {
+                detour::providers::StreamOpts {
                     include_usage: true,
                 },
                 1,
@@ -172,7 +177,7 @@ fn anthropic(c: &mut Criterion) {
 /// Gemini translation: the same request, a JSON answer with text and a function call, and a
 /// 21-event stream per chunk.
 fn gemini(c: &mut Criterion) {
-    use detour::providers::{anthropic::StreamOpts, gemini};
+    use detour::providers::{gemini, StreamOpts};
     let request = br#"{"model":"gemini-2.0-flash","max_tokens":1024,"temperature":0.2,"stream":true,
       "stream_options":{"include_usage":true},
       "tools":[{"type":"function","function":{"name":"get_weather","description":"Current weather for a city","parameters":{"type":"object","properties":{"city":{"type":"string"},"unit":{"type":"string","enum":["c","f"]}},"required":["city"]}}}],
@@ -190,7 +195,11 @@ fn gemini(c: &mut Criterion) {
     stream.push("data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\".\"}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":412,\"candidatesTokenCount\":21,\"totalTokenCount\":433},\"modelVersion\":\"gemini-2.0-flash\"}\r\n\r\n".to_string());
     let mut g = c.benchmark_group("gemini");
     g.bench_function("request", |b| {
-        b.iter(|| gemini::request(black_box(request)))
+        b.iter(|| {
+            let v: serde_json::Value =
+                serde_json::from_slice(black_box(request)).unwrap_or_default();
+            gemini::request(&v)
+        })
     });
     g.bench_function("response", |b| {
         b.iter(|| gemini::response(black_box(answer), "gemini-2.0-flash", 1))
@@ -215,7 +224,7 @@ fn gemini(c: &mut Criterion) {
 }
 
 fn bedrock(c: &mut Criterion) {
-    use detour::providers::{anthropic::StreamOpts, bedrock};
+    use detour::providers::{bedrock, StreamOpts};
     use serde_json::json;
     // The same conversation as the Gemini bench, with a data-URL image.
     let request = br#"{"model":"claude-3-7-sonnet-20250219","max_tokens":1024,"temperature":0.2,"stream":true,
@@ -255,7 +264,11 @@ fn bedrock(c: &mut Criterion) {
     ));
     let mut g = c.benchmark_group("bedrock");
     g.bench_function("request", |b| {
-        b.iter(|| bedrock::request(black_box(request), Some(64000)))
+        b.iter(|| {
+            let v: serde_json::Value =
+                serde_json::from_slice(black_box(request)).unwrap_or_default();
+            bedrock::request(&v, Some(64000))
+        })
     });
     g.bench_function("response", |b| {
         b.iter(|| bedrock::response(black_box(answer), "claude", 1))

@@ -6,86 +6,30 @@
 //! model's routes; a map replaces the facts it names). Runs once at start-up, in
 //! [`crate::config`]; errors name the YAML path.
 
+pub use crate::api::Capabilities;
 use crate::config::raw::{RawModel, RawModelRoute, RawPrice};
-use crate::config::{ConfigError, Provider, ProviderKind};
+use crate::config::ConfigError;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 
 /// The built-in catalog.
 pub const BUILTIN: &str = include_str!("../conf/catalog/builtin.yaml");
 
-/// What a model can do, as the catalog says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capabilities(u8);
-
-impl Capabilities {
-    pub const NONE: Self = Self(0);
-    /// Function calling (`tools`).
-    pub const TOOLS: Self = Self(1);
-    /// Image parts in messages.
-    pub const VISION: Self = Self(2);
-    /// `response_format: {"type": "json_object"}`.
-    pub const JSON_MODE: Self = Self(4);
-    /// `response_format: {"type": "json_schema"}`.
-    pub const JSON_SCHEMA: Self = Self(8);
-    /// Continuing a trailing assistant message (information only).
-    pub const PREFILL: Self = Self(16);
-    /// What a route the catalog says nothing about is assumed to have.
-    pub const ALL: Self = Self(31);
-
-    const NAMES: [(&'static str, Capabilities); 5] = [
-        ("tools", Self::TOOLS),
-        ("vision", Self::VISION),
-        ("json-mode", Self::JSON_MODE),
-        ("json-schema", Self::JSON_SCHEMA),
-        ("prefill", Self::PREFILL),
-    ];
-
-    pub fn contains(self, other: Self) -> bool {
-        self.0 & other.0 == other.0
+/// Capability names (`tools`, `vision`, …) → a set; errors name the YAML path.
+fn parse_capabilities(list: &[String], path: &str) -> Result<Capabilities, ConfigError> {
+    let mut caps = Capabilities::NONE;
+    for (i, name) in list.iter().enumerate() {
+        let c = Capabilities::from_name(name).ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}[{i}]"),
+                format!(
+                    "unknown capability `{name}` (known: tools, vision, json-mode, json-schema, prefill)"
+                ),
+            )
+        })?;
+        caps = caps.union(c);
     }
-
-    pub fn union(self, other: Self) -> Self {
-        Self(self.0 | other.0)
-    }
-
-    /// The capabilities in `self` that `have` lacks.
-    pub fn missing_from(self, have: Self) -> Self {
-        Self(self.0 & !have.0)
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// Names, in the catalog's spelling.
-    pub fn names(self) -> Vec<&'static str> {
-        Self::NAMES
-            .iter()
-            .filter(|(_, c)| self.contains(*c))
-            .map(|(n, _)| *n)
-            .collect()
-    }
-
-    fn parse(list: &[String], path: &str) -> Result<Self, ConfigError> {
-        let mut caps = Self::NONE;
-        for (i, name) in list.iter().enumerate() {
-            let c = Self::NAMES
-                .iter()
-                .find(|(n, _)| *n == name.as_str())
-                .map(|(_, c)| *c)
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        format!("{path}[{i}]"),
-                        format!(
-                            "unknown capability `{name}` (known: tools, vision, json-mode, json-schema, prefill)"
-                        ),
-                    )
-                })?;
-            caps = caps.union(c);
-        }
-        Ok(caps)
-    }
+    Ok(caps)
 }
 
 /// USD per million tokens.
@@ -98,7 +42,7 @@ pub struct Price {
 /// One provider serving one catalog model, with the facts that hold for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelRoute {
-    /// Index into [`crate::config::Config::providers`].
+    /// Index into [`crate::providers::Providers`].
     pub provider: usize,
     /// The provider-side model id written into the forwarded request.
     pub id: String,
@@ -179,13 +123,47 @@ fn valid_name(name: &str) -> bool {
     !(name.is_empty() || name.contains(',') || name.starts_with('!') || name.trim() != name)
 }
 
-/// Merge the built-in catalog (when `use_builtin`) with the config's `models:` and resolve
-/// provider names to indexes.
-pub(crate) fn build(
+/// The catalog: every model a configured provider serves.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// Model name → the providers that serve it, in preference order, with facts.
+    pub models: HashMap<String, Model>,
+    /// Model names sorted, for `GET /v1/models`.
+    pub names: Vec<String>,
+}
+
+impl Catalog {
+    /// Merge the built-in catalog (when `use_builtin`) with the config's `models:`, resolving
+    /// provider names to indexes. `deployments(i)`: provider `i` reads a route's `deployment`
+    /// and `api-version` (no other kind may be given them).
+    pub fn build(
+        use_builtin: bool,
+        user: &BTreeMap<String, serde_yaml::Value>,
+        index: &HashMap<String, usize>,
+        deployments: &dyn Fn(usize) -> bool,
+    ) -> Result<Catalog, ConfigError> {
+        let models = build(use_builtin, user, index, deployments)?;
+        let mut names: Vec<String> = models.keys().cloned().collect();
+        names.sort();
+        Ok(Catalog { models, names })
+    }
+
+    /// The provider-side model ids the catalog lists for provider `i`.
+    pub fn ids_of(&self, i: usize) -> Vec<String> {
+        self.models
+            .values()
+            .flat_map(|m| &m.routes)
+            .filter(|r| r.provider == i)
+            .map(|r| r.id.clone())
+            .collect()
+    }
+}
+
+fn build(
     use_builtin: bool,
     user: &BTreeMap<String, serde_yaml::Value>,
-    providers: &[Provider],
     index: &HashMap<String, usize>,
+    deployments: &dyn Fn(usize) -> bool,
 ) -> Result<HashMap<String, Model>, ConfigError> {
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     if use_builtin {
@@ -254,7 +232,7 @@ pub(crate) fn build(
         if entry.user_path.is_none() && index.contains_key(name.as_str()) {
             continue;
         }
-        if let Some(model) = resolve(&name, &entry, providers, index)? {
+        if let Some(model) = resolve(&name, &entry, index, deployments)? {
             out.insert(name, model);
         }
     }
@@ -282,8 +260,8 @@ fn price(p: Option<RawPrice>, path: &str) -> Result<Option<Price>, ConfigError> 
 fn resolve(
     name: &str,
     entry: &Entry,
-    providers: &[Provider],
     index: &HashMap<String, usize>,
+    deployments: &dyn Fn(usize) -> bool,
 ) -> Result<Option<Model>, ConfigError> {
     let m = &entry.model;
     let fpath = entry
@@ -293,7 +271,7 @@ fn resolve(
     let capabilities = m
         .capabilities
         .as_deref()
-        .map(|c| Capabilities::parse(c, &format!("{fpath}.capabilities")))
+        .map(|c| parse_capabilities(c, &format!("{fpath}.capabilities")))
         .transpose()?;
     let model_price = price(m.price, &format!("{fpath}.price"))?;
     let Some(raw_routes) = &m.routes else {
@@ -327,9 +305,7 @@ fn resolve(
                 format!("provider `{}` is listed twice for this model", r.provider),
             ));
         }
-        if providers[provider].kind != ProviderKind::Azure
-            && (r.deployment.is_some() || r.api_version.is_some())
-        {
+        if !deployments(provider) && (r.deployment.is_some() || r.api_version.is_some()) {
             return Err(ConfigError::new(
                 &rpath,
                 "deployment and api-version apply to azure providers only",
@@ -345,7 +321,7 @@ fn resolve(
             }
         }
         let caps = match &r.capabilities {
-            Some(c) => Capabilities::parse(c, &format!("{rpath}.capabilities"))?,
+            Some(c) => parse_capabilities(c, &format!("{rpath}.capabilities"))?,
             None => capabilities.unwrap_or(Capabilities::ALL),
         };
         routes.push(ModelRoute {
@@ -398,7 +374,7 @@ fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::gateway::Gateway;
 
     fn env(_: &str) -> Option<String> {
         Some("k".into())
@@ -451,8 +427,8 @@ providers:
 
     #[test]
     fn builtin_routes_keep_configured_providers_with_native_first() {
-        let c = Config::from_yaml_with_env(PROVIDERS, &env).expect("loads");
-        let m = &c.models["gpt-4o"];
+        let c = Gateway::from_yaml_with_env(PROVIDERS, &env).expect("loads");
+        let m = &c.catalog.models["gpt-4o"];
         let names: Vec<&str> = m
             .routes
             .iter()
@@ -460,7 +436,7 @@ providers:
             .collect();
         // azure is listed first among providers, but openai is gpt-4o's native provider.
         assert_eq!(names, ["openai", "azure"]);
-        assert_eq!(m.native, c.provider_index("openai"));
+        assert_eq!(m.native, c.providers.index_of("openai"));
         let r = &m.routes[0];
         assert_eq!(r.context_window, Some(128000));
         assert_eq!(
@@ -472,7 +448,7 @@ providers:
         );
         assert!(r.capabilities.contains(Capabilities::VISION));
         // Claude: bedrock and vertex are not configured here, so only anthropic is left.
-        let claude = &c.models["claude-sonnet-4"];
+        let claude = &c.catalog.models["claude-sonnet-4"];
         assert_eq!(claude.routes.len(), 1);
         assert_eq!(claude.routes[0].id, "claude-sonnet-4-20250514");
         assert_eq!(claude.routes[0].max_output_tokens, Some(64000));
@@ -480,7 +456,7 @@ providers:
             .capabilities
             .contains(Capabilities::JSON_MODE));
         // No configured provider serves llama-3.3-70b: the model is left out.
-        assert!(!c.models.contains_key("llama-3.3-70b"));
+        assert!(!c.catalog.models.contains_key("llama-3.3-70b"));
     }
 
     #[test]
@@ -488,8 +464,8 @@ providers:
         let yaml = format!(
             "{PROVIDERS}models:\n  gpt-4o:\n    price: {{input: 1.0, output: 2.0}}\n    capabilities: [tools]\n  gpt-4o-mini: [{{provider: local, id: mini-local}}]\n  my-model:\n    native: local\n    context-window: 8192\n    routes: [{{provider: openai, id: m1}}, {{provider: local, id: m2, price: {{input: 0, output: 0}}}}]\n"
         );
-        let c = Config::from_yaml_with_env(&yaml, &env).expect("loads");
-        let g = &c.models["gpt-4o"];
+        let c = Gateway::from_yaml_with_env(&yaml, &env).expect("loads");
+        let g = &c.catalog.models["gpt-4o"];
         assert_eq!(g.routes.len(), 2, "routes kept");
         assert_eq!(
             g.routes[1].price,
@@ -500,11 +476,11 @@ providers:
         );
         assert_eq!(g.routes[1].capabilities, Capabilities::TOOLS);
         assert_eq!(g.routes[1].context_window, Some(128000), "other facts kept");
-        let mini = &c.models["gpt-4o-mini"];
+        let mini = &c.catalog.models["gpt-4o-mini"];
         assert_eq!(mini.routes.len(), 1);
         assert_eq!(mini.routes[0].id, "mini-local");
         assert_eq!(mini.routes[0].context_window, Some(128000));
-        let my = &c.models["my-model"];
+        let my = &c.catalog.models["my-model"];
         assert_eq!(my.routes[0].id, "m2", "native first");
         assert_eq!(
             my.routes[0].price,
@@ -521,8 +497,8 @@ providers:
     #[test]
     fn builtin_catalog_can_be_turned_off() {
         let yaml = format!("builtin-catalog: false\n{PROVIDERS}");
-        let c = Config::from_yaml_with_env(&yaml, &env).expect("loads");
-        assert!(c.models.is_empty());
+        let c = Gateway::from_yaml_with_env(&yaml, &env).expect("loads");
+        assert!(c.catalog.models.is_empty());
     }
 
     #[test]
@@ -560,23 +536,21 @@ providers:
                 "unknown field",
             ),
             ("  gpt-4o: 5\n", "models.gpt-4o", "list of routes"),
+            (
+                "  gpt-4o:\n    routes: [{provider: openai, deployment: d}]\n",
+                "models.gpt-4o.routes[0]",
+                "apply to azure providers only",
+            ),
+            (
+                "  gpt-4o:\n    routes: [{provider: openai, id: \"a/../b\"}]\n",
+                "models.gpt-4o.routes[0].id",
+                "not usable as a model id",
+            ),
         ] {
             let yaml = format!("{PROVIDERS}models:\n{models}");
-            let e = Config::from_yaml_with_env(&yaml, &env).expect_err(models);
+            let e = Gateway::from_yaml_with_env(&yaml, &env).expect_err(models);
             assert_eq!(e.path, path, "{models}: {e}");
             assert!(e.message.contains(needle), "{models}: {e}");
         }
-    }
-
-    #[test]
-    fn capability_sets() {
-        let c = Capabilities::TOOLS.union(Capabilities::VISION);
-        assert!(c.contains(Capabilities::TOOLS));
-        assert!(!c.contains(Capabilities::JSON_MODE));
-        assert_eq!(
-            Capabilities::ALL.missing_from(c).names(),
-            ["json-mode", "json-schema", "prefill"]
-        );
-        assert!(Capabilities::TOOLS.missing_from(c).is_empty());
     }
 }

@@ -1,8 +1,11 @@
 //! detour: an OpenAI-compatible LLM gateway on Pingora that walks a model fallback chain.
 //!
 //! The request path runs in one direction: [`proxy`] routes and reads the request, [`api`]
-//! validates it, [`plan`] turns its `model` chain into targets, [`engine`] tries them in order and
-//! relays the first answer (with [`sse`] for streams); [`metrics`] counts it all.
+//! validates it, [`plan`] turns its `model` chain into targets, [`engine`] tries them in order
+//! through each provider's adapter ([`providers`]) and relays the first answer (with [`sse`]
+//! for streams); [`metrics`] counts it all. Modules depend downwards only: leaves
+//! ([`secrets`], [`durations`], [`text`], [`sse`]) → [`api`] → [`config`] → [`catalog`] and
+//! [`providers`] → [`gateway`] → [`plan`] → [`engine`] → [`proxy`]. See ARCHITECTURE.md.
 
 pub mod admin;
 pub mod api;
@@ -10,6 +13,7 @@ pub mod catalog;
 pub mod config;
 pub mod durations;
 pub mod engine;
+pub mod gateway;
 pub mod metrics;
 pub mod mock;
 pub mod plan;

@@ -1,7 +1,8 @@
 //! `detour`: the gateway (Pingora flags `-c -d -t -u`), `detour mock` and `detour demo`.
 
 use detour::admin::AdminApp;
-use detour::config::{Config, DEFAULT_CONFIG, DEMO_CONFIG};
+use detour::config::{DEFAULT_CONFIG, DEMO_CONFIG};
+use detour::gateway::Gateway;
 use detour::metrics::Metrics;
 use detour::mock::{Fault, MockConfig, MockServer};
 use detour::proxy::DetourProxy;
@@ -62,9 +63,9 @@ fn init_logging() {
 fn gateway_main() {
     let opt = Opt::parse_args();
     let (cfg, source) = match &opt.conf {
-        Some(path) => (Config::load(path), path.clone()),
+        Some(path) => (Gateway::load(path), path.clone()),
         None => (
-            Config::from_yaml(DEFAULT_CONFIG),
+            Gateway::from_yaml(DEFAULT_CONFIG),
             "built-in default (conf/detour.yaml)".to_string(),
         ),
     };
@@ -86,11 +87,11 @@ fn gateway_main() {
 /// Fail fast on an address that cannot be bound: Pingora would retry, then panic in its
 /// listener thread and leave a process that serves nothing. Skipped with `-u`, where the
 /// running process hands its sockets over.
-fn check_listeners(opt: &Opt, cfg: &Config) {
+fn check_listeners(opt: &Opt, gw: &Gateway) {
     if opt.upgrade {
         return;
     }
-    let addrs = cfg.listen.iter().chain(cfg.admin_listen.iter());
+    let addrs = gw.cfg.listen.iter().chain(gw.cfg.admin_listen.iter());
     for addr in addrs {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             eprintln!("detour: cannot listen on {addr}: {e}");
@@ -99,13 +100,13 @@ fn check_listeners(opt: &Opt, cfg: &Config) {
     }
 }
 
-fn run_gateway(mut opt: Opt, mut cfg: Config) -> ! {
-    check_listeners(&opt, &cfg);
+fn run_gateway(mut opt: Opt, mut gw: Gateway) -> ! {
+    check_listeners(&opt, &gw);
     opt.conf = None; // the config is already loaded; Pingora gets its part below
-    let server_conf = std::mem::take(&mut cfg.server);
+    let server_conf = std::mem::take(&mut gw.cfg.server);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
-    let names: Vec<String> = cfg.providers.iter().map(|p| p.name.clone()).collect();
+    let names: Vec<String> = gw.providers.iter().map(|p| p.name.clone()).collect();
     let metrics = match Metrics::new(&names) {
         Ok(m) => Arc::new(m),
         Err(e) => {
@@ -113,10 +114,10 @@ fn run_gateway(mut opt: Opt, mut cfg: Config) -> ! {
             exit(1);
         }
     };
-    let listen = cfg.listen.clone();
-    let admin = cfg.admin_listen;
+    let listen = gw.cfg.listen.clone();
+    let admin = gw.cfg.admin_listen;
     let options = ConnectorOptions::from_server_conf(&server.configuration);
-    let proxy = DetourProxy::new(Arc::new(cfg), metrics.clone(), options);
+    let proxy = DetourProxy::new(Arc::new(gw), metrics.clone(), options);
     let health = proxy.health();
     let mut gateway =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "detour");
@@ -227,7 +228,7 @@ fn mock_main(args: &[String]) {
 }
 
 fn demo_main() {
-    let cfg = match Config::from_yaml(DEMO_CONFIG) {
+    let cfg = match Gateway::from_yaml(DEMO_CONFIG) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("detour: invalid demo config: {e}");

@@ -9,7 +9,8 @@
 //! Duplicates are dropped (first place wins). Providers whose key is missing are not tried but
 //! reported as skipped.
 
-use crate::config::{ApiKey, Config, ModelRoute};
+use crate::catalog::ModelRoute;
+use crate::gateway::Gateway;
 
 /// One upstream attempt to make.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,8 +25,8 @@ pub struct Target {
 
 impl Target {
     /// `model/provider`, as reported to the client and in logs.
-    pub fn source(&self, cfg: &Config) -> String {
-        format!("{}/{}", self.model, cfg.providers[self.route.provider].name)
+    pub fn source(&self, gw: &Gateway) -> String {
+        format!("{}/{}", self.model, gw.providers[self.route.provider].name)
     }
 }
 
@@ -49,10 +50,10 @@ enum Entry<'a> {
 }
 
 /// Turn a `model` field into a plan. The error text is the client's 400 message.
-pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
+pub fn plan(model_field: &str, gw: &Gateway) -> Result<Plan, String> {
     let mut entries: Vec<Entry<'_>> = Vec::new();
     let mut excluded: Vec<usize> = Vec::new();
-    let max = cfg.limits.max_chain_length;
+    let max = gw.cfg.limits.max_chain_length;
     for (n, raw) in model_field.split(',').enumerate() {
         if n >= max {
             let count = model_field.split(',').count();
@@ -69,20 +70,20 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
         }
         if let Some(p) = e.strip_prefix('!') {
             let p = p.trim();
-            match cfg.provider_index(p) {
+            match gw.providers.index_of(p) {
                 Some(i) => excluded.push(i),
                 None => return Err(format!("unknown provider `{}` in `{}`", clip(p), clip(e))),
             }
             continue;
         }
-        if cfg.models.contains_key(e) {
+        if gw.catalog.models.contains_key(e) {
             entries.push(Entry::Bare(e));
             continue;
         }
         match e.rsplit_once('/') {
             Some((m, p)) => {
                 let (m, p) = (m.trim(), p.trim());
-                let i = cfg.provider_index(p).ok_or_else(|| {
+                let i = gw.providers.index_of(p).ok_or_else(|| {
                     format!(
                         "unknown provider `{}` in `{}` (a model outside the catalog needs a known /provider)",
                         clip(p),
@@ -113,13 +114,8 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
         if excluded.contains(&route.provider) {
             return;
         }
-        let provider = &cfg.providers[route.provider];
-        let skip = match &provider.key {
-            ApiKey::Missing { env } => Some(format!("skipped: the key variable {env} is not set")),
-            ApiKey::Unusable { reason } => Some(format!("skipped: {reason}")),
-            ApiKey::None | ApiKey::Present(_) => None,
-        };
-        if let Some(reason) = skip {
+        let provider = &gw.providers[route.provider];
+        if let Some(reason) = provider.credentials.unavailable() {
             if !out.skipped.iter().any(|s| s.provider == route.provider) {
                 out.skipped.push(Skipped {
                     source: format!("{model}/{}", provider.name),
@@ -145,12 +141,13 @@ pub fn plan(model_field: &str, cfg: &Config) -> Result<Plan, String> {
     for (n, entry) in entries.into_iter().enumerate() {
         match entry {
             Entry::Bare(m) => {
-                for r in cfg.models.get(m).into_iter().flat_map(|m| &m.routes) {
+                for r in gw.catalog.models.get(m).into_iter().flat_map(|m| &m.routes) {
                     push(m, r.clone(), Some(n));
                 }
             }
             Entry::Pinned(m, i) => {
-                let route = cfg
+                let route = gw
+                    .catalog
                     .models
                     .get(m)
                     .and_then(|model| model.routes.iter().find(|r| r.provider == i))
@@ -221,12 +218,12 @@ models:
     - {provider: openai, id: llama-oai}
 "#;
 
-    fn cfg() -> Config {
+    fn cfg() -> Gateway {
         let env = |n: &str| (n == "K1").then(|| "k".to_string());
-        Config::from_yaml_with_env(CFG, &env).expect("valid")
+        Gateway::from_yaml_with_env(CFG, &env).expect("valid")
     }
 
-    fn sources(p: &Plan, c: &Config) -> Vec<String> {
+    fn sources(p: &Plan, c: &Gateway) -> Vec<String> {
         p.targets
             .iter()
             .map(|t| format!("{}={}", t.source(c), t.route.id))

@@ -2,8 +2,8 @@
 //! and logs each request once in `logging()`. No provider-specific logic lives here.
 
 use crate::api::{ChatRequest, GatewayError};
-use crate::config::Config;
 use crate::engine::{Engine, RequestLog};
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -79,11 +79,11 @@ pub struct DetourProxy {
 
 impl DetourProxy {
     pub fn new(
-        cfg: Arc<Config>,
+        gw: Arc<Gateway>,
         metrics: Arc<Metrics>,
         connector: pingora_core::connectors::ConnectorOptions,
     ) -> DetourProxy {
-        let models_json = models_list(&cfg);
+        let models_json = models_list(&gw);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -92,18 +92,18 @@ impl DetourProxy {
         DetourProxy {
             bodies: BodyBudget {
                 held: AtomicUsize::new(0),
-                cap: cfg.limits.max_total_body_bytes,
+                cap: gw.cfg.limits.max_total_body_bytes,
                 gauge: metrics.body_bytes_held.clone(),
             },
-            engine: Engine::new(cfg, metrics, connector),
+            engine: Engine::new(gw, metrics, connector),
             models_json,
             id_prefix: format!("{seed:016x}"),
             next_id: AtomicU64::new(0),
         }
     }
 
-    fn cfg(&self) -> &Config {
-        &self.engine.cfg
+    fn gw(&self) -> &Gateway {
+        &self.engine.gw
     }
 
     /// The circuit breakers and retry budget every request shares (for the admin service).
@@ -135,7 +135,7 @@ impl DetourProxy {
         &self,
         session: &mut Session,
     ) -> std::result::Result<(Bytes, BodyHold<'_>), GatewayError> {
-        let limit = self.cfg().limits.max_body_bytes;
+        let limit = self.gw().cfg.limits.max_body_bytes;
         let declared = session
             .req_header()
             .headers
@@ -265,11 +265,11 @@ impl DetourProxy {
         let result = async {
             // The hold counts the body in the total until the request is over.
             let (body, _hold) = self.read_body(session).await?;
-            let req = ChatRequest::parse(&body)?;
+            let req = ChatRequest::parse(body)?;
             ctx.stream = req.stream;
             let plan =
-                crate::plan::plan(&req.model, self.cfg()).map_err(GatewayError::InvalidChain)?;
-            self.engine.serve(session, ctx, &req, &body, &plan).await
+                crate::plan::plan(&req.model, self.gw()).map_err(GatewayError::InvalidChain)?;
+            self.engine.serve(session, ctx, &req, &plan).await
         }
         .await;
         match result {
@@ -301,21 +301,22 @@ impl Drop for InFlight<'_> {
 }
 
 /// `GET /v1/models`: the catalog, in OpenAI's list shape, with detour's facts per model.
-fn models_list(cfg: &Config) -> Bytes {
-    let price = |p: Option<crate::config::Price>| {
+fn models_list(gw: &Gateway) -> Bytes {
+    let price = |p: Option<crate::catalog::Price>| {
         p.map(|p| serde_json::json!({"input_per_mtok": p.input, "output_per_mtok": p.output}))
     };
-    let data: Vec<serde_json::Value> = cfg
-        .model_names
+    let data: Vec<serde_json::Value> = gw
+        .catalog
+        .names
         .iter()
-        .filter_map(|name| cfg.models.get(name).map(|m| (name, m)))
+        .filter_map(|name| gw.catalog.models.get(name).map(|m| (name, m)))
         .map(|(name, m)| {
             let routes: Vec<serde_json::Value> = m
                 .routes
                 .iter()
                 .map(|r| {
                     serde_json::json!({
-                        "provider": cfg.providers[r.provider].name,
+                        "provider": gw.providers[r.provider].name,
                         "id": r.id,
                         "context_window": r.context_window,
                         "max_output_tokens": r.max_output_tokens,
@@ -327,7 +328,7 @@ fn models_list(cfg: &Config) -> Bytes {
             let owner = m
                 .routes
                 .first()
-                .map(|r| cfg.providers[r.provider].name.as_str())
+                .map(|r| gw.providers[r.provider].name.as_str())
                 .unwrap_or("detour");
             serde_json::json!({
                 "id": name,
@@ -465,22 +466,22 @@ impl ProxyHttp for DetourProxy {
             .with_label_values(&[if ctx.stream { "true" } else { "false" }])
             .observe(elapsed.as_secs_f64());
         m.attempts_per_request.observe(ctx.attempts_made() as f64);
-        if self.cfg().access_log {
-            access_log(self.cfg(), ctx, elapsed);
+        if self.gw().cfg.access_log {
+            access_log(self.gw(), ctx, elapsed);
         }
     }
 }
 
 /// One JSON line per request on stderr. Holds no header or body content from the client:
 /// only the request id, the planned sources (catalog or pinned model names) and outcomes.
-fn access_log(cfg: &Config, ctx: &RequestLog, elapsed: Duration) {
+fn access_log(gw: &Gateway, ctx: &RequestLog, elapsed: Duration) {
     use std::io::Write;
     let attempts: Vec<serde_json::Value> = ctx
         .attempts
         .iter()
         .map(|a| {
             serde_json::json!({
-                "provider": cfg.providers[a.provider].name,
+                "provider": gw.providers[a.provider].name,
                 "source": crate::api::truncate(&a.source, 160),
                 "outcome": a.outcome,
                 "status": a.status,

@@ -8,11 +8,10 @@
 
 use super::classify::{self, decide, BodyError, Decision, FailClass};
 use super::watch::{self, Watch};
-use super::{bad_response, short_error, unix_now, upstream, Engine, Failure};
-use crate::config::{Capabilities, Provider, ProviderKind};
+use super::{bad_response, short_error, upstream, Engine, Failure};
+use crate::api::Capabilities;
 use crate::plan::Target;
-use crate::providers::{anthropic, bedrock, gemini, vertex};
-use crate::sse::EventAligner;
+use crate::providers::{Auth, Call, Credentials, Provider, Relay, Route, Wire};
 use bytes::Bytes;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -20,9 +19,6 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::time::timeout_at;
-
-/// The in-band error kind of an event over `limits.max-event-bytes`.
-pub(super) const EVENT_TOO_LARGE: &str = "event_too_large";
 
 /// The most of an upstream error body read to find its message.
 const ERROR_BODY_CAP: usize = 64 * 1024;
@@ -35,7 +31,6 @@ pub(super) struct Ask<'a> {
     pub client: &'a [(http::HeaderName, http::HeaderValue)],
     pub req: &'a crate::api::ChatRequest,
     pub request_id: &'a str,
-    pub body: &'a Bytes,
     pub stream: bool,
     /// The request's overall deadline.
     pub deadline: Instant,
@@ -86,90 +81,6 @@ pub(super) enum ReadyBody {
     },
 }
 
-/// The wire format of the attempt's provider, for the response side.
-#[derive(Debug, Clone)]
-pub(super) enum Wire {
-    OpenAi,
-    Anthropic(anthropic::StreamOpts),
-    /// Gemini, with the provider-side model id (its answers may not name it).
-    Gemini(anthropic::StreamOpts, String),
-    /// Bedrock Converse, with the provider-side model id (its answers do not name it).
-    Bedrock(anthropic::StreamOpts, String),
-}
-
-/// A stream's relay: pass-through (event-aligned) or translated.
-pub(super) enum Relay {
-    Pass(EventAligner),
-    Anthropic(anthropic::StreamTranslator),
-    Gemini(gemini::StreamTranslator),
-    Bedrock(bedrock::StreamTranslator),
-}
-
-impl Relay {
-    fn new(wire: Wire) -> Relay {
-        match wire {
-            Wire::OpenAi => Relay::Pass(EventAligner::default()),
-            Wire::Anthropic(opts) => {
-                Relay::Anthropic(anthropic::StreamTranslator::new(opts, unix_now()))
-            }
-            Wire::Gemini(opts, model) => {
-                Relay::Gemini(gemini::StreamTranslator::new(opts, &model, unix_now()))
-            }
-            Wire::Bedrock(opts, model) => {
-                Relay::Bedrock(bedrock::StreamTranslator::new(opts, &model, unix_now()))
-            }
-        }
-    }
-
-    /// Feed one upstream chunk; the OpenAI SSE bytes to send the client now, if any. A partial
-    /// event held back past `cap` bytes is an error ([`EVENT_TOO_LARGE`]): an upstream that
-    /// starts an event and never ends it cannot make detour buffer without bound.
-    pub fn push(&mut self, c: Bytes, cap: usize) -> Result<Option<Bytes>, anthropic::InBandError> {
-        let out = match self {
-            Relay::Pass(a) => Ok(a.push(c)),
-            Relay::Anthropic(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
-            Relay::Gemini(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
-            Relay::Bedrock(t) => t.push(&c).map(|v| (!v.is_empty()).then(|| Bytes::from(v))),
-        }?;
-        if self.pending() > cap {
-            return Err(anthropic::InBandError {
-                kind: EVENT_TOO_LARGE.into(),
-                message: format!("the provider sent an event over {cap} bytes"),
-            });
-        }
-        Ok(out)
-    }
-
-    /// At the upstream's clean end: closing bytes a translated format owes the client.
-    pub fn finish(&mut self) -> Option<Bytes> {
-        match self {
-            Relay::Pass(_) | Relay::Anthropic(_) => None,
-            Relay::Gemini(t) => t.finish().map(Bytes::from),
-            Relay::Bedrock(t) => t.finish().map(Bytes::from),
-        }
-    }
-
-    /// Whether the stream reached its proper end (`[DONE]`, nothing partial held back).
-    pub fn complete(&self) -> bool {
-        match self {
-            Relay::Pass(a) => a.saw_done() && a.pending() == 0,
-            Relay::Anthropic(t) => t.done() && t.pending() == 0,
-            Relay::Gemini(t) => t.finished() && t.pending() == 0,
-            Relay::Bedrock(t) => t.finished() && t.pending() == 0,
-        }
-    }
-
-    /// Bytes of a partial upstream event held back.
-    pub fn pending(&self) -> usize {
-        match self {
-            Relay::Pass(a) => a.pending(),
-            Relay::Anthropic(t) => t.pending(),
-            Relay::Gemini(t) => t.pending(),
-            Relay::Bedrock(t) => t.pending(),
-        }
-    }
-}
-
 /// How one read of an upstream body ended.
 pub(super) enum Read {
     Chunk(Bytes),
@@ -200,43 +111,27 @@ fn unsupported(provider: &Provider, why: &str) -> Failure {
 /// An error event inside a 200 stream, as the failure it stands for: the status a provider
 /// uses for that error, so the configured triggers decide as for a status.
 pub(super) fn in_band_failure(kind: &str, message: &str) -> Failure {
-    let (class, status) = match kind {
-        "overloaded_error" => (FailClass::ServerError, Some(529)),
-        "api_error" | "server_error" => (FailClass::ServerError, Some(500)),
-        "rate_limit_error" | "rate_limit_exceeded" => (FailClass::RateLimited, Some(429)),
-        "authentication_error" | "permission_error" => (FailClass::AuthError, Some(401)),
-        // Gemini's status names
-        "RESOURCE_EXHAUSTED" => (FailClass::RateLimited, Some(429)),
-        "UNAVAILABLE" => (FailClass::ServerError, Some(503)),
-        "INTERNAL" => (FailClass::ServerError, Some(500)),
-        "DEADLINE_EXCEEDED" => (FailClass::ServerError, Some(504)),
-        // Bedrock's exception frames
-        "throttlingException" => (FailClass::RateLimited, Some(429)),
-        "serviceUnavailableException" => (FailClass::ServerError, Some(503)),
-        "internalServerException" | "modelStreamErrorException" => {
-            (FailClass::ServerError, Some(500))
-        }
-        "validationException" => (FailClass::ClientError, Some(400)),
-        _ => (FailClass::BadResponse, None),
-    };
+    let status = crate::providers::wire::in_band_status(kind);
+    let class = status.map_or(FailClass::BadResponse, FailClass::of_status);
     Failure::new(class, status, format!("in-stream {kind}: {message}"))
 }
 
 impl Engine {
-    /// Run one target up to its commit point. No I/O with the client.
+    /// Run one target up to its commit point. No I/O with the client. `rewritten`: a request
+    /// detour made (a continuation's prefill) in place of the client's.
     pub(super) async fn prepare(
         &self,
         ask: &Ask<'_>,
         target: &Target,
-        body_override: Option<&Bytes>,
+        rewritten: Option<&crate::api::ChatRequest>,
     ) -> Result<Box<Ready>, Failure> {
         let started = Instant::now();
-        let provider = &self.cfg.providers[target.route.provider];
-        let body = body_override.unwrap_or(ask.body);
+        let provider = &self.gw.providers[target.route.provider];
+        let req = rewritten.unwrap_or(ask.req);
         // A route the catalog says cannot serve this request is skipped like a refused one.
         let caps = target.route.capabilities;
         if caps != Capabilities::ALL {
-            let missing = crate::api::needs(body).missing_from(caps);
+            let missing = req.needs.missing_from(caps);
             if !missing.is_empty() {
                 let why = format!(
                     "the catalog lists no {} support for {}",
@@ -246,26 +141,47 @@ impl Engine {
                 return Err(unsupported(provider, &why));
             }
         }
-        let (body, wire) =
-            self.translate(provider, target, ask.req, body, body_override.is_some())?;
+        let r = &target.route;
+        let call = Call {
+            route: Route {
+                id: &r.id,
+                deployment: r.deployment.as_deref(),
+                api_version: r.api_version.as_deref(),
+                max_output_tokens: r.max_output_tokens,
+            },
+            req,
+            stream: ask.stream,
+            base_path: &provider.endpoint.base_path,
+        };
+        let prepared = provider
+            .adapter
+            .prepare(&call)
+            .map_err(|m| unsupported(provider, &m))?;
         let deadline = ask.deadline.min(started + provider.timeouts.total);
         let peer = self
             .peers
-            .get(target.route.provider, provider)
+            .get(target.route.provider)
             .await
             .map_err(|m| Failure::new(FailClass::ConnectError, None, m))?;
-        let token = match &provider.vertex {
-            Some(auth) => Some(self.vertex_token(target.route.provider, auth).await?),
-            None => None,
+        let token = match &provider.credentials {
+            Credentials::ServiceAccount(sa) => {
+                Some(self.access_token(target.route.provider, sa).await?)
+            }
+            _ => None,
+        };
+        let auth = match (&provider.credentials, &token) {
+            (_, Some(t)) => Auth::Token(t.expose()),
+            (Credentials::Key(k), None) => Auth::Key(k.expose()),
+            (Credentials::Aws(a), None) => Auth::Aws(a),
+            _ => Auth::None,
         };
         let header = upstream::request_header(
             provider,
-            target,
+            &prepared.path,
             ask.client,
-            &body,
+            &prepared.body,
             ask.request_id,
-            ask.stream,
-            token.as_ref().map(|t| t.expose()),
+            &auth,
         )
         .map_err(|e| {
             Failure::new(
@@ -274,7 +190,10 @@ impl Engine {
                 format!("could not build the upstream request: {}", short_error(&e)),
             )
         })?;
-        let (up, peer) = self.send(&peer, provider, &header, &body, deadline).await?;
+        let wire = prepared.wire;
+        let (up, peer) = self
+            .send(&peer, provider, &header, &prepared.body, deadline)
+            .await?;
         let Some(resp) = up.response_header().cloned() else {
             return Err(bad_response("no response header"));
         };
@@ -283,7 +202,7 @@ impl Engine {
             .upstream_ttfb
             .with_label_values(&[provider.name.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        let verdict = match decide(status, &self.cfg.fallback) {
+        let verdict = match decide(status, &self.gw.cfg.fallback) {
             Decision::Next(class) => {
                 let err_body = self.read_small_body(up, &peer).await;
                 let mut f = Failure::new(
@@ -298,14 +217,11 @@ impl Engine {
             Decision::PassThrough => Verdict::PassThrough,
             Decision::Serve => Verdict::Serve,
         };
-        let is_sse = resp
+        let is_stream = resp
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| match wire {
-                Wire::Bedrock(..) => ct.starts_with("application/vnd.amazon.eventstream"),
-                _ => ct.starts_with("text/event-stream"),
-            });
+            .is_some_and(|ct| wire.is_stream(ct));
         // Boxed: it is moved through the attempt loop and into the relay.
         let mut ready = Box::new(Ready {
             up,
@@ -322,57 +238,13 @@ impl Engine {
             ttft: Duration::ZERO,
             deadline,
         });
-        if ask.stream && is_sse && ready.verdict == Verdict::Serve {
+        if ask.stream && is_stream && ready.verdict == Verdict::Serve {
             self.first_content(&mut ready, provider, wire).await?;
         } else {
             self.read_json(&mut ready, provider, wire).await?;
         }
         ready.ttft = started.elapsed();
         Ok(ready)
-    }
-
-    /// The provider's request body: OpenAI's wire as sent (model spliced), or translated.
-    fn translate(
-        &self,
-        provider: &Provider,
-        target: &Target,
-        req: &crate::api::ChatRequest,
-        body: &Bytes,
-        rewritten: bool,
-    ) -> Result<(Bytes, Wire), Failure> {
-        let id = &target.route.id;
-        let refused = |m: String| unsupported(provider, &m);
-        Ok(match provider.kind {
-            ProviderKind::OpenAi | ProviderKind::Azure if rewritten => {
-                // A body detour rewrote (a continuation) has its own `model` span.
-                let req = crate::api::ChatRequest::parse(body)
-                    .map_err(|_| bad_response("the rewritten request does not parse"))?;
-                (req.body_for_model(body, id), Wire::OpenAi)
-            }
-            ProviderKind::OpenAi | ProviderKind::Azure => {
-                (req.body_for_model(body, id), Wire::OpenAi)
-            }
-            ProviderKind::Anthropic => {
-                let max = target.route.max_output_tokens.unwrap_or(4096);
-                let (b, opts) = anthropic::request(body, id, max).map_err(refused)?;
-                (Bytes::from(b), Wire::Anthropic(opts))
-            }
-            ProviderKind::Vertex if vertex::is_anthropic(id) => {
-                let max = target.route.max_output_tokens.unwrap_or(4096);
-                let version = ("anthropic_version", vertex::ANTHROPIC_VERSION);
-                let (b, opts) = anthropic::request_with(body, version, max).map_err(refused)?;
-                (Bytes::from(b), Wire::Anthropic(opts))
-            }
-            ProviderKind::GoogleAiStudio | ProviderKind::Vertex => {
-                let (b, opts) = gemini::request(body).map_err(refused)?;
-                (Bytes::from(b), Wire::Gemini(opts, id.clone()))
-            }
-            ProviderKind::Bedrock => {
-                let (b, opts) =
-                    bedrock::request(body, target.route.max_output_tokens).map_err(refused)?;
-                (Bytes::from(b), Wire::Bedrock(opts, id.clone()))
-            }
-        })
     }
 
     /// Open a session to `peer` and send the request; returns it with the response header read.
@@ -491,7 +363,7 @@ impl Engine {
         provider: &Provider,
         wire: Wire,
     ) -> Result<(), Failure> {
-        let cap = self.cfg.limits.max_buffered_response_bytes;
+        let cap = self.gw.cfg.limits.max_buffered_response_bytes;
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
         let mut complete = false;
@@ -540,21 +412,14 @@ impl Engine {
             chunks = vec![Bytes::from(self.masked_body(&chunks.concat()))];
             total = chunks[0].len();
         }
-        if !matches!(wire, Wire::OpenAi) {
+        if wire.translated() {
             // Translated answers are read whole: the OpenAI JSON is built from the entire body.
             if !complete {
                 return Err(bad_response("the answer is too large to translate"));
             }
             let raw: Vec<u8> = chunks.concat();
-            let translated = match &wire {
-                Wire::Anthropic(_) if ok => anthropic::response(&raw, unix_now()),
-                Wire::Anthropic(_) => Ok(anthropic::error_body(&raw)),
-                Wire::Gemini(_, model) if ok => gemini::response(&raw, model, unix_now()),
-                Wire::Gemini(..) => Ok(gemini::error_body(&raw)),
-                Wire::Bedrock(_, model) if ok => bedrock::response(&raw, model, unix_now()),
-                Wire::Bedrock(..) => Ok(bedrock::error_body(&raw, ready.resp.status.as_u16())),
-                Wire::OpenAi => Ok(raw),
-            };
+            let status = ready.resp.status.as_u16();
+            let translated = wire.answer(ok, status, &raw).unwrap_or(Ok(raw));
             let mut b =
                 translated.map_err(|e| bad_response(&format!("untranslatable answer: {e}")))?;
             if !ok {
@@ -612,22 +477,23 @@ impl Engine {
         provider: &Provider,
         wire: Wire,
     ) -> Result<(), Failure> {
-        let mut relay = Relay::new(wire);
-        // A translated event stream reaches the client as SSE.
-        if matches!(relay, Relay::Bedrock(_))
-            && ready
+        // A translated event stream may reach the client as another content type (SSE).
+        if let Some(ct) = wire.client_stream_type() {
+            if ready
                 .resp
-                .insert_header(http::header::CONTENT_TYPE, "text/event-stream")
+                .insert_header(http::header::CONTENT_TYPE, ct)
                 .is_err()
-        {
-            return Err(bad_response("unusable response header"));
+            {
+                return Err(bad_response("unusable response header"));
+            }
         }
-        let mut watch = Watch::new(self.cfg.failover.continuation);
+        let mut relay: Relay = wire.relay();
+        let mut watch = Watch::new(self.gw.cfg.failover.continuation);
         let mut held = bytes::BytesMut::new();
         let first_token = ready
             .deadline
             .min(ready.started + provider.timeouts.first_token);
-        let cap = self.cfg.limits.max_event_bytes;
+        let cap = self.gw.cfg.limits.max_event_bytes;
         let mut take = |seg: Bytes, watch: &mut Watch| -> Result<(), Failure> {
             watch
                 .inspect(&seg)

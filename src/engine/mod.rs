@@ -19,11 +19,12 @@ pub mod upstream;
 pub mod watch;
 
 use crate::api::{AttemptReport, ChatRequest, GatewayError};
-use crate::config::{Config, HedgeAfter, Order, Provider, Secret};
+use crate::config::{HedgeAfter, Order, Secret};
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Target};
+use crate::providers::{Credentials, Provider};
 use attempt::{Ask, Ready, Verdict};
-use bytes::Bytes;
 use classify::FailClass;
 use health::{Admit, Health};
 use pingora_core::connectors::http::Connector;
@@ -126,7 +127,7 @@ impl Failure {
 }
 
 pub struct Engine {
-    pub cfg: Arc<Config>,
+    pub gw: Arc<Gateway>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     /// Every credential detour holds, masked out of provider text before a client or a log
@@ -175,35 +176,45 @@ fn jitter(max: Duration) -> Duration {
 }
 
 impl Engine {
-    pub fn new(cfg: Arc<Config>, metrics: Arc<Metrics>, options: ConnectorOptions) -> Engine {
+    pub fn new(gw: Arc<Gateway>, metrics: Arc<Metrics>, options: ConnectorOptions) -> Engine {
         let connector = Connector::new(Some(options));
-        let peers = upstream::Peers::new(&cfg.providers);
-        let endpoints: Vec<Provider> = cfg
-            .providers
-            .iter()
-            .map(|p| match &p.vertex {
-                Some(auth) => auth.endpoint.clone(),
-                None => p.clone(),
-            })
-            .collect();
-        let token_peers = upstream::Peers::new(&endpoints);
-        let tokens = cfg
+        let peers = upstream::Peers::new(
+            gw.providers
+                .iter()
+                .map(|p| Some(upstream::PeerSpec::of(p)))
+                .collect(),
+        );
+        // Token endpoints, for providers whose credentials are a service account.
+        let token_peers = upstream::Peers::new(
+            gw.providers
+                .iter()
+                .map(|p| match &p.credentials {
+                    Credentials::ServiceAccount(sa) => Some(upstream::PeerSpec {
+                        endpoint: sa.endpoint.clone(),
+                        timeouts: sa.timeouts,
+                        http2: false,
+                    }),
+                    _ => None,
+                })
+                .collect(),
+        );
+        let tokens = gw
             .providers
             .iter()
             .map(|_| tokio::sync::Mutex::new(None))
             .collect();
         let health = Arc::new(Health::new(
-            cfg.failover.breaker.clone(),
-            cfg.failover.budget.clone(),
-            cfg.providers
+            gw.cfg.failover.breaker.clone(),
+            gw.cfg.failover.budget.clone(),
+            gw.providers
                 .iter()
                 .enumerate()
-                .map(|(i, p)| (p.name.clone(), cfg.catalog_ids(i)))
+                .map(|(i, p)| (p.name.clone(), gw.catalog.ids_of(i)))
                 .collect(),
         ));
         Engine {
-            masker: Arc::new(cfg.masker()),
-            cfg,
+            masker: Arc::new(gw.masker()),
+            gw,
             metrics,
             health,
             connector,
@@ -217,7 +228,7 @@ impl Engine {
     /// The request's deadline: the configured one, lowered (never raised) by the
     /// `x-detour-timeout` header.
     pub fn request_deadline(&self, h: &pingora_http::RequestHeader) -> Duration {
-        let cfg = self.cfg.failover.deadline;
+        let cfg = self.gw.cfg.failover.deadline;
         h.headers
             .get(DEADLINE_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -233,7 +244,7 @@ impl Engine {
 
     /// The label a target's model gets in metrics: its catalog name, else `other`.
     fn model_label<'a>(&self, target: &'a Target) -> &'a str {
-        if self.cfg.models.contains_key(&target.model) {
+        if self.gw.catalog.models.contains_key(&target.model) {
             &target.model
         } else {
             "other"
@@ -242,7 +253,7 @@ impl Engine {
 
     /// Count an attempt's outcome in its circuit, and publish a state change.
     fn record_health(&self, target: &Target, outcome: health::Outcome) {
-        let provider = &self.cfg.providers[target.route.provider];
+        let provider = &self.gw.providers[target.route.provider];
         if let Some(state) = self.health.record(
             target.route.provider,
             &target.route.id,
@@ -265,11 +276,11 @@ impl Engine {
 
     /// The targets in the order the policy asks for (bare models only).
     fn ordered<'a>(&self, plan: &'a Plan) -> Cow<'a, [Target]> {
-        let mut v = match self.cfg.failover.order {
+        let mut v = match self.gw.cfg.failover.order {
             Order::Catalog => return Cow::Borrowed(&plan.targets),
             Order::Latency | Order::Price => plan.targets.clone(),
         };
-        if self.cfg.failover.order == Order::Latency {
+        if self.gw.cfg.failover.order == Order::Latency {
             crate::plan::order_bare(&mut v, |t| {
                 self.health.ttft_ewma(t.route.provider, &t.route.id)
             });
@@ -289,7 +300,6 @@ impl Engine {
         s: &mut Session,
         log: &mut RequestLog,
         req: &ChatRequest,
-        body: &Bytes,
         plan: &Plan,
     ) -> Result<(), GatewayError> {
         let begun = Instant::now();
@@ -311,7 +321,6 @@ impl Engine {
             client: &client,
             req,
             request_id: &request_id,
-            body,
             stream: req.stream,
             deadline,
         };
@@ -334,7 +343,7 @@ impl Engine {
                 break;
             };
             let target = &targets[ti];
-            let provider = &self.cfg.providers[target.route.provider];
+            let provider = &self.gw.providers[target.route.provider];
             if let Some((w, from)) = &need_window {
                 if target.route.context_window.is_none_or(|c| c <= *w) {
                     let why = format!(
@@ -344,7 +353,7 @@ impl Engine {
                         log,
                         &mut reports,
                         target.route.provider,
-                        target.source(&self.cfg),
+                        target.source(&self.gw),
                         why,
                     );
                     continue;
@@ -368,7 +377,7 @@ impl Engine {
                                 log,
                                 &mut reports,
                                 target.route.provider,
-                                target.source(&self.cfg),
+                                target.source(&self.gw),
                                 "skipped: circuit_open (it opened during this target's retries)"
                                     .into(),
                             );
@@ -390,7 +399,7 @@ impl Engine {
                 sent += 1;
                 tries += 1;
                 // Hedging: streams, the first try of a target, with another target after it.
-                let hedge = match (self.cfg.failover.hedge, queue.front()) {
+                let hedge = match (self.gw.cfg.failover.hedge, queue.front()) {
                     (Some(h), Some(&next)) if req.stream && tries == 1 && !last_resort => {
                         let delay = match h {
                             HedgeAfter::Fixed(d) => d,
@@ -453,7 +462,7 @@ impl Engine {
                                 Turn::Narrow => {
                                     let w = t.route.context_window.unwrap_or(u32::MAX);
                                     let w = need_window.as_ref().map_or(w, |(n, _)| w.max(*n));
-                                    need_window = Some((w, t.source(&self.cfg)));
+                                    need_window = Some((w, t.source(&self.gw)));
                                 }
                             }
                         }
@@ -464,7 +473,7 @@ impl Engine {
                             } else {
                                 None
                             };
-                            let falls_back = f.class.falls_back(f.status, &self.cfg.fallback);
+                            let falls_back = f.class.falls_back(f.status, &self.gw.cfg.fallback);
                             self.failed(
                                 log,
                                 &mut reports,
@@ -504,7 +513,7 @@ impl Engine {
                 log,
                 &mut reports,
                 t.route.provider,
-                t.source(&self.cfg),
+                t.source(&self.gw),
                 "skipped: circuit_open".into(),
             );
         }
@@ -519,7 +528,7 @@ impl Engine {
                     log,
                     &mut reports,
                     t.route.provider,
-                    t.source(&self.cfg),
+                    t.source(&self.gw),
                     why.into(),
                 );
             }
@@ -548,7 +557,7 @@ impl Engine {
         tries: u32,
         deadline: Instant,
     ) -> Option<(Duration, &'static str)> {
-        let r = &self.cfg.failover.retry;
+        let r = &self.gw.cfg.failover.retry;
         if tries >= r.attempts_per_target {
             return None;
         }
@@ -651,7 +660,7 @@ impl Engine {
 
     /// The hedge that did not win: cancelled (its future dropped, its connection closed).
     fn hedge_lost(&self, t: &Target) {
-        let provider = &self.cfg.providers[t.route.provider];
+        let provider = &self.gw.providers[t.route.provider];
         self.metrics
             .attempts
             .with_label_values(&[provider.name.as_str(), "hedge_lost"])
@@ -674,7 +683,7 @@ impl Engine {
         queue: &VecDeque<usize>,
         targets: &[Target],
     ) -> Turn {
-        let provider = &self.cfg.providers[target.route.provider];
+        let provider = &self.gw.providers[target.route.provider];
         let status = ready.resp.status.as_u16();
         let more = !queue.is_empty();
         match &ready.verdict {
@@ -693,7 +702,7 @@ impl Engine {
                     return Turn::Narrow;
                 }
             }
-            Verdict::ContentFilter(m) if self.cfg.failover.on_content_filter && more => {
+            Verdict::ContentFilter(m) if self.gw.cfg.failover.on_content_filter && more => {
                 let m = m.clone();
                 self.release(ready.up, &ready.peer).await;
                 let f = Failure::new(FailClass::ContentFilter, Some(status), m);
@@ -721,7 +730,7 @@ impl Engine {
         let stream = matches!(ready.body, attempt::ReadyBody::Stream { .. });
         // Boxed, like the attempt: otherwise rustc lays the relay's future out inline in this
         // one and in serve's, each sized for its largest await.
-        let delivered = Box::pin(self.deliver(s, ready, Some(h), provider, None, ask.body));
+        let delivered = Box::pin(self.deliver(s, ready, Some(h), provider, None, ask.req));
         match delivered.await {
             Delivered::ClientGone => {
                 self.record_health(target, health::Outcome::Neutral);
@@ -774,7 +783,7 @@ impl Engine {
                 let reason = self.masker.string(reason);
                 self.record_health(target, health::Outcome::Failure);
                 self.broken_attempt(log, target, status, &reason, started);
-                if self.cfg.failover.continuation {
+                if self.gw.cfg.failover.continuation {
                     if let (Some(text), Some(head)) = (watch.text(), head) {
                         if !text.is_empty()
                             && Box::pin(
@@ -808,7 +817,7 @@ impl Engine {
         queue: &VecDeque<usize>,
         targets: &[Target],
     ) -> bool {
-        let prefill = crate::config::Capabilities::PREFILL;
+        let prefill = crate::api::Capabilities::PREFILL;
         let mut scratch = Vec::new();
         for &i in queue {
             let t = &targets[i];
@@ -817,21 +826,15 @@ impl Engine {
                     "continuation skipped: the catalog lists no prefill support for {}",
                     t.route.id
                 );
-                self.skipped(
-                    log,
-                    &mut scratch,
-                    t.route.provider,
-                    t.source(&self.cfg),
-                    why,
-                );
+                self.skipped(log, &mut scratch, t.route.provider, t.source(&self.gw), why);
                 continue;
             }
-            let Some(body) = prefill_body(ask.body, text) else {
+            let Ok(prefilled) = ask.req.with_prefill(text) else {
                 return false;
             };
             let started = Instant::now();
-            let provider = &self.cfg.providers[t.route.provider];
-            let ready = match unless_client_gone(s, self.prepare(ask, t, Some(&body))).await {
+            let provider = &self.gw.providers[t.route.provider];
+            let ready = match unless_client_gone(s, self.prepare(ask, t, Some(&prefilled))).await {
                 None => return false,
                 Some(Err(mut f)) => {
                     self.record_health(t, f.health());
@@ -860,7 +863,7 @@ impl Engine {
             }
             let ttft = ready.ttft;
             return match self
-                .deliver(s, ready, None, provider, Some(head), ask.body)
+                .deliver(s, ready, None, provider, Some(head), ask.req)
                 .await
             {
                 Delivered::Done { usage, .. } => {
@@ -891,7 +894,7 @@ impl Engine {
     /// Token and cost metrics for a served answer, at the route's catalog price.
     fn account(&self, target: &Target, usage: Option<watch::Usage>) {
         let Some(u) = usage else { return };
-        let provider = &self.cfg.providers[target.route.provider];
+        let provider = &self.gw.providers[target.route.provider];
         let labels = |kind| [provider.name.as_str(), self.model_label(target), kind];
         self.metrics
             .tokens
@@ -921,7 +924,7 @@ impl Engine {
     ) {
         self.metrics
             .attempts
-            .with_label_values(&[self.cfg.providers[provider].name.as_str(), "skipped"])
+            .with_label_values(&[self.gw.providers[provider].name.as_str(), "skipped"])
             .inc();
         log.attempts.push(AttemptLog {
             provider,
@@ -949,7 +952,7 @@ impl Engine {
         started: Instant,
         moving_on: bool,
     ) {
-        let pname = self.cfg.providers[target.route.provider].name.as_str();
+        let pname = self.gw.providers[target.route.provider].name.as_str();
         let label = f.class.label();
         self.metrics
             .attempts
@@ -961,7 +964,7 @@ impl Engine {
                 .with_label_values(&[pname, label])
                 .inc();
         }
-        let source = target.source(&self.cfg);
+        let source = target.source(&self.gw);
         // Provider text (an error body, an in-band error event, a token endpoint's reason):
         // every credential masked before the client or the log sees it.
         let message = self.masker.string(f.message);
@@ -990,14 +993,14 @@ impl Engine {
         reason: &str,
         started: Instant,
     ) {
-        let pname = self.cfg.providers[target.route.provider].name.as_str();
+        let pname = self.gw.providers[target.route.provider].name.as_str();
         self.metrics
             .attempts
             .with_label_values(&[pname, "stream_error"])
             .inc();
         log.attempts.push(AttemptLog {
             provider: target.route.provider,
-            source: target.source(&self.cfg),
+            source: target.source(&self.gw),
             outcome: "stream_error",
             status: Some(status),
             error: Some(reason.to_string()),
@@ -1023,7 +1026,7 @@ impl Engine {
             .inc();
         log.attempts.push(AttemptLog {
             provider: target.route.provider,
-            source: target.source(&self.cfg),
+            source: target.source(&self.gw),
             outcome,
             status: Some(status),
             error: None,
@@ -1062,21 +1065,6 @@ impl Engine {
         h.insert_header("x-request-id", log.request_id.as_str())?;
         Ok(h)
     }
-}
-
-/// The request with `text` appended as a trailing assistant message (a prefill).
-fn prefill_body(body: &[u8], text: &str) -> Option<Bytes> {
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let messages = v.get_mut("messages")?.as_array_mut()?;
-    messages.push(serde_json::json!({"role": "assistant", "content": text}));
-    serde_json::to_vec(&v).ok().map(Bytes::from)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn bad_response(message: &str) -> Failure {

@@ -6,7 +6,7 @@
 use super::attempt::{read_until, Read, Ready, ReadyBody};
 use super::watch::{BadEvent, Usage, Watch};
 use super::{unless_client_gone, Engine};
-use crate::config::Provider;
+use crate::providers::Provider;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use pingora_core::protocols::http::client::HttpSession;
@@ -111,7 +111,7 @@ impl Engine {
         h: Option<ResponseHeader>,
         provider: &Provider,
         splice: Option<&ChunkHead>,
-        request: &[u8],
+        request: &crate::api::ChatRequest,
     ) -> Delivered {
         let Ready {
             mut up,
@@ -201,6 +201,7 @@ impl Engine {
             } => {
                 // Only a continuation needs the answer's identity.
                 let head = self
+                    .gw
                     .cfg
                     .failover
                     .continuation
@@ -231,7 +232,7 @@ impl Engine {
                         finalised: false,
                     };
                 }
-                let event_cap = self.cfg.limits.max_event_bytes;
+                let event_cap = self.gw.cfg.limits.max_event_bytes;
                 // Committed. From here a failure is reported in band and never looks complete.
                 let broken =
                     |reason: String, watch: Watch, head: Option<ChunkHead>| Delivered::Broken {
@@ -345,7 +346,7 @@ impl Engine {
                                     );
                                     let head = splice.cloned().or_else(|| chunk_head(&first));
                                     if let (Some(u), Some(head)) = (estimate, head) {
-                                        end = crate::providers::usage_event(
+                                        end = crate::providers::common::usage_event(
                                             (&head.id, head.created, &head.model),
                                             (u.prompt_tokens, u.completion_tokens),
                                             u.estimated,
@@ -436,7 +437,7 @@ fn spliced(seg: &[u8], to: &ChunkHead) -> Bytes {
 fn in_band_reason(kind: &str, message: &str) -> String {
     if kind == "invalid_event" {
         "the provider sent an event that is not valid JSON".into()
-    } else if kind == super::attempt::EVENT_TOO_LARGE {
+    } else if kind == crate::providers::wire::EVENT_TOO_LARGE {
         message.to_string()
     } else {
         format!("the provider reported {kind}: {message}")

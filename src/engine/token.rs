@@ -1,9 +1,11 @@
-//! Vertex access tokens: minted from the service-account key at the key's token endpoint,
-//! cached per provider. Runs inside an attempt, before its request is built.
+//! OAuth2 access tokens for service-account credentials: minted at the account's token
+//! endpoint (the JWT bearer grant), cached per provider. Runs inside an attempt, before its
+//! request is built.
 
-use super::{bad_response, short_error, unix_now, Engine, FailClass, Failure};
-use crate::config::{Secret, VertexAuth};
-use crate::providers::vertex;
+use super::{bad_response, short_error, Engine, FailClass, Failure};
+use crate::config::Secret;
+use crate::providers::vertex::{self, TokenSource};
+use crate::providers::wire::unix_now;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
@@ -13,13 +15,13 @@ const TOKEN_RENEW_BEFORE: Duration = Duration::from_secs(300);
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 impl Engine {
-    /// Provider `i`'s Vertex access token: the cached one while it has more than
+    /// Provider `i`'s access token: the cached one while it has more than
     /// [`TOKEN_RENEW_BEFORE`] left, else a new one from the token endpoint (one request at a
     /// time per provider; concurrent attempts wait for it). A refused grant counts as a 401.
-    pub(super) async fn vertex_token(
+    pub(super) async fn access_token(
         &self,
         i: usize,
-        auth: &VertexAuth,
+        auth: &TokenSource,
     ) -> Result<Secret, Failure> {
         let Some(slot) = self.tokens.get(i) else {
             return Err(bad_response("no token slot"));
@@ -32,11 +34,11 @@ impl Engine {
         }
         let ep = &auth.endpoint;
         let fail = |class, status, message: String| {
-            Failure::new(class, status, format!("vertex token: {message}"))
+            Failure::new(class, status, format!("{}: {message}", auth.label))
         };
         let peer = self
             .token_peers
-            .get(i, ep)
+            .get(i)
             .await
             .map_err(|m| fail(FailClass::ConnectError, None, m))?;
         let assertion = auth
@@ -68,7 +70,7 @@ impl Engine {
             }
             Ok::<_, pingora_error::BError>((status, answer))
         };
-        let budget = ep.timeouts.connect + ep.timeouts.first_byte.min(Duration::from_secs(30));
+        let budget = auth.timeouts.connect + auth.timeouts.first_byte.min(Duration::from_secs(30));
         let (status, answer) = match tokio::time::timeout(budget, exchange).await {
             Err(_) => return Err(fail(FailClass::FirstByteTimeout, None, "timed out".into())),
             Ok(Err(e)) => {

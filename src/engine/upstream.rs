@@ -1,11 +1,11 @@
 //! Attempt → `HttpPeer` and upstream request header.
 //!
 //! Host names are resolved here, asynchronously and cached (`HttpPeer::new` resolves blocking and
-//! panics on a DNS failure, so it is only ever handed an address). IP-literal providers never
+//! panics on a DNS failure, so it is only ever handed an address). IP-literal endpoints never
 //! touch DNS.
 
-use crate::config::{ApiKey, Provider, ProviderKind};
-use crate::plan::Target;
+use crate::config::{Endpoint, Timeouts};
+use crate::providers::{Auth, Provider, Signing};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use std::net::{IpAddr, SocketAddr};
@@ -17,21 +17,41 @@ const DNS_TTL: Duration = Duration::from_secs(30);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
+/// Where peers go: an endpoint, its connect timeout, and whether to offer HTTP/2.
+#[derive(Debug, Clone)]
+pub struct PeerSpec {
+    pub endpoint: Endpoint,
+    pub timeouts: Timeouts,
+    pub http2: bool,
+}
+
+impl PeerSpec {
+    pub fn of(p: &Provider) -> PeerSpec {
+        PeerSpec {
+            endpoint: p.endpoint.clone(),
+            timeouts: p.timeouts,
+            http2: p.http2,
+        }
+    }
+}
+
 /// A resolved peer and when its address expires (`None`: an IP literal, never).
 type Slot = RwLock<Option<(HttpPeer, Option<Instant>)>>;
 
-/// Per-provider peers, rebuilt when their DNS entry expires.
+/// Peers per endpoint (by index), rebuilt when their DNS entry expires.
 pub struct Peers {
+    specs: Vec<Option<PeerSpec>>,
     slots: Vec<Slot>,
 }
 
-fn build_peer(p: &Provider, addr: SocketAddr) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, p.tls, p.host.clone());
+fn build_peer(p: &PeerSpec, addr: SocketAddr) -> HttpPeer {
+    let e = &p.endpoint;
+    let mut peer = HttpPeer::new(addr, e.tls, e.host.clone());
     let o = &mut peer.options;
     o.connection_timeout = Some(p.timeouts.connect);
     o.total_connection_timeout = Some(p.timeouts.connect);
     o.idle_timeout = Some(POOL_IDLE);
-    if p.tls && p.http2 {
+    if e.tls && p.http2 {
         o.set_http_version(2, 1);
         o.max_h2_streams = 100;
     }
@@ -39,25 +59,27 @@ fn build_peer(p: &Provider, addr: SocketAddr) -> HttpPeer {
 }
 
 impl Peers {
-    pub fn new(providers: &[Provider]) -> Peers {
-        let slots = providers
+    /// Peers for `specs` (`None`: index `i` has no endpoint here).
+    pub fn new(specs: Vec<Option<PeerSpec>>) -> Peers {
+        let slots = specs
             .iter()
-            .map(|p| {
-                let fixed = p
-                    .host
-                    .parse::<IpAddr>()
-                    .ok()
-                    .map(|ip| (build_peer(p, SocketAddr::new(ip, p.port)), None));
+            .map(|s| {
+                let fixed = s.as_ref().and_then(|p| {
+                    let ip = p.endpoint.host.parse::<IpAddr>().ok()?;
+                    Some((build_peer(p, SocketAddr::new(ip, p.endpoint.port)), None))
+                });
                 RwLock::new(fixed)
             })
             .collect();
-        Peers { slots }
+        Peers { specs, slots }
     }
 
-    /// The peer for provider `i`, resolving its host if the cached address expired. A failed
+    /// The peer of endpoint `i`, resolving its host if the cached address expired. A failed
     /// lookup falls back to the last known address, if any.
-    pub async fn get(&self, i: usize, p: &Provider) -> Result<HttpPeer, String> {
-        let slot = self.slots.get(i).ok_or("no such provider")?;
+    pub async fn get(&self, i: usize) -> Result<HttpPeer, String> {
+        let (Some(slot), Some(Some(p))) = (self.slots.get(i), self.specs.get(i)) else {
+            return Err("no such endpoint".into());
+        };
         let stale = match slot.read() {
             Ok(g) => match &*g {
                 Some((peer, None)) => return Ok(peer.clone()),
@@ -67,9 +89,10 @@ impl Peers {
             },
             Err(_) => None,
         };
+        let e = &p.endpoint;
         let looked_up = tokio::time::timeout(
             p.timeouts.connect,
-            tokio::net::lookup_host((p.host.as_str(), p.port)),
+            tokio::net::lookup_host((e.host.as_str(), e.port)),
         )
         .await;
         // Prefer IPv4: hosts commonly publish AAAA records that a container cannot route.
@@ -88,7 +111,7 @@ impl Peers {
                 }
                 Ok(peer)
             }
-            None => stale.ok_or_else(|| format!("DNS lookup of {} failed", p.host)),
+            None => stale.ok_or_else(|| format!("DNS lookup of {} failed", e.host)),
         }
     }
 }
@@ -139,82 +162,46 @@ pub fn forwarded(client: &RequestHeader) -> Forwarded {
         .collect()
 }
 
-/// The upstream request header for one attempt.
+/// The upstream request header for one attempt: the forwarded client headers and the framing,
+/// then the adapter's credentials and kind headers, the provider's configured headers, and last
+/// the adapter's signature (which covers all of them).
 pub fn request_header(
     p: &Provider,
-    target: &Target,
+    path: &str,
     client: &[(http::HeaderName, http::HeaderValue)],
     body: &[u8],
     request_id: &str,
-    stream: bool,
-    bearer: Option<&str>,
+    auth: &Auth<'_>,
 ) -> pingora_core::Result<RequestHeader> {
-    let path = p.chat_path(&target.route, stream);
     let mut h = RequestHeader::build("POST", path.as_bytes(), Some(8 + client.len()))?;
     for (name, value) in client {
         h.append_header(name.clone(), value.clone())?;
     }
-    h.insert_header(http::header::HOST, p.authority.as_str())?;
+    h.insert_header(http::header::HOST, p.endpoint.authority.as_str())?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     h.insert_header("x-request-id", request_id)?;
-    if let ApiKey::Present(key) = &p.key {
-        match p.kind {
-            ProviderKind::OpenAi => {
-                let v = format!("Bearer {}", key.expose());
-                h.insert_header(http::header::AUTHORIZATION, v)?;
-            }
-            ProviderKind::Azure => h.insert_header("api-key", key.expose())?,
-            ProviderKind::Anthropic => h.insert_header("x-api-key", key.expose())?,
-            ProviderKind::GoogleAiStudio => h.insert_header("x-goog-api-key", key.expose())?,
-            // A Bedrock API key.
-            ProviderKind::Bedrock => {
-                let v = format!("Bearer {}", key.expose());
-                h.insert_header(http::header::AUTHORIZATION, v)?;
-            }
-            ProviderKind::Vertex => {}
-        }
-    }
-    // Vertex: the OAuth2 access token minted for this provider.
-    if let Some(token) = bearer {
-        h.insert_header(http::header::AUTHORIZATION, format!("Bearer {token}"))?;
-    }
-    if p.kind == ProviderKind::Anthropic {
-        let version = p.api_version.as_deref().unwrap_or("2023-06-01");
-        h.insert_header("anthropic-version", version)?;
-    }
+    p.adapter.authorize(&mut h, auth)?;
     for (name, value) in &p.headers {
         h.insert_header(name.clone(), value.clone())?;
     }
-    if let (Some(creds), Some(region)) = (&p.aws, &p.region) {
-        // SigV4 over host, content-type and the body; the signer adds x-amz-date (and the
-        // session token).
-        let scheme = if p.tls { "https" } else { "http" };
-        let url = format!("{scheme}://{}{path}", p.authority);
-        let signed = crate::providers::bedrock::sign(
-            "POST",
-            &url,
-            &[
-                ("host", p.authority.as_str()),
-                ("content-type", "application/json"),
-            ],
-            body,
-            creds,
-            region,
-            std::time::SystemTime::now(),
-        )
+    let signing = Signing {
+        endpoint: &p.endpoint,
+        path,
+        body,
+        auth,
+    };
+    p.adapter
+        .sign(&mut h, &signing)
         .map_err(|e| pingora_error::Error::explain(pingora_error::ErrorType::InternalError, e))?;
-        for (name, value) in signed {
-            h.insert_header(name, value)?;
-        }
-    }
     Ok(h)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::gateway::Gateway;
+    use crate::providers::{Call, Route};
 
     #[test]
     fn header_rewrites_auth_and_drops_hop_by_hop() {
@@ -226,7 +213,7 @@ models:
   gpt-4o: [{provider: az, deployment: dep}]
 "#;
         let env = |_: &str| Some("provider-key".to_string());
-        let c = Config::from_yaml_with_env(yaml, &env).expect("valid");
+        let c = Gateway::from_yaml_with_env(yaml, &env).expect("valid");
         let plan = crate::plan::plan("gpt-4o", &c).expect("plan");
         let mut client = RequestHeader::build("POST", b"/v1/chat/completions", None).expect("h");
         for (k, v) in [
@@ -244,14 +231,31 @@ models:
         ] {
             client.append_header(k, v).expect("h");
         }
+        let p = &c.providers[0];
+        let req = crate::api::ChatRequest::parse(bytes::Bytes::from_static(
+            br#"{"model":"gpt-4o","messages":[]}"#,
+        ))
+        .expect("request");
+        let t = &plan.targets[0];
+        let call = Call {
+            route: Route {
+                id: &t.route.id,
+                deployment: t.route.deployment.as_deref(),
+                api_version: t.route.api_version.as_deref(),
+                max_output_tokens: None,
+            },
+            req: &req,
+            stream: false,
+            base_path: &p.endpoint.base_path,
+        };
+        let prepared = p.adapter.prepare(&call).expect("prepared");
         let h = request_header(
-            &c.providers[0],
-            &plan.targets[0],
+            p,
+            &prepared.path,
             &forwarded(&client),
             &[b' '; 42],
             "rid",
-            false,
-            None,
+            &Auth::Key("provider-key"),
         )
         .expect("header");
         assert_eq!(

@@ -280,42 +280,13 @@ const BYTES_PER_TOKEN: usize = 4;
 /// chunk: `None` unless the client asked for one (`stream_options.include_usage`). Estimated,
 /// and marked so: the prompt from the size of its messages and tools, plus OpenAI's 3 tokens a
 /// message and 3 for the reply; the answer from `output_bytes`.
-pub fn estimated_usage(request: &[u8], output_bytes: usize) -> Option<Usage> {
-    #[derive(Deserialize)]
-    struct Opts {
-        #[serde(default)]
-        include_usage: bool,
-    }
-    #[derive(Deserialize)]
-    struct Message<'a> {
-        #[serde(borrow, default)]
-        content: Option<&'a RawValue>,
-        #[serde(borrow, default)]
-        tool_calls: Option<&'a RawValue>,
-    }
-    #[derive(Deserialize)]
-    struct Request<'a> {
-        #[serde(default)]
-        stream_options: Option<Opts>,
-        #[serde(borrow, default)]
-        messages: Vec<Message<'a>>,
-        #[serde(borrow, default)]
-        tools: Option<&'a RawValue>,
-    }
-    let r: Request<'_> = serde_json::from_slice(request).ok()?;
-    if !r.stream_options.is_some_and(|o| o.include_usage) {
+pub fn estimated_usage(request: &crate::api::ChatRequest, output_bytes: usize) -> Option<Usage> {
+    if !request.include_usage {
         return None;
     }
-    let raw = |v: Option<&RawValue>| v.map_or(0, |v| v.get().len());
-    let prompt_bytes: usize = r
-        .messages
-        .iter()
-        .map(|m| raw(m.content) + raw(m.tool_calls))
-        .sum::<usize>()
-        + raw(r.tools);
     let tokens = |b: usize| b.div_ceil(BYTES_PER_TOKEN) as u64;
     Some(Usage {
-        prompt_tokens: tokens(prompt_bytes) + 3 * r.messages.len() as u64 + 3,
+        prompt_tokens: tokens(request.prompt_bytes) + 3 * request.messages as u64 + 3,
         completion_tokens: tokens(output_bytes),
         estimated: true,
     })
@@ -436,11 +407,16 @@ mod tests {
 
     #[test]
     fn usage_is_estimated_only_when_asked_for() {
-        let asked = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},
-            "messages":[{"role":"system","content":"12345678"},{"role":"user","content":"1234"}]}"#;
+        let req = |b: &'static [u8]| {
+            crate::api::ChatRequest::parse(bytes::Bytes::from_static(b)).expect("valid request")
+        };
+        let asked = req(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},
+            "messages":[{"role":"system","content":"12345678"},{"role":"user","content":"1234"}]}"#,
+        );
         // Contents as JSON: 10 + 6 bytes → 4 tokens, plus 3 per message and 3 for the reply.
         assert_eq!(
-            estimated_usage(asked, 9),
+            estimated_usage(&asked, 9),
             Some(Usage {
                 prompt_tokens: 4 + 2 * 3 + 3,
                 completion_tokens: 3,
@@ -448,10 +424,9 @@ mod tests {
             })
         );
         let not_asked =
-            br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-        assert_eq!(estimated_usage(not_asked, 9), None);
-        let off = br#"{"stream_options":{"include_usage":false},"messages":[]}"#;
-        assert_eq!(estimated_usage(off, 9), None);
-        assert_eq!(estimated_usage(b"not json", 9), None);
+            req(br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#);
+        assert_eq!(estimated_usage(&not_asked, 9), None);
+        let off = req(br#"{"model":"m","stream_options":{"include_usage":false},"messages":[]}"#);
+        assert_eq!(estimated_usage(&off, 9), None);
     }
 }

@@ -15,17 +15,61 @@
 //! `frequency_penalty`, `seed`, `logit_bias`, `response_format` `text`,
 //! `parallel_tool_calls`, `store`, and every field Anthropic does not know.
 
-use super::{
+use super::common::{
     call_arguments, data_url, push_json_str, push_stream_end, push_turn, text_of, ChunkWriter,
+    InBandError, StreamOpts,
 };
 use crate::sse::SseDecoder;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 
-/// Options the stream translator needs from the request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StreamOpts {
-    pub include_usage: bool,
+/// The `anthropic-version` header sent when the provider sets no `api-version`.
+const DEFAULT_VERSION: &str = "2023-06-01";
+
+/// The Anthropic Messages API: `{base}/v1/messages`, `x-api-key`, `anthropic-version`.
+#[derive(Debug)]
+pub struct Anthropic {
+    version: String,
+}
+
+pub(super) fn build(
+    p: &crate::config::ProviderConfig,
+    env: super::Env<'_>,
+) -> Result<super::Built, crate::config::ConfigError> {
+    let version = p
+        .api_version
+        .clone()
+        .unwrap_or_else(|| DEFAULT_VERSION.into());
+    Ok(super::Built {
+        adapter: Box::new(Anthropic { version }),
+        endpoint: super::endpoint(p, None)?,
+        credentials: super::Credentials::from_env(p, env),
+    })
+}
+
+impl super::Adapter for Anthropic {
+    fn prepare(&self, call: &super::Call<'_>) -> Result<super::Prepared, String> {
+        let max = call.route.max_output_tokens.unwrap_or(4096);
+        let (body, opts) = request(call.req.tree()?, call.route.id, max)?;
+        Ok(super::Prepared {
+            path: format!("{}/v1/messages", call.base_path),
+            body: body.into(),
+            wire: super::Wire::Anthropic(opts),
+        })
+    }
+
+    fn authorize(
+        &self,
+        h: &mut pingora_http::RequestHeader,
+        auth: &super::Auth<'_>,
+    ) -> pingora_core::Result<()> {
+        match auth {
+            super::Auth::Key(k) => h.insert_header("x-api-key", *k)?,
+            super::Auth::Token(t) => super::bearer(h, t)?,
+            super::Auth::None | super::Auth::Aws(_) => {}
+        }
+        h.insert_header("anthropic-version", self.version.as_str())
+    }
 }
 
 fn obj<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
@@ -72,24 +116,23 @@ fn blocks_of(content: &Value) -> Result<Vec<Value>, String> {
     }
 }
 
-/// OpenAI chat request body → Anthropic Messages body for `model_id`.
+/// OpenAI chat request → Anthropic Messages body for `model_id`.
 pub fn request(
-    body: &[u8],
+    req: &Value,
     model_id: &str,
     default_max_tokens: u32,
 ) -> Result<(Vec<u8>, StreamOpts), String> {
-    request_with(body, ("model", model_id), default_max_tokens)
+    request_with(req, ("model", model_id), default_max_tokens)
 }
 
 /// The same, with the model named by another field: Claude on Vertex takes the model from the
 /// URL and `anthropic_version` in the body (`("anthropic_version", "vertex-2023-10-16")`).
 pub fn request_with(
-    body: &[u8],
+    value: &Value,
     (key, value_of_key): (&str, &str),
     default_max_tokens: u32,
 ) -> Result<(Vec<u8>, StreamOpts), String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let req = obj(&value, "the request")?;
+    let req = obj(value, "the request")?;
     let mut out = Map::new();
     out.insert(key.into(), Value::String(value_of_key.into()));
     let mut system = String::new();
@@ -295,14 +338,6 @@ pub fn error_body(body: &[u8]) -> Vec<u8> {
         .unwrap_or("api_error");
     serde_json::to_vec(&json!({"error":{"message":message,"type":kind,"param":null,"code":null}}))
         .unwrap_or_default()
-}
-
-/// An error event inside a stream (`event: error`), e.g. `overloaded_error`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InBandError {
-    /// Anthropic's error type (`overloaded_error`, `rate_limit_error`, `api_error`, ...).
-    pub kind: String,
-    pub message: String,
 }
 
 /// One Anthropic stream event, borrowed from the received bytes where it can be. Only
@@ -512,6 +547,10 @@ impl StreamTranslator {
 mod tests {
     use super::*;
 
+    fn tree(body: &[u8]) -> Value {
+        serde_json::from_slice(body).expect("test request is JSON")
+    }
+
     #[test]
     fn request_maps_roles_tools_and_parameters() {
         let body = br#"{"model":"claude","messages":[
@@ -523,7 +562,7 @@ mod tests {
           "tools":[{"type":"function","function":{"name":"get_weather","description":"Weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}],
           "tool_choice":"required","max_tokens":300,"temperature":0.2,"stop":"END","user":"u-1","stream":true,
           "stream_options":{"include_usage":true},"presence_penalty":1}"#;
-        let (out, opts) = request(body, "claude-sonnet-4-20250514", 4096).expect("maps");
+        let (out, opts) = request(&tree(body), "claude-sonnet-4-20250514", 4096).expect("maps");
         assert!(opts.include_usage);
         let v: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(
@@ -547,7 +586,7 @@ mod tests {
     #[test]
     fn request_defaults_and_refusals() {
         let (out, _) = request(
-            br#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#,
+            &tree(br#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#),
             "c",
             8192,
         )
@@ -570,7 +609,7 @@ mod tests {
                 "unknown role",
             ),
         ] {
-            let e = request(body.as_bytes(), "c", 1).expect_err(body);
+            let e = request(&tree(body.as_bytes()), "c", 1).expect_err(body);
             assert!(e.contains(needle), "{body}: {e}");
         }
     }

@@ -19,10 +19,10 @@
 //! non-data image URLs, audio/file parts. Dropped: `user`, `presence_penalty`,
 //! `frequency_penalty`, `seed`, `logit_bias`, `parallel_tool_calls`, `store`, unknown fields.
 
-use super::anthropic::{InBandError, StreamOpts};
-use super::{
+use super::common::{
     call_arguments, data_url, push_json_str, push_stream_end, push_turn, text_of, ChunkWriter,
 };
+use super::common::{InBandError, StreamOpts};
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use aws_smithy_types::event_stream::{HeaderValue, Message};
 use bytes::BytesMut;
@@ -45,6 +45,117 @@ pub fn path(base_path: &str, model_id: &str, stream: bool) -> String {
         "/converse"
     });
     p
+}
+
+/// AWS Bedrock Converse: `{base}/model/{id}/converse` (streams `/converse-stream`), signed with
+/// SigV4 (service `bedrock`), or a Bedrock API key as a bearer token.
+#[derive(Debug)]
+pub struct Bedrock {
+    region: String,
+}
+
+pub(super) fn build(
+    p: &crate::config::ProviderConfig,
+    env: super::Env<'_>,
+) -> Result<super::Built, crate::config::ConfigError> {
+    let region = p
+        .region
+        .clone()
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| {
+            p.error(
+                "region",
+                "a bedrock provider needs a region (or AWS_REGION in the environment)",
+            )
+        })?;
+    if !region
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(p.error("region", format!("`{region}` is not a region name")));
+    }
+    let default_url = format!("https://bedrock-runtime.{region}.amazonaws.com");
+    let credentials = match &p.api_key_env {
+        Some(_) => super::Credentials::from_env(p, env),
+        None => aws_from_env(env),
+    };
+    Ok(super::Built {
+        endpoint: super::endpoint(p, Some(default_url))?,
+        adapter: Box::new(Bedrock { region }),
+        credentials,
+    })
+}
+
+/// SigV4 credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN.
+fn aws_from_env(env: super::Env<'_>) -> super::Credentials {
+    let var = |n: &str| env(n).filter(|v| !v.trim().is_empty());
+    match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+        (Some(id), Some(secret)) => super::Credentials::Aws(AwsCredentials::new(
+            id.trim().to_string(),
+            crate::config::Secret::new(secret.trim().to_string()),
+            var("AWS_SESSION_TOKEN").map(|t| crate::config::Secret::new(t.trim().to_string())),
+        )),
+        (None, _) => super::Credentials::Missing {
+            env: "AWS_ACCESS_KEY_ID".into(),
+        },
+        (_, None) => super::Credentials::Missing {
+            env: "AWS_SECRET_ACCESS_KEY".into(),
+        },
+    }
+}
+
+impl super::Adapter for Bedrock {
+    fn prepare(&self, call: &super::Call<'_>) -> Result<super::Prepared, String> {
+        let (body, opts) = request(call.req.tree()?, call.route.max_output_tokens)?;
+        Ok(super::Prepared {
+            path: path(call.base_path, call.route.id, call.stream),
+            body: body.into(),
+            wire: super::Wire::Bedrock(opts, call.route.id.to_string()),
+        })
+    }
+
+    fn authorize(
+        &self,
+        h: &mut pingora_http::RequestHeader,
+        auth: &super::Auth<'_>,
+    ) -> pingora_core::Result<()> {
+        match auth {
+            // A Bedrock API key.
+            super::Auth::Key(k) | super::Auth::Token(k) => super::bearer(h, k),
+            super::Auth::None | super::Auth::Aws(_) => Ok(()),
+        }
+    }
+
+    /// SigV4 over host, content-type and the body; the signer adds `x-amz-date` (and the
+    /// session token).
+    fn sign(
+        &self,
+        h: &mut pingora_http::RequestHeader,
+        s: &super::Signing<'_>,
+    ) -> Result<(), String> {
+        let super::Auth::Aws(creds) = s.auth else {
+            return Ok(());
+        };
+        let scheme = if s.endpoint.tls { "https" } else { "http" };
+        let authority = s.endpoint.authority.as_str();
+        let url = format!("{scheme}://{authority}{}", s.path);
+        let headers = [("host", authority), ("content-type", "application/json")];
+        let signed = sign(
+            "POST",
+            &url,
+            &headers,
+            s.body,
+            creds,
+            &self.region,
+            SystemTime::now(),
+        )?;
+        for (name, value) in signed {
+            h.insert_header(name, value).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
 }
 
 /// AWS credentials from the standard environment variables, held as the signer's identity,
@@ -191,10 +302,9 @@ fn blocks_of(content: &Value) -> Result<Vec<Value>, String> {
     }
 }
 
-/// OpenAI chat request body → Converse request body. `max_tokens` is sent when the client
+/// OpenAI chat request → Converse request body. `max_tokens` is sent when the client
 /// gives none (the catalog's output limit), if known.
-pub fn request(body: &[u8], max_tokens: Option<u32>) -> Result<(Vec<u8>, StreamOpts), String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+pub fn request(value: &Value, max_tokens: Option<u32>) -> Result<(Vec<u8>, StreamOpts), String> {
     let req = value.as_object().ok_or("the request must be an object")?;
     let mut system: Vec<Value> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
@@ -701,6 +811,10 @@ fn frame_with(type_header: &str, type_name: &str, message_type: &str, payload: &
 mod tests {
     use super::*;
 
+    fn tree(body: &[u8]) -> Value {
+        serde_json::from_slice(body).expect("test request is JSON")
+    }
+
     #[test]
     fn path_encodes_the_model_id_as_one_label() {
         assert_eq!(
@@ -729,7 +843,7 @@ mod tests {
           "tools":[{"type":"function","function":{"name":"get_weather","description":"W","parameters":{"type":"object"}}}],
           "tool_choice":"required","max_tokens":100,"temperature":0.1,"top_p":0.5,"stop":"END",
           "seed":1,"user":"u","stream":true,"stream_options":{"include_usage":true}}"#;
-        let (out, opts) = request(body, Some(4096)).expect("maps");
+        let (out, opts) = request(&tree(body), Some(4096)).expect("maps");
         assert!(opts.include_usage);
         let v: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(
@@ -751,7 +865,7 @@ mod tests {
         // No max_tokens from the client: the catalog's; tool_choice none without tool history
         // leaves the tools out.
         let (out, _) = request(
-            br#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"none"}"#,
+            &tree(br#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"none"}"#),
             Some(8192),
         )
         .expect("maps");
@@ -777,7 +891,7 @@ mod tests {
                 "unknown role",
             ),
         ] {
-            let e = request(b.as_bytes(), None).expect_err(b);
+            let e = request(&tree(b.as_bytes()), None).expect_err(b);
             assert!(e.contains(needle), "{b}: {e}");
         }
     }

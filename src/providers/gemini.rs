@@ -11,13 +11,52 @@
 //! `n` > 1, `logprobs`, image URLs that are not data URLs, audio/file parts. Dropped: `user`,
 //! `logit_bias`, `parallel_tool_calls`, `store`, unknown fields.
 
-use super::anthropic::{InBandError, StreamOpts};
-use super::{
+use super::common::{
     call_arguments, data_url, push_json_str, push_stream_end, push_turn, text_of, ChunkWriter,
 };
+use super::common::{InBandError, StreamOpts};
 use crate::sse::SseDecoder;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
+
+/// Gemini on Google AI Studio: `{base}/v1beta/models/{id}:generateContent` (streams
+/// `:streamGenerateContent?alt=sse`), the key in `x-goog-api-key`.
+#[derive(Debug)]
+pub struct GoogleAiStudio;
+
+pub(super) fn build(
+    p: &crate::config::ProviderConfig,
+    env: super::Env<'_>,
+) -> Result<super::Built, crate::config::ConfigError> {
+    Ok(super::Built {
+        adapter: Box::new(GoogleAiStudio),
+        endpoint: super::endpoint(p, None)?,
+        credentials: super::Credentials::from_env(p, env),
+    })
+}
+
+impl super::Adapter for GoogleAiStudio {
+    fn prepare(&self, call: &super::Call<'_>) -> Result<super::Prepared, String> {
+        let (body, opts) = request(call.req.tree()?)?;
+        Ok(super::Prepared {
+            path: path(call.base_path, call.route.id, call.stream),
+            body: body.into(),
+            wire: super::Wire::Gemini(opts, call.route.id.to_string()),
+        })
+    }
+
+    fn authorize(
+        &self,
+        h: &mut pingora_http::RequestHeader,
+        auth: &super::Auth<'_>,
+    ) -> pingora_core::Result<()> {
+        match auth {
+            super::Auth::Key(k) => h.insert_header("x-goog-api-key", *k),
+            super::Auth::Token(t) => super::bearer(h, t),
+            super::Auth::None | super::Auth::Aws(_) => Ok(()),
+        }
+    }
+}
 
 /// The request path for `model_id` below the provider's base path.
 pub fn path(base_path: &str, model_id: &str, stream: bool) -> String {
@@ -57,9 +96,8 @@ fn parts_of(content: &Value) -> Result<Vec<Value>, String> {
     }
 }
 
-/// OpenAI chat request body → Gemini `GenerateContentRequest` body.
-pub fn request(body: &[u8]) -> Result<(Vec<u8>, StreamOpts), String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+/// OpenAI chat request → Gemini `GenerateContentRequest` body.
+pub fn request(value: &Value) -> Result<(Vec<u8>, StreamOpts), String> {
     let req = value.as_object().ok_or("the request must be an object")?;
     let mut system = String::new();
     let mut contents: Vec<Value> = Vec::new();
@@ -510,6 +548,10 @@ impl StreamTranslator {
 mod tests {
     use super::*;
 
+    fn tree(body: &[u8]) -> Value {
+        serde_json::from_slice(body).expect("test request is JSON")
+    }
+
     #[test]
     fn request_maps_contents_tools_and_config() {
         let body = br#"{"model":"g","messages":[
@@ -522,7 +564,7 @@ mod tests {
           "tool_choice":{"type":"function","function":{"name":"get_weather"}},
           "max_tokens":100,"temperature":0.1,"top_p":0.5,"stop":"END","seed":7,
           "response_format":{"type":"json_object"},"stream_options":{"include_usage":true}}"#;
-        let (out, opts) = request(body).expect("maps");
+        let (out, opts) = request(&tree(body)).expect("maps");
         assert!(opts.include_usage);
         let v: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(
@@ -550,7 +592,7 @@ mod tests {
                 "answers no earlier",
             ),
         ] {
-            let e = request(b.as_bytes()).expect_err(b);
+            let e = request(&tree(b.as_bytes())).expect_err(b);
             assert!(e.contains(needle), "{b}: {e}");
         }
         assert_eq!(

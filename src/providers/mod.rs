@@ -1,167 +1,295 @@
-//! Provider wire formats other than OpenAI's. Each module is pure translation (values in, values
-//! out), unit-tested over fixtures; the engine calls it around the attempt.
+//! Provider adapters: everything that differs between provider kinds lives here, one file (or
+//! folder) per kind, behind one trait ([`Adapter`]).
+//!
+//! An adapter is built once per configured provider (its kind's `build`, listed in [`KINDS`]): it
+//! reads its kind's fields of the config, derives the endpoint, and loads the operator's
+//! credentials. Per attempt it builds the upstream request — path, body (passed through or
+//! translated) and the response [`Wire`] format — and puts the attempt's credentials on it
+//! ([`Adapter::authorize`], [`Adapter::sign`]). Credentials are an input of each attempt
+//! ([`Auth`]), so the same adapter serves the operator's keys and, later, a caller's own.
+//! The response side (JSON answers, error bodies, streams, in-band errors) is per wire format,
+//! in `wire.rs`. The engine never matches on a provider kind.
+//!
+//! Adding a kind: a new file with an `Adapter` and a `build` function, and one line in
+//! [`KINDS`].
 
 pub mod anthropic;
+mod azure;
 pub mod bedrock;
+pub(crate) mod common;
 pub mod gemini;
+mod openai;
 pub mod vertex;
+pub mod wire;
 
-use serde_json::{json, Value};
+pub use common::{InBandError, StreamOpts};
+pub use wire::{Relay, Wire};
 
-/// The text of an OpenAI `content` that must be plain text (system, developer and tool
-/// messages): a string, null, or text parts only.
-pub(crate) fn text_of(content: &Value) -> Result<String, String> {
-    match content {
-        Value::String(s) => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(p
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string()),
-                other => Err(format!(
-                    "content part type {} is not allowed here",
-                    other.unwrap_or("(none)")
-                )),
-            })
-            .collect(),
-        _ => Err("content must be a string or an array of parts".into()),
+use crate::api::ChatRequest;
+use crate::config::{ConfigError, Endpoint, ProviderConfig, Secret, Timeouts};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use pingora_http::RequestHeader;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The environment credentials are read from (the process's, or a test's).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// What a kind's `build` makes of a configured provider.
+pub struct Built {
+    pub adapter: Box<dyn Adapter>,
+    pub endpoint: Endpoint,
+    pub credentials: Credentials,
+}
+
+type Build = fn(&ProviderConfig, Env<'_>) -> Result<Built, ConfigError>;
+
+/// Every provider kind: its name in the config, and how to build its adapter.
+pub const KINDS: &[(&str, Build)] = &[
+    ("openai", openai::build),
+    ("azure", azure::build),
+    ("anthropic", anthropic::build),
+    ("google-ai-studio", gemini::build),
+    ("bedrock", bedrock::build),
+    ("vertex", vertex::build),
+];
+
+/// Which fields of a catalog route, beyond its id, a kind reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteFields {
+    IdOnly,
+    /// `deployment` and `api-version` (Azure).
+    Deployment,
+}
+
+/// One kind's requests and credentials. Pure: no I/O.
+pub trait Adapter: Send + Sync + std::fmt::Debug {
+    /// Which catalog route fields this kind reads.
+    fn route_fields(&self) -> RouteFields {
+        RouteFields::IdOnly
+    }
+
+    /// The upstream request of one attempt: path (and query), body and response format.
+    /// `Err` is a refusal: this target cannot honour the request (e.g. `n` > 1); not sent.
+    fn prepare(&self, call: &Call<'_>) -> Result<Prepared, String>;
+
+    /// This kind's headers and credentials, before the provider's configured headers.
+    fn authorize(&self, h: &mut RequestHeader, auth: &Auth<'_>) -> pingora_core::Result<()>;
+
+    /// Runs last, after the configured headers: a signature over the whole request (SigV4).
+    fn sign(&self, _h: &mut RequestHeader, _s: &Signing<'_>) -> Result<(), String> {
+        Ok(())
     }
 }
 
-/// Add a turn of `role` with `items` under `key` (Anthropic `content`, Gemini `parts`), merged
-/// into the previous turn when it has the same role: both APIs want the roles to alternate.
-pub(crate) fn push_turn(turns: &mut Vec<Value>, key: &str, role: &str, mut items: Vec<Value>) {
-    if let Some(last) = turns.last_mut() {
-        if last["role"] == role {
-            if let Some(arr) = last.get_mut(key).and_then(Value::as_array_mut) {
-                arr.append(&mut items);
-                return;
+/// The catalog route an attempt targets, as an adapter sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    /// The provider-side model id.
+    pub id: &'a str,
+    pub deployment: Option<&'a str>,
+    pub api_version: Option<&'a str>,
+    /// Sent as `max_tokens` where the provider requires one and the client gave none.
+    pub max_output_tokens: Option<u32>,
+}
+
+/// One attempt, as its adapter needs it.
+pub struct Call<'a> {
+    pub route: Route<'a>,
+    pub req: &'a ChatRequest,
+    pub stream: bool,
+    /// The provider's base path (`/v1`).
+    pub base_path: &'a str,
+}
+
+/// The upstream request an adapter prepared.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Path and query, below the host.
+    pub path: String,
+    pub body: Bytes,
+    pub wire: Wire,
+}
+
+/// What a signature covers.
+pub struct Signing<'a> {
+    pub endpoint: &'a Endpoint,
+    pub path: &'a str,
+    pub body: &'a [u8],
+    pub auth: &'a Auth<'a>,
+}
+
+/// A provider's credentials as loaded at start-up (the operator's).
+#[derive(Debug)]
+pub enum Credentials {
+    /// The provider takes none (a local server, the mock).
+    None,
+    Key(Secret),
+    /// AWS keys, for SigV4.
+    Aws(bedrock::AwsCredentials),
+    /// A Google service account: access tokens are minted from it per provider and cached.
+    ServiceAccount(Arc<vertex::TokenSource>),
+    /// The config names a variable that is unset or empty: the provider is skipped.
+    Missing {
+        env: String,
+    },
+    /// Credentials were found but cannot be used: the provider is skipped, with the reason.
+    Unusable {
+        reason: String,
+    },
+}
+
+impl Credentials {
+    /// Why a provider with these credentials is not tried, if it is not.
+    pub fn unavailable(&self) -> Option<String> {
+        match self {
+            Credentials::Missing { env } => {
+                Some(format!("skipped: the key variable {env} is not set"))
             }
+            Credentials::Unusable { reason } => Some(format!("skipped: {reason}")),
+            Credentials::None
+            | Credentials::Key(_)
+            | Credentials::Aws(_)
+            | Credentials::ServiceAccount(_) => None,
         }
     }
-    turns.push(json!({"role": role, key: items}));
-}
 
-/// A `data:` URL's media type and base64 payload; `Ok(None)` for any other URL.
-pub(crate) fn data_url(url: &str) -> Result<Option<(&str, &str)>, String> {
-    let Some(rest) = url.strip_prefix("data:") else {
-        return Ok(None);
-    };
-    let (meta, data) = rest.split_once(',').ok_or("malformed data URL")?;
-    let mime = meta
-        .strip_suffix(";base64")
-        .ok_or("data URLs must be base64")?;
-    Ok(Some((mime, data)))
-}
-
-/// An assistant tool call's `function.arguments` string, parsed (empty → `{}`).
-pub(crate) fn call_arguments(tool_call: &Value) -> Result<Value, String> {
-    let args = tool_call
-        .pointer("/function/arguments")
-        .and_then(Value::as_str)
-        .unwrap_or("{}");
-    if args.trim().is_empty() {
-        return Ok(json!({}));
+    /// Every secret in here, for the masker.
+    pub fn to_mask(&self) -> Vec<&str> {
+        match self {
+            Credentials::Key(k) => vec![k.expose()],
+            Credentials::Aws(a) => a.to_mask().collect(),
+            Credentials::ServiceAccount(_)
+            | Credentials::None
+            | Credentials::Missing { .. }
+            | Credentials::Unusable { .. } => Vec::new(),
+        }
     }
-    serde_json::from_str(args).map_err(|_| "tool call arguments are not valid JSON".into())
-}
 
-/// The end of a translated stream: the usage chunk when the client asked for it, then
-/// `[DONE]`.
-pub(crate) fn push_stream_end(
-    out: &mut String,
-    include_usage: bool,
-    (id, created, model): (&str, u64, &str),
-    (input, output): (u64, u64),
-) {
-    if include_usage {
-        out.push_str(&usage_event((id, created, model), (input, output), false));
-    }
-    out.push_str("data: [DONE]\n\n");
-}
-
-/// A usage chunk in OpenAI's shape (`choices` empty) as an SSE event, the one before `[DONE]`.
-/// An estimate of detour's own says so: `usage.detour_estimated` is `true`.
-pub(crate) fn usage_event(
-    (id, created, model): (&str, u64, &str),
-    (input, output): (u64, u64),
-    estimated: bool,
-) -> String {
-    let mut usage = json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output});
-    if estimated {
-        usage["detour_estimated"] = true.into();
-    }
-    let u = json!({"id": id, "object": "chat.completion.chunk", "created": created,
-        "model": model, "choices": [], "usage": usage});
-    format!("data: {u}\n\n")
-}
-
-/// Append `s` as a JSON string literal.
-pub(crate) fn push_json_str(out: &mut String, s: &str) {
-    // A str always serializes; the fallback keeps the output valid JSON regardless.
-    match serde_json::to_string(s) {
-        Ok(q) => out.push_str(&q),
-        Err(_) => out.push_str("\"\""),
+    /// The key from the variable `api-key-env` names; no variable: no key.
+    pub fn from_env(p: &ProviderConfig, env: Env<'_>) -> Credentials {
+        match &p.api_key_env {
+            None => Credentials::None,
+            Some(name) => match env(name) {
+                Some(v) if !v.trim().is_empty() => Credentials::Key(Secret::new(v.trim().into())),
+                _ => Credentials::Missing { env: name.clone() },
+            },
+        }
     }
 }
 
-/// Writes the OpenAI `chat.completion.chunk` events of a translated stream.
-///
-/// Every chunk of a stream shares its beginning (`id`, `created`, `model`), so that part is built
-/// once. The role chunk is held back until the first chunk with content (or a finish), so that
-/// nothing reaches the client, and nothing is committed, before the answer really starts.
+/// The credentials of one attempt, resolved (a minted token, the key to send).
+#[derive(Debug, Clone, Copy)]
+pub enum Auth<'a> {
+    None,
+    Key(&'a str),
+    Aws(&'a bedrock::AwsCredentials),
+    /// An OAuth2 access token, sent as a bearer token.
+    Token(&'a str),
+}
+
+/// A configured provider, ready for attempts.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    /// Its kind's name in the config.
+    pub kind: &'static str,
+    pub endpoint: Endpoint,
+    pub timeouts: Timeouts,
+    pub http2: bool,
+    /// The provider's configured extra headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The operator's credentials.
+    pub credentials: Credentials,
+    pub adapter: Box<dyn Adapter>,
+}
+
+impl Provider {
+    /// Every credential this provider holds: its credentials, and the values of its configured
+    /// headers whose names say they carry one (`…key…`, `…token…`, `…auth…`, `…secret…`).
+    pub fn credentials_to_mask(&self) -> Vec<&str> {
+        let mut v = self.credentials.to_mask();
+        for (name, value) in &self.headers {
+            let n = name.as_str();
+            if ["key", "token", "auth", "secret"]
+                .iter()
+                .any(|w| n.contains(w))
+            {
+                v.extend(value.to_str().ok());
+            }
+        }
+        v
+    }
+}
+
+/// The configured providers, by index (the index is how routes and metrics name them).
 #[derive(Debug, Default)]
-pub(crate) struct ChunkWriter {
-    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":`
-    prefix: String,
-    role_sent: bool,
+pub struct Providers {
+    list: Vec<Provider>,
+    index: HashMap<String, usize>,
 }
 
-impl ChunkWriter {
-    pub(crate) fn new(id: &str, created: u64, model: &str) -> Self {
-        let mut w = ChunkWriter::default();
-        w.set_identity(id, created, model);
-        w
+impl std::ops::Deref for Providers {
+    type Target = [Provider];
+    fn deref(&self) -> &[Provider] {
+        &self.list
     }
+}
 
-    /// Set what every following chunk says of the stream (when the upstream names it).
-    pub(crate) fn set_identity(&mut self, id: &str, created: u64, model: &str) {
-        let mut p = String::with_capacity(160);
-        p.push_str("data: {\"id\":");
-        push_json_str(&mut p, id);
-        p.push_str(",\"object\":\"chat.completion.chunk\",\"created\":");
-        p.push_str(&created.to_string());
-        p.push_str(",\"model\":");
-        push_json_str(&mut p, model);
-        p.push_str(",\"choices\":[{\"index\":0,\"delta\":");
-        self.prefix = p;
-    }
-
-    pub(crate) fn role_sent(&self) -> bool {
-        self.role_sent
-    }
-
-    /// Append one chunk (`delta` is already JSON), preceded by the role chunk the first time.
-    pub(crate) fn chunk(&mut self, out: &mut String, delta: &str, finish: Option<&str>) {
-        if !self.role_sent {
-            self.role_sent = true;
-            self.chunk(out, r#"{"role":"assistant","content":""}"#, None);
+impl Providers {
+    /// Build every configured provider with its kind's adapter.
+    pub fn build(configs: &[ProviderConfig], env: Env<'_>) -> Result<Providers, ConfigError> {
+        let mut out = Providers::default();
+        for p in configs {
+            let (kind, build) = KINDS
+                .iter()
+                .find(|(k, _)| *k == p.kind)
+                .ok_or_else(|| p.error("kind", unknown_kind(&p.kind)))?;
+            let b = build(p, env)?;
+            out.index.insert(p.name.clone(), out.list.len());
+            out.list.push(Provider {
+                name: p.name.clone(),
+                kind,
+                endpoint: b.endpoint,
+                timeouts: p.timeouts,
+                http2: p.http2,
+                headers: p.headers.clone(),
+                credentials: b.credentials,
+                adapter: b.adapter,
+            });
         }
-        out.push_str(&self.prefix);
-        out.push_str(delta);
-        out.push_str(",\"finish_reason\":");
-        match finish {
-            Some(f) => {
-                out.push('"');
-                out.push_str(f);
-                out.push('"');
-            }
-            None => out.push_str("null"),
-        }
-        out.push_str("}]}\n\n");
+        Ok(out)
     }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+}
+
+fn unknown_kind(kind: &str) -> String {
+    let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+    format!(
+        "unknown provider kind `{kind}` (expected {})",
+        known.join(", ")
+    )
+}
+
+/// The provider's base URL as an endpoint: the configured one, else `default` (a kind that
+/// derives one), else an error naming `base-url`.
+pub(crate) fn endpoint(
+    p: &ProviderConfig,
+    default: Option<String>,
+) -> Result<Endpoint, ConfigError> {
+    let url = p
+        .base_url
+        .clone()
+        .or(default)
+        .ok_or_else(|| p.error("base-url", "a base-url is needed for this kind"))?;
+    Endpoint::parse(&url, &format!("{}.base-url", p.path))
+}
+
+/// Bearer authorization.
+pub(crate) fn bearer(h: &mut RequestHeader, token: &str) -> pingora_core::Result<()> {
+    h.insert_header(http::header::AUTHORIZATION, format!("Bearer {token}"))
 }

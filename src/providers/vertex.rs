@@ -21,6 +21,142 @@ pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// The body field that replaces `model` for Claude on Vertex.
 pub const ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
 
+/// Vertex AI: Claude (`rawPredict`) and Gemini (`generateContent`) under one project and
+/// region, with access tokens minted from a service account.
+#[derive(Debug)]
+pub struct Vertex {
+    project: String,
+    region: String,
+}
+
+/// A service account and the token endpoint its access tokens come from.
+#[derive(Debug)]
+pub struct TokenSource {
+    pub account: ServiceAccount,
+    /// `token_uri` (its path is the token path).
+    pub endpoint: crate::config::Endpoint,
+    pub timeouts: crate::config::Timeouts,
+    /// What its failures are called (`vertex token: …`).
+    pub label: &'static str,
+}
+
+pub(super) fn build(
+    p: &crate::config::ProviderConfig,
+    env: super::Env<'_>,
+) -> Result<super::Built, crate::config::ConfigError> {
+    let region = p.region.clone().ok_or_else(|| {
+        p.error(
+            "region",
+            "a vertex provider needs a region (a location such as us-east5, or global)",
+        )
+    })?;
+    if p.api_key_env.is_some() {
+        return Err(p.error(
+            "api-key-env",
+            "vertex authenticates with a service-account key (credentials-file), not an API key",
+        ));
+    }
+    let (account, credentials) = account(p, env)?;
+    let project = match (&p.project, &account) {
+        (Some(pr), _) => pr.clone(),
+        (None, Some(a)) => a.project_id.clone().unwrap_or_default(),
+        (None, None) => String::new(),
+    };
+    if account.is_some() && project.is_empty() {
+        return Err(p.error(
+            "project",
+            "a vertex provider needs a project (or a key file with project_id)",
+        ));
+    }
+    let credentials = match account {
+        Some(account) => {
+            let endpoint = crate::config::Endpoint::parse(&account.token_uri, "")
+                .map_err(|e| p.error("credentials-file", format!("token_uri: {}", e.message)))?;
+            super::Credentials::ServiceAccount(std::sync::Arc::new(TokenSource {
+                account,
+                endpoint,
+                timeouts: p.timeouts,
+                label: "vertex token",
+            }))
+        }
+        None => credentials,
+    };
+    Ok(super::Built {
+        endpoint: super::endpoint(p, Some(base_url(&region)))?,
+        adapter: Box::new(Vertex { project, region }),
+        credentials,
+    })
+}
+
+/// The service account from `credentials-file` (which must load), else from
+/// `$GOOGLE_APPLICATION_CREDENTIALS` (which may be meant for something else, e.g. gcloud user
+/// credentials: then the provider is skipped, with the reason).
+fn account(
+    p: &crate::config::ProviderConfig,
+    env: super::Env<'_>,
+) -> Result<(Option<ServiceAccount>, super::Credentials), crate::config::ConfigError> {
+    let load = |f: &str| -> Result<ServiceAccount, String> {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("cannot read the key file {f}: {e}"))?;
+        ServiceAccount::from_json(&text).map_err(|e| format!("{f}: {e}"))
+    };
+    Ok(
+        match (&p.credentials_file, env("GOOGLE_APPLICATION_CREDENTIALS")) {
+            (Some(f), _) => (
+                Some(load(f).map_err(|e| p.error("credentials-file", e))?),
+                super::Credentials::None,
+            ),
+            (None, Some(f)) => match load(&f) {
+                Ok(a) => (Some(a), super::Credentials::None),
+                Err(e) => (
+                    None,
+                    super::Credentials::Unusable {
+                        reason: format!("GOOGLE_APPLICATION_CREDENTIALS: {e}"),
+                    },
+                ),
+            },
+            (None, None) => (
+                None,
+                super::Credentials::Missing {
+                    env: "GOOGLE_APPLICATION_CREDENTIALS".into(),
+                },
+            ),
+        },
+    )
+}
+
+impl super::Adapter for Vertex {
+    fn prepare(&self, call: &super::Call<'_>) -> Result<super::Prepared, String> {
+        let id = call.route.id;
+        let tree = call.req.tree()?;
+        let (body, wire) = if is_anthropic(id) {
+            let max = call.route.max_output_tokens.unwrap_or(4096);
+            let version = ("anthropic_version", ANTHROPIC_VERSION);
+            let (b, opts) = super::anthropic::request_with(tree, version, max)?;
+            (b, super::Wire::Anthropic(opts))
+        } else {
+            let (b, opts) = super::gemini::request(tree)?;
+            (b, super::Wire::Gemini(opts, id.to_string()))
+        };
+        Ok(super::Prepared {
+            path: path(call.base_path, &self.project, &self.region, id, call.stream),
+            body: body.into(),
+            wire,
+        })
+    }
+
+    fn authorize(
+        &self,
+        h: &mut pingora_http::RequestHeader,
+        auth: &super::Auth<'_>,
+    ) -> pingora_core::Result<()> {
+        match auth {
+            super::Auth::Token(t) | super::Auth::Key(t) => super::bearer(h, t),
+            super::Auth::None | super::Auth::Aws(_) => Ok(()),
+        }
+    }
+}
+
 /// Whether Vertex serves `model_id` through the anthropic publisher.
 pub fn is_anthropic(model_id: &str) -> bool {
     model_id.starts_with("claude")
