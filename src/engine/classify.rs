@@ -1,7 +1,11 @@
-//! Pure classification of one attempt's result: what went wrong, whether to move on, and what
-//! to tell the client about it. No I/O.
+//! The one decision about an attempt: commit its answer, retry the same target, move on to the
+//! next, or stop. Pure: what the attempt came to ([`Seen`]) and what the scheduler knows of it
+//! ([`Facts`]) in, a [`Decision`] out; no I/O, no clock. Also what a failure is called (the
+//! bounded [`FailClass`]) and what is told of it (the provider's message, credentials masked).
 
+use crate::config::failover::Retry;
 use crate::config::FallbackTriggers;
+use std::time::Duration;
 
 /// Why an attempt did not serve the request. Bounded: these are metric label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,32 +80,233 @@ impl FailClass {
             FailClass::ConnectTimeout
             | FailClass::FirstByteTimeout
             | FailClass::FirstTokenTimeout => t.on_timeout,
-            // The engine narrows what may follow (a larger window; the content-filter switch).
+            // The scheduler narrows what may follow a context-length refusal; the content-filter
+            // switch is checked before a refusal becomes this failure.
             FailClass::Unsupported | FailClass::ContextLength | FailClass::ContentFilter => true,
-            _ => status.is_some_and(|s| t.on_status(s)),
+            FailClass::RateLimited
+            | FailClass::AuthError
+            | FailClass::NotFound
+            | FailClass::RequestTimeout
+            | FailClass::ServerError
+            | FailClass::ClientError
+            | FailClass::OtherStatus => status.is_some_and(|s| t.on_status(s)),
+        }
+    }
+
+    /// What this failure says about the target's health.
+    pub fn health(self, retry_after: Option<Duration>) -> super::health::Outcome {
+        use super::health::Outcome;
+        match self {
+            FailClass::RateLimited => Outcome::RateLimited { retry_after },
+            FailClass::ClientError
+            | FailClass::OtherStatus
+            | FailClass::Unsupported
+            | FailClass::ContextLength
+            | FailClass::ContentFilter => Outcome::Neutral,
+            FailClass::AuthError
+            | FailClass::NotFound
+            | FailClass::RequestTimeout
+            | FailClass::ServerError
+            | FailClass::ConnectError
+            | FailClass::ConnectTimeout
+            | FailClass::FirstByteTimeout
+            | FailClass::FirstTokenTimeout
+            | FailClass::UpstreamClosed
+            | FailClass::BadResponse => Outcome::Failure,
         }
     }
 }
 
-/// What to do with a response header from an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// 2xx: this is the answer.
-    Serve,
-    /// A trigger status: read the error, move on.
-    Next(FailClass),
-    /// Any other status: give it to the client unchanged (the next provider would refuse too).
-    PassThrough,
+/// An attempt that ended before its commit point, and what is told of it.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub class: FailClass,
+    pub status: Option<u16>,
+    pub message: String,
+    /// The upstream's `Retry-After` / `retry-after-ms`, if it sent one.
+    pub retry_after: Option<Duration>,
 }
 
-pub fn decide(status: u16, t: &FallbackTriggers) -> Decision {
-    if (200..300).contains(&status) {
-        Decision::Serve
-    } else if t.on_status(status) {
-        Decision::Next(FailClass::of_status(status))
-    } else {
-        Decision::PassThrough
+impl Failure {
+    pub fn new(class: FailClass, status: Option<u16>, message: String) -> Failure {
+        Failure {
+            class,
+            status,
+            message,
+            retry_after: None,
+        }
     }
+}
+
+/// What an attempt came to, as far as the decision goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A 2xx answer at its commit point: a stream's first content, or a JSON answer read.
+    Answer,
+    /// A non-2xx answer, and what its body says beyond its status.
+    Refusal {
+        status: u16,
+        said: Option<BodyError>,
+    },
+    /// No usable answer: a transport failure, a timeout, an in-band error, a bad answer, or
+    /// not sent at all (`status`: the one the failure stands for, if any).
+    Failed {
+        class: FailClass,
+        status: Option<u16>,
+    },
+}
+
+/// What the scheduler knows of the attempt when it is decided.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Facts {
+    /// Tries of this target so far, this one included; `None`: its turn is over (a hedge that
+    /// was started beside it), so it is never tried again.
+    pub tries: Option<u32>,
+    /// The upstream's `Retry-After`, if it sent one.
+    pub retry_after: Option<Duration>,
+    /// Until the request's deadline.
+    pub time_left: Duration,
+    /// Another target is queued after this one.
+    pub more: bool,
+    /// After a context-length refusal: a queued target whose window is not known to be no
+    /// larger than the ones refused so far.
+    pub larger_may_follow: bool,
+    /// A uniform sample in `[0, 1)`: the full jitter of a backoff.
+    pub jitter: f64,
+}
+
+/// The configured rules the decision follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    pub triggers: &'a FallbackTriggers,
+    pub retry: &'a Retry,
+    pub on_content_filter: bool,
+}
+
+/// Why a target is tried again (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    ServerError,
+    RetryAfter,
+}
+
+impl RetryReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryReason::ServerError => "server_error",
+            RetryReason::RetryAfter => "retry_after",
+        }
+    }
+}
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    /// This answer goes to the client.
+    Commit,
+    /// Try the same target again after `after`.
+    RetrySame {
+        after: Duration,
+        reason: RetryReason,
+    },
+    /// Move on to the next target.
+    Next { reason: FailClass },
+    /// Stop: this failure is not one the configuration moves on after.
+    Bail { reason: FailClass },
+}
+
+/// A wait plus this much must fit before the deadline for a retry to be worth it.
+const RETRY_MARGIN: Duration = Duration::from_millis(50);
+
+/// The decision.
+pub fn classify(seen: &Seen, facts: &Facts, policy: &Policy<'_>) -> Decision {
+    match seen {
+        Seen::Answer => Decision::Commit,
+        Seen::Refusal { status, said } => refusal(*status, said.as_ref(), facts, policy),
+        Seen::Failed { class, status } => failure(*class, *status, facts, policy),
+    }
+}
+
+/// A non-2xx answer: a trigger status is a failure; a context-length or content-policy refusal
+/// moves on where the rules allow; anything else is the client's own fault and goes back to it.
+fn refusal(status: u16, said: Option<&BodyError>, facts: &Facts, policy: &Policy<'_>) -> Decision {
+    if policy.triggers.on_status(status) {
+        return failure(FailClass::of_status(status), Some(status), facts, policy);
+    }
+    match said {
+        Some(BodyError::ContextLength(_)) if facts.larger_may_follow => Decision::Next {
+            reason: FailClass::ContextLength,
+        },
+        Some(BodyError::ContentFilter(_)) if policy.on_content_filter && facts.more => {
+            Decision::Next {
+                reason: FailClass::ContentFilter,
+            }
+        }
+        Some(BodyError::ContextLength(_)) | Some(BodyError::ContentFilter(_)) | None => {
+            Decision::Commit
+        }
+    }
+}
+
+fn failure(class: FailClass, status: Option<u16>, facts: &Facts, policy: &Policy<'_>) -> Decision {
+    if let Some((after, reason)) = retry(class, status, facts, policy.retry) {
+        return Decision::RetrySame { after, reason };
+    }
+    if class.falls_back(status, policy.triggers) {
+        Decision::Next { reason: class }
+    } else {
+        Decision::Bail { reason: class }
+    }
+}
+
+/// Whether (and after how long) to try the same target again: a transient 5xx backs off
+/// exponentially with full jitter; a 429 waits exactly its `Retry-After` if that is within
+/// `max-retry-after`. Only within `attempts-per-target`, and only if the wait fits the deadline.
+fn retry(
+    class: FailClass,
+    status: Option<u16>,
+    facts: &Facts,
+    r: &Retry,
+) -> Option<(Duration, RetryReason)> {
+    let tries = facts.tries?;
+    if tries >= r.attempts_per_target {
+        return None;
+    }
+    let (wait, reason) = match class {
+        FailClass::RateLimited => {
+            let ra = facts.retry_after?;
+            if ra > r.max_retry_after {
+                return None;
+            }
+            (ra, RetryReason::RetryAfter)
+        }
+        FailClass::ServerError if status.is_some_and(|s| r.on_status.contains(&s)) => {
+            let cap = r
+                .backoff_base
+                .saturating_mul(1u32 << tries.saturating_sub(1).min(16))
+                .min(r.backoff_max);
+            (
+                cap.mul_f64(facts.jitter.clamp(0.0, 1.0)),
+                RetryReason::ServerError,
+            )
+        }
+        FailClass::ServerError
+        | FailClass::AuthError
+        | FailClass::NotFound
+        | FailClass::RequestTimeout
+        | FailClass::ClientError
+        | FailClass::OtherStatus
+        | FailClass::ConnectError
+        | FailClass::ConnectTimeout
+        | FailClass::FirstByteTimeout
+        | FailClass::FirstTokenTimeout
+        | FailClass::ContextLength
+        | FailClass::ContentFilter
+        | FailClass::UpstreamClosed
+        | FailClass::BadResponse
+        | FailClass::Unsupported => return None,
+    };
+    (wait.saturating_add(RETRY_MARGIN) < facts.time_left).then_some((wait, reason))
 }
 
 /// The one-line reason reported in the `attempts` list for a failed status.
@@ -130,6 +335,14 @@ pub fn error_message(status: u16, body: &[u8], masker: &crate::secrets::Masker) 
 pub enum BodyError {
     ContextLength(String),
     ContentFilter(String),
+}
+
+impl BodyError {
+    pub fn message(&self) -> &str {
+        match self {
+            BodyError::ContextLength(m) | BodyError::ContentFilter(m) => m,
+        }
+    }
 }
 
 /// Read an (OpenAI-shaped, or translated to it) error body for the two 400s that need their
@@ -185,69 +398,4 @@ fn extract_message(body: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decisions_follow_the_trigger_list() {
-        let t = FallbackTriggers::default();
-        assert_eq!(decide(200, &t), Decision::Serve);
-        assert_eq!(decide(429, &t), Decision::Next(FailClass::RateLimited));
-        assert_eq!(decide(401, &t), Decision::Next(FailClass::AuthError));
-        assert_eq!(decide(403, &t), Decision::Next(FailClass::AuthError));
-        assert_eq!(decide(404, &t), Decision::Next(FailClass::NotFound));
-        assert_eq!(decide(408, &t), Decision::Next(FailClass::RequestTimeout));
-        assert_eq!(decide(503, &t), Decision::Next(FailClass::ServerError));
-        for s in [400, 409, 413, 422] {
-            assert_eq!(decide(s, &t), Decision::PassThrough, "{s}");
-        }
-    }
-
-    #[test]
-    fn context_length_and_content_filter_are_read_from_the_body() {
-        let cases: [(&[u8], Option<&str>); 6] = [
-            (br#"{"error":{"message":"This model's maximum context length is 128000 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#, Some("ctx")),
-            // Anthropic, after translation to OpenAI's shape
-            (br#"{"error":{"message":"prompt is too long: 215000 tokens > 200000 maximum","type":"invalid_request_error"}}"#, Some("ctx")),
-            (br#"{"error":{"code":400,"message":"The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}"#, Some("ctx")),
-            (br#"{"error":{"message":"Your request was rejected as a result of our safety system.","type":"invalid_request_error","code":"content_policy_violation"}}"#, Some("filter")),
-            (br#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","code":"content_filter","status":400}}"#, Some("filter")),
-            (br#"{"error":{"message":"Invalid value for 'temperature'","code":"invalid_value"}}"#, None),
-        ];
-        for (b, want) in cases {
-            let got = match body_error(b) {
-                Some(BodyError::ContextLength(_)) => Some("ctx"),
-                Some(BodyError::ContentFilter(_)) => Some("filter"),
-                None => None,
-            };
-            assert_eq!(got, want, "{}", String::from_utf8_lossy(b));
-        }
-    }
-
-    #[test]
-    fn messages_are_extracted_and_keys_masked() {
-        let none = crate::secrets::Masker::new([]);
-        let keys = crate::secrets::Masker::new(["sk-abcdef", "other-provider-key"]);
-        let b = br#"{"error":{"message":"Rate limit exceeded","type":"x"}}"#;
-        assert_eq!(error_message(429, b, &none), "Rate limit exceeded");
-        assert_eq!(
-            error_message(
-                500,
-                br#"{"error":"boom sk-abcdef other-provider-key"}"#,
-                &keys
-            ),
-            "boom *** ***"
-        );
-        assert_eq!(error_message(503, b"", &none), "Service Unavailable");
-        assert_eq!(
-            error_message(502, b"<html>bad gateway</html>", &none),
-            "Bad Gateway"
-        );
-        let leak = br#"{"error":{"message":"Incorrect API key provided: sk-ab***xyz"}}"#;
-        let m = error_message(401, leak, &keys);
-        assert!(!m.contains("sk-"), "{m}");
-        // A key straddling the 300-byte cut is masked, not cut in half.
-        let long = format!(r#"{{"error":"{}sk-abcdef"}}"#, "x".repeat(295));
-        assert!(!error_message(400, long.as_bytes(), &keys).contains("sk-ab"));
-    }
-}
+mod tests;

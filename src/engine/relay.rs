@@ -3,7 +3,8 @@
 //! A failure now can no longer fall back: it is reported in band, and a stream that did not
 //! reach its proper end never looks complete.
 
-use super::attempt::{read_until, Read, Ready, ReadyBody};
+use super::attempt::{Ready, ReadyBody};
+use super::read::{read_until, Read};
 use super::watch::{BadEvent, Usage, Watch};
 use super::{unless_client_gone, Engine};
 use crate::providers::Provider;
