@@ -5,16 +5,16 @@
 
 use super::attempt::{Ready, ReadyBody};
 use super::read::{read_until, Read};
-use super::watch::{BadEvent, Usage, Watch};
+use super::stream::StreamState;
+use super::watch::{Usage, Watch};
 use super::{unless_client_gone, Engine};
 use crate::providers::Provider;
 use bytes::Bytes;
-use futures_util::FutureExt;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How a committed answer ended.
 pub(super) enum Delivered {
@@ -84,13 +84,35 @@ fn upstream_length(resp: &ResponseHeader) -> Option<usize> {
         .ok()
 }
 
-/// The next upstream chunk, giving up at `until` or as soon as the client leaves (`None`).
-async fn next_chunk(s: &mut Session, up: &mut HttpSession, until: Instant) -> Option<Read> {
-    unless_client_gone(s, read_until(up, until)).await
+/// A committed answer's upstream: its session, and when reading it gives up.
+pub(super) struct Upstream {
+    pub up: HttpSession,
+    pub peer: HttpPeer,
+    /// The attempt's deadline.
+    pub deadline: Instant,
+    /// The longest gap between two chunks.
+    pub idle: Duration,
+}
+
+impl Upstream {
+    /// The next chunk, giving up at the idle timeout or the deadline, or as soon as the client
+    /// leaves (`None`).
+    pub async fn next(&mut self, s: &mut Session) -> Option<Read> {
+        let until = self.deadline.min(Instant::now() + self.idle);
+        unless_client_gone(s, read_until(&mut self.up, until)).await
+    }
+}
+
+/// The whole or first part of a JSON answer, as read before commit.
+struct JsonBody {
+    chunks: Vec<Bytes>,
+    total: usize,
+    complete: bool,
+    usage: Option<Usage>,
 }
 
 /// `id`, `created` and `model` of the first chunk in `seg`.
-fn chunk_head(seg: &[u8]) -> Option<ChunkHead> {
+pub(super) fn chunk_head(seg: &[u8]) -> Option<ChunkHead> {
     let line = seg.split(|&b| b == b'\n').find_map(crate::sse::data_line)?;
     let v: serde_json::Value = serde_json::from_slice(line).ok()?;
     Some(ChunkHead {
@@ -104,7 +126,7 @@ impl Engine {
     /// Commit `ready` with header `h` and write it to the client. A continuation has no header
     /// of its own (`h` is `None`: the client's stream is already open) and its chunks are
     /// `splice`d: given the original answer's identity, role-only chunks dropped. `request` is
-    /// the client's body (read only to finalise a stream that ended without its usage).
+    /// the client's (read only to finalise a stream that ended without its usage).
     pub(super) async fn deliver(
         &self,
         s: &mut Session,
@@ -115,13 +137,19 @@ impl Engine {
         request: &crate::api::ChatRequest,
     ) -> Delivered {
         let Ready {
-            mut up,
+            up,
             peer,
             body,
             deadline,
             resp,
             ..
         } = *ready;
+        let conn = Upstream {
+            up,
+            peer,
+            deadline,
+            idle: provider.timeouts.idle,
+        };
         match body {
             ReadyBody::Json {
                 chunks,
@@ -136,67 +164,17 @@ impl Engine {
                         head: None,
                     };
                 };
-                // Past the buffer limit, the upstream's own length (a pass-through answer is
-                // relayed byte for byte): a cut is then visible to any client as a short body.
-                let length = if complete {
-                    Some(total)
-                } else {
-                    upstream_length(&resp)
+                let body = JsonBody {
+                    chunks,
+                    total,
+                    complete,
+                    usage,
                 };
-                if commit(s, h, length).await.is_err() {
-                    return Delivered::ClientGone;
-                }
-                let n = chunks.len();
-                for (i, c) in chunks.into_iter().enumerate() {
-                    let end = complete && i + 1 == n;
-                    if s.write_response_body(Some(c), end).await.is_err() {
-                        return Delivered::ClientGone;
-                    }
-                }
-                if complete {
-                    if n == 0 && s.write_response_body(None, true).await.is_err() {
-                        return Delivered::ClientGone;
-                    }
-                    self.release(up, &peer).await;
-                    return Delivered::Done {
-                        usage,
-                        finalised: false,
-                    };
-                }
-                // Larger than the buffer: relay the rest as it comes. A failure can only cut it.
-                loop {
-                    let idle = deadline.min(Instant::now() + provider.timeouts.idle);
-                    match next_chunk(s, &mut up, idle).await {
-                        Some(Read::Chunk(c)) => {
-                            if s.write_response_body(Some(c), false).await.is_err() {
-                                return Delivered::ClientGone;
-                            }
-                        }
-                        Some(Read::End) => {
-                            let _ = s.write_response_body(None, true).await;
-                            self.release(up, &peer).await;
-                            return Delivered::Done {
-                                usage: None,
-                                finalised: false,
-                            };
-                        }
-                        None => return Delivered::ClientGone,
-                        Some(Read::Timeout) => {
-                            return Delivered::Cut {
-                                reason: "the upstream stalled mid-answer".into(),
-                            }
-                        }
-                        Some(Read::Failed(e)) => {
-                            return Delivered::Cut {
-                                reason: format!("the upstream failed mid-answer: {e}"),
-                            }
-                        }
-                    }
-                }
+                self.deliver_json(s, conn, h, body, &resp).await
             }
             ReadyBody::Stream {
-                mut relay,
-                mut watch,
+                relay,
+                watch,
                 held,
                 ended,
             } => {
@@ -208,169 +186,80 @@ impl Engine {
                     .continuation
                     .then(|| chunk_head(&held))
                     .flatten();
-                if let Some(h) = h {
-                    if commit(s, h, None).await.is_err() {
-                        return Delivered::ClientGone;
-                    }
-                }
-                // The first events, kept (a reference, not a copy) for the answer's identity
-                // should the stream need finalising.
-                let first = held.clone();
-                let held = match splice {
-                    Some(to) => spliced(&held, to),
-                    None => held,
+                let st = StreamState {
+                    relay,
+                    watch,
+                    head,
+                    first: held.clone(),
+                    splice,
+                    cap: self.gw.cfg.limits.max_event_bytes,
                 };
-                if !held.is_empty() && s.write_response_body(Some(held), false).await.is_err() {
-                    return Delivered::ClientGone;
-                }
-                if ended {
-                    if s.write_response_body(None, true).await.is_err() {
+                self.deliver_stream(s, conn, h, st, (held, ended), request)
+                    .await
+            }
+        }
+    }
+
+    /// A JSON answer: whole, with `Content-Length`; or, past the buffer limit, relayed as it
+    /// comes (with the upstream's own length if it gave one) — a failure then can only cut it.
+    async fn deliver_json(
+        &self,
+        s: &mut Session,
+        mut conn: Upstream,
+        h: ResponseHeader,
+        body: JsonBody,
+        resp: &ResponseHeader,
+    ) -> Delivered {
+        // Past the buffer limit, the upstream's own length (a pass-through answer is relayed
+        // byte for byte): a cut is then visible to any client as a short body.
+        let length = if body.complete {
+            Some(body.total)
+        } else {
+            upstream_length(resp)
+        };
+        if commit(s, h, length).await.is_err() {
+            return Delivered::ClientGone;
+        }
+        let n = body.chunks.len();
+        for (i, c) in body.chunks.into_iter().enumerate() {
+            let end = body.complete && i + 1 == n;
+            if s.write_response_body(Some(c), end).await.is_err() {
+                return Delivered::ClientGone;
+            }
+        }
+        if body.complete {
+            if n == 0 && s.write_response_body(None, true).await.is_err() {
+                return Delivered::ClientGone;
+            }
+            self.release(conn.up, &conn.peer).await;
+            return Delivered::Done {
+                usage: body.usage,
+                finalised: false,
+            };
+        }
+        loop {
+            match conn.next(s).await {
+                Some(Read::Chunk(c)) => {
+                    if s.write_response_body(Some(c), false).await.is_err() {
                         return Delivered::ClientGone;
                     }
-                    self.release(up, &peer).await;
+                }
+                Some(Read::End) => {
+                    let _ = s.write_response_body(None, true).await;
+                    self.release(conn.up, &conn.peer).await;
                     return Delivered::Done {
-                        usage: watch.usage(),
+                        usage: None,
                         finalised: false,
                     };
                 }
-                let event_cap = self.gw.cfg.limits.max_event_bytes;
-                // Committed. From here a failure is reported in band and never looks complete.
-                let broken =
-                    |reason: String, watch: Watch, head: Option<ChunkHead>| Delivered::Broken {
-                        reason,
-                        watch: Box::new(watch),
-                        head,
-                    };
-                loop {
-                    let idle = deadline.min(Instant::now() + provider.timeouts.idle);
-                    let mut read = match next_chunk(s, &mut up, idle).await {
-                        None => return Delivered::ClientGone,
-                        Some(Read::Timeout) => {
-                            let why = if Instant::now() >= deadline {
-                                "the attempt reached its deadline mid-stream"
-                            } else {
-                                "the upstream stream stalled past the idle timeout"
-                            };
-                            return broken(why.into(), watch, head);
-                        }
-                        Some(r) => r,
-                    };
-                    // Relay everything that has already arrived in one write; never wait.
-                    let mut out = Batch::default();
-                    let mut bad: Option<String> = None;
-                    let end = loop {
-                        match read {
-                            Read::Chunk(c) => match relay.push(c, event_cap) {
-                                Ok(Some(seg)) => match watch.inspect(&seg) {
-                                    Ok(()) => match splice {
-                                        Some(to) => out.push(spliced(&seg, to)),
-                                        None => out.push(seg),
-                                    },
-                                    Err(BadEvent { at, kind, message }) => {
-                                        if at > 0 {
-                                            out.push(seg.slice(..at));
-                                        }
-                                        bad = Some(in_band_reason(&kind, &message));
-                                        break Some(false);
-                                    }
-                                },
-                                Ok(None) => {}
-                                Err(e) => {
-                                    bad = Some(in_band_reason(&e.kind, &e.message));
-                                    break Some(false);
-                                }
-                            },
-                            Read::End => break Some(true),
-                            Read::Timeout => break Some(false),
-                            Read::Failed(_) => {
-                                bad = Some("the upstream connection failed mid-stream".into());
-                                break Some(false);
-                            }
-                        }
-                        match up.read_response_body().now_or_never() {
-                            Some(Ok(Some(c))) => read = Read::Chunk(c),
-                            Some(Ok(None)) => read = Read::End,
-                            Some(Err(e)) => read = Read::Failed(super::short_error(&e)),
-                            None => break None,
-                        }
-                    };
-                    if let Some(out) = out.take() {
-                        if s.write_response_body(Some(out), false).await.is_err() {
-                            return Delivered::ClientGone;
-                        }
-                    }
-                    match end {
-                        None => {}
-                        Some(false) => {
-                            let why = bad.unwrap_or_else(|| {
-                                "the upstream connection failed mid-stream".into()
-                            });
-                            return broken(why, watch, head);
-                        }
-                        Some(true) => {
-                            // Formats without [DONE] of their own get it here.
-                            if let Some(tail) = relay.finish() {
-                                if let Err(e) = watch.inspect(&tail) {
-                                    return broken(
-                                        in_band_reason(&e.kind, &e.message),
-                                        watch,
-                                        head,
-                                    );
-                                }
-                                let tail = match splice {
-                                    Some(to) => spliced(&tail, to),
-                                    None => tail,
-                                };
-                                if s.write_response_body(Some(tail), false).await.is_err() {
-                                    return Delivered::ClientGone;
-                                }
-                            }
-                            let finalised = !relay.complete();
-                            let mut usage = watch.usage();
-                            if finalised {
-                                // Ended at the HTTP level without [DONE]: complete only if the
-                                // answer itself finished and nothing partial is held back.
-                                if !(watch.finished() && relay.pending() == 0) {
-                                    return broken(
-                                        "the upstream ended the stream before the answer finished"
-                                            .into(),
-                                        watch,
-                                        head,
-                                    );
-                                }
-                                // The usage chunk, if the client asked for one and none came.
-                                let mut end = Vec::new();
-                                if watch.usage().is_none() {
-                                    let estimate = super::watch::estimated_usage(
-                                        request,
-                                        watch.output_bytes(),
-                                    );
-                                    let head = splice.cloned().or_else(|| chunk_head(&first));
-                                    if let (Some(u), Some(head)) = (estimate, head) {
-                                        end = crate::providers::common::usage_event(
-                                            (&head.id, head.created, &head.model),
-                                            (u.prompt_tokens, u.completion_tokens),
-                                            u.estimated,
-                                        )
-                                        .into_bytes();
-                                        usage = Some(u);
-                                    }
-                                }
-                                end.extend_from_slice(b"data: [DONE]\n\n");
-                                if s.write_response_body(Some(end.into()), false)
-                                    .await
-                                    .is_err()
-                                {
-                                    return Delivered::ClientGone;
-                                }
-                            }
-                            if s.write_response_body(None, true).await.is_err() {
-                                return Delivered::ClientGone;
-                            }
-                            self.release(up, &peer).await;
-                            return Delivered::Done { usage, finalised };
-                        }
-                    }
+                None => return Delivered::ClientGone,
+                Some(Read::Timeout) => {
+                    let reason = "the upstream stalled mid-answer".into();
+                    return Delivered::Cut { reason };
+                }
+                Some(Read::Failed(e)) => {
+                    let reason = format!("the upstream failed mid-answer: {e}");
+                    return Delivered::Cut { reason };
                 }
             }
         }
@@ -393,90 +282,6 @@ impl Engine {
             self.connector
                 .release_http_session(up, peer, peer.options.idle_timeout)
                 .await;
-        }
-    }
-}
-
-/// A continuation's events as part of the original answer: its `id`, `created` and `model`,
-/// and without the role-only chunk that opens every stream. Only runs for a continuation.
-fn spliced(seg: &[u8], to: &ChunkHead) -> Bytes {
-    let mut out = Vec::with_capacity(seg.len() + 64);
-    // Comments and event names carry nothing the client needs here.
-    for data in seg.split(|&b| b == b'\n').filter_map(crate::sse::data_line) {
-        if data == b"[DONE]" {
-            out.extend_from_slice(b"data: [DONE]\n\n");
-            continue;
-        }
-        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(data) else {
-            continue;
-        };
-        let role_only = v
-            .pointer("/choices/0/delta")
-            .and_then(|d| d.as_object())
-            .is_some_and(|d| {
-                d.keys().all(|k| k == "role" || k == "content")
-                    && d.get("content")
-                        .is_none_or(|c| c.as_str().is_none_or(str::is_empty))
-            })
-            && v.pointer("/choices/0/finish_reason")
-                .is_none_or(serde_json::Value::is_null);
-        if role_only {
-            continue;
-        }
-        if let Some(o) = v.as_object_mut() {
-            o.insert("id".into(), to.id.clone().into());
-            o.insert("created".into(), to.created.into());
-            o.insert("model".into(), to.model.clone().into());
-        }
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(v.to_string().as_bytes());
-        out.extend_from_slice(b"\n\n");
-    }
-    Bytes::from(out)
-}
-
-fn in_band_reason(kind: &str, message: &str) -> String {
-    if kind == "invalid_event" {
-        "the provider sent an event that is not valid JSON".into()
-    } else if kind == crate::providers::wire::EVENT_TOO_LARGE {
-        message.to_string()
-    } else {
-        format!("the provider reported {kind}: {message}")
-    }
-}
-
-/// Relay segments that arrived together, written as one. A single segment stays the upstream's
-/// own `Bytes`; only a second one costs a copy.
-#[derive(Default)]
-pub(super) enum Batch {
-    #[default]
-    Empty,
-    One(Bytes),
-    Many(bytes::BytesMut),
-}
-
-impl Batch {
-    pub fn push(&mut self, seg: Bytes) {
-        *self = match std::mem::take(self) {
-            Batch::Empty => Batch::One(seg),
-            Batch::One(first) => {
-                let mut m = bytes::BytesMut::with_capacity((first.len() + seg.len()) * 2);
-                m.extend_from_slice(&first);
-                m.extend_from_slice(&seg);
-                Batch::Many(m)
-            }
-            Batch::Many(mut m) => {
-                m.extend_from_slice(&seg);
-                Batch::Many(m)
-            }
-        }
-    }
-
-    pub fn take(self) -> Option<Bytes> {
-        match self {
-            Batch::Empty => None,
-            Batch::One(b) => Some(b),
-            Batch::Many(m) => Some(m.freeze()),
         }
     }
 }

@@ -15,36 +15,23 @@ const TOKEN_RENEW_BEFORE: Duration = Duration::from_secs(300);
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 impl Engine {
-    /// Provider `i`'s access token: the cached one while it has more than
-    /// [`TOKEN_RENEW_BEFORE`] left, else a new one from the token endpoint (one request at a
-    /// time per provider; concurrent attempts wait for it). A refused grant counts as a 401.
-    pub(super) async fn access_token(
+    /// One token request at provider `i`'s token endpoint: its status and (at most 64 KiB of)
+    /// its answer.
+    async fn token_exchange(
         &self,
         i: usize,
         auth: &TokenSource,
-    ) -> Result<Secret, Failure> {
-        let Some(slot) = self.tokens.get(i) else {
-            return Err(bad_response("no token slot"));
-        };
-        let mut cached = slot.lock().await;
-        if let Some((token, expires)) = &*cached {
-            if *expires > crate::durations::later(Instant::now(), TOKEN_RENEW_BEFORE) {
-                return Ok(token.clone());
-            }
-        }
+    ) -> Result<(u16, Vec<u8>), (FailClass, String)> {
         let ep = &auth.endpoint;
-        let fail = |class, status, message: String| {
-            Failure::new(class, status, format!("{}: {message}", auth.label))
-        };
         let peer = self
             .token_peers
             .get(i)
             .await
-            .map_err(|m| fail(FailClass::ConnectError, None, m))?;
+            .map_err(|m| (FailClass::ConnectError, m))?;
         let assertion = auth
             .account
             .assertion(unix_now())
-            .map_err(|m| fail(FailClass::BadResponse, None, m))?;
+            .map_err(|m| (FailClass::BadResponse, m))?;
         let body = Bytes::from(vertex::token_request_body(&assertion));
         let exchange = async {
             let mut h = pingora_http::RequestHeader::build("POST", ep.base_path.as_bytes(), None)?;
@@ -71,17 +58,40 @@ impl Engine {
             Ok::<_, pingora_error::BError>((status, answer))
         };
         let budget = auth.timeouts.connect + auth.timeouts.first_byte.min(Duration::from_secs(30));
-        let (status, answer) = match tokio::time::timeout(budget, exchange).await {
-            Err(_) => return Err(fail(FailClass::FirstByteTimeout, None, "timed out".into())),
-            Ok(Err(e)) => {
-                return Err(fail(
-                    FailClass::ConnectError,
-                    None,
-                    format!("token endpoint unreachable: {}", short_error(&e)),
-                ))
-            }
-            Ok(Ok(x)) => x,
+        match tokio::time::timeout(budget, exchange).await {
+            Err(_) => Err((FailClass::FirstByteTimeout, "timed out".into())),
+            Ok(Err(e)) => Err((
+                FailClass::ConnectError,
+                format!("token endpoint unreachable: {}", short_error(&e)),
+            )),
+            Ok(Ok(x)) => Ok(x),
+        }
+    }
+
+    /// Provider `i`'s access token: the cached one while it has more than
+    /// [`TOKEN_RENEW_BEFORE`] left, else a new one from the token endpoint (one request at a
+    /// time per provider; concurrent attempts wait for it). A refused grant counts as a 401.
+    pub(super) async fn access_token(
+        &self,
+        i: usize,
+        auth: &TokenSource,
+    ) -> Result<Secret, Failure> {
+        let Some(slot) = self.tokens.get(i) else {
+            return Err(bad_response("no token slot"));
         };
+        let mut cached = slot.lock().await;
+        if let Some((token, expires)) = &*cached {
+            if *expires > crate::durations::later(Instant::now(), TOKEN_RENEW_BEFORE) {
+                return Ok(token.clone());
+            }
+        }
+        let fail = |class, status, message: String| {
+            Failure::new(class, status, format!("{}: {message}", auth.label))
+        };
+        let (status, answer) = self
+            .token_exchange(i, auth)
+            .await
+            .map_err(|(c, m)| fail(c, None, m))?;
         if status != 200 {
             let reason = vertex::token_error(&answer);
             // A refused grant is a credentials problem, whatever status carries it.
