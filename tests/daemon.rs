@@ -94,7 +94,8 @@ fn config(dir: &std::path::Path, port: u16, m: &MockServer, grace: u32) -> Strin
 async fn daemon_mode_writes_its_pid_file() {
     let m = mock("m").await;
     let dir = temp_dir();
-    let port = free_port();
+    // The port stays reserved for this test until detour listens on it.
+    let (reserved, port) = reserved_port();
     std::fs::write(dir.join("detour.yaml"), config(&dir, port, &m, 1)).unwrap();
     let status = detour()
         .arg("-d")
@@ -121,6 +122,7 @@ async fn daemon_mode_writes_its_pid_file() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pid = pid.expect("daemon up with a pid file");
+    drop(reserved);
     let r = request(
         port,
         "POST",
@@ -145,9 +147,11 @@ async fn sigterm_drains_an_in_flight_stream() {
     })
     .await;
     let dir = temp_dir();
-    let port = free_port();
+    let socks = listeners(1);
+    let port = socks[0].local_addr().unwrap().port();
     std::fs::write(dir.join("detour.yaml"), config(&dir, port, &slow, 3)).unwrap();
-    let mut child = Gateway::spawn(&dir, &[]);
+    let mut child = Gateway::spawn(&dir, &["-u"]);
+    hand_over(&dir.join("upgrade.sock"), socks).await;
     let gw_pid = child.id();
     let t = Instant::now();
     while request(port, "GET", "/health", &[], b"").await.is_err() {
@@ -158,7 +162,15 @@ async fn sigterm_drains_an_in_flight_stream() {
     let stream = tokio::spawn(async move {
         request(port, "POST", "/v1/chat/completions", &[], body.as_bytes()).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The stream is in flight once it has reached the upstream.
+    let t = Instant::now();
+    while slow.calls() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     signal(gw_pid, "-TERM");
     let r = stream.await.unwrap().expect("the stream completes");
     assert_eq!(r.status, 200);
@@ -188,9 +200,11 @@ async fn graceful_upgrade_under_load_loses_no_request() {
     })
     .await;
     let dir = temp_dir();
-    let port = free_port();
+    let socks = listeners(1);
+    let port = socks[0].local_addr().unwrap().port();
     std::fs::write(dir.join("detour.yaml"), config(&dir, port, &m, 2)).unwrap();
-    let mut old = Gateway::spawn(&dir, &[]);
+    let mut old = Gateway::spawn(&dir, &["-u"]);
+    hand_over(&dir.join("upgrade.sock"), socks).await;
     let old_pid = old.id();
     let t = Instant::now();
     while request(port, "GET", "/health", &[], b"").await.is_err() {
@@ -233,11 +247,29 @@ async fn graceful_upgrade_under_load_loses_no_request() {
             (failures, ids)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let served_at_least = |n: usize| {
+        let ok = ok.clone();
+        async move {
+            let t = Instant::now();
+            while ok.load(Ordering::SeqCst) < n {
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "load stalled below {n}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    served_at_least(20).await;
     let before = ok.load(Ordering::SeqCst);
-    // The new process waits for the listeners; SIGQUIT makes the old one hand them over.
+    // The new process waits for the listeners on the upgrade socket; SIGQUIT makes the old
+    // one hand them over.
     let mut new = Gateway::spawn(&dir, &["-u"]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    while !dir.join("upgrade.sock").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no upgrade socket");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     signal(old_pid, "-QUIT");
     let old_exit = tokio::task::spawn_blocking(move || {
         let t = Instant::now();
@@ -245,7 +277,9 @@ async fn graceful_upgrade_under_load_loses_no_request() {
         t.elapsed()
     });
     let old_took = old_exit.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The new process alone serves more.
+    let after_old = ok.load(Ordering::SeqCst);
+    served_at_least(after_old + 20).await;
     stop.store(true, Ordering::SeqCst);
     let mut failures = Vec::new();
     let mut prefixes = std::collections::HashSet::new();

@@ -147,7 +147,7 @@ async fn other_4xx_go_back_to_the_client_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_refused_falls_back() {
     let good = mock("good").await;
-    let dead_port = free_port();
+    let (_reserved, dead_port) = reserved_port();
     let gw = Gateway::start(&format!(
         "providers:\n  - {{name: dead, kind: openai, base-url: \"http://127.0.0.1:{dead_port}/v1\"}}\n{}models:\n  gpt-4o: [{{provider: dead}}, {{provider: p2}}]\n",
         provider("p2", &good)
@@ -197,8 +197,10 @@ async fn first_byte_timeout_falls_back_after_one_timeout() {
     let took = t.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-detour-provider"), Some("p2"));
-    assert!(took >= Duration::from_millis(400), "{took:?}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    // One first-byte timeout (400 ms), then the fallback: less than another connect timeout.
+    let (first_byte, connect) = (Duration::from_millis(400), Duration::from_secs(1));
+    assert!(took >= first_byte - Duration::from_millis(50), "{took:?}");
+    assert!(took < first_byte + connect, "{took:?}");
     assert_eq!(silent.calls(), 1, "a silent target is not retried");
 }
 
@@ -232,7 +234,7 @@ async fn all_failed_error_has_the_exact_shape() {
         ..MockConfig::default()
     })
     .await;
-    let dead = free_port();
+    let (_reserved, dead) = reserved_port();
     let gw = Gateway::start(&format!(
         "providers:\n{}{}  - {{name: dead, kind: openai, base-url: \"http://127.0.0.1:{dead}/v1\"}}\nmodels:\n  gpt-4o: [{{provider: p1}}, {{provider: p2}}, {{provider: dead}}]\n",
         provider("p1", &a),
@@ -365,12 +367,10 @@ async fn first_stream_chunk_arrives_before_the_upstream_finishes() {
     // event is held back until the first content, 300 ms later, and goes with it.
     let first = *r.chunk_times.first().unwrap();
     let last = *r.chunk_times.last().unwrap();
+    let interval = Duration::from_millis(300);
+    assert!(first < 2 * interval, "first chunk at {first:?}");
     assert!(
-        first < Duration::from_millis(550),
-        "first chunk at {first:?}"
-    );
-    assert!(
-        last >= Duration::from_millis(1800),
+        last >= 6 * interval - Duration::from_millis(50),
         "last chunk at {last:?}"
     );
     assert!(r.chunk_times.len() >= 6, "{} chunks", r.chunk_times.len());
@@ -478,7 +478,8 @@ async fn client_disconnect_aborts_the_upstream_stream() {
         1,
         "the upstream stream was not aborted"
     );
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // Sooner than any timeout (the default test gateway's idle timeout is 2 s).
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert_eq!(
         slow.stats
             .completed
@@ -677,8 +678,9 @@ async fn credentials_and_request_ids() {
         .unwrap()
         .contains("DETOUR_UNSET_KEY_VAR"));
     // No key of either side reaches the log.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = gw.stderr();
+    let log = gw
+        .stderr_when(|l| l.matches("\"log\":\"access\"").count() >= 2)
+        .await;
     assert!(log.contains("\"log\":\"access\""), "{log}");
     assert!(!log.contains(PROVIDER_KEY));
     assert!(!log.contains("sk-client-secret"));
@@ -832,8 +834,9 @@ async fn client_disconnect_aborts_a_silent_upstream_at_once() {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Far sooner than the 30 s first-byte timeout: only the client's leaving ends it.
         assert!(
-            t.elapsed() < Duration::from_secs(1),
+            t.elapsed() < Duration::from_secs(2),
             "stream={stream}: upstream still open {:?} after the client left",
             t.elapsed()
         );

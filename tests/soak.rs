@@ -1,9 +1,9 @@
 //! A bounded soak (about 20 s): 200 concurrent streaming clients against a provider that
 //! flaps between 503 and healthy every 400 ms, with a healthy fallback. No request may hang,
 //! no answer may be cut yet look complete, and the gateway's memory must stay flat. An honest
-//! failure (an error status, or a stream that ends with an error event) is allowed — the
+//! failure (an error listing why, or a stream that ends with an error event) is allowed — the
 //! retry budget refuses some fallbacks when half of the primary's answers fail — but must
-//! stay rare.
+//! stay rare and be explained. No throughput is asserted (that is benches/'s job).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -76,10 +76,12 @@ async fn two_hundred_streams_against_a_flapping_provider() {
     let ok = Arc::new(AtomicUsize::new(0));
     let honest = Arc::new(AtomicUsize::new(0));
     let bad = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reasons = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut rss = Vec::new();
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
         let (ok, honest, bad, port) = (ok.clone(), honest.clone(), bad.clone(), gw.port);
+        let reasons = reasons.clone();
         tasks.push(tokio::spawn(async move {
             let body = chat_body("gpt-4o", true);
             while start.elapsed() < RUN {
@@ -101,8 +103,13 @@ async fn two_hundred_streams_against_a_flapping_provider() {
                         // An honest failure: an OpenAI-shaped error listing the attempts.
                         let v: serde_json::Value =
                             serde_json::from_slice(&r.body).unwrap_or_default();
-                        if v["error"]["attempts"].is_array() {
+                        if let Some(a) = v["error"]["attempts"].as_array() {
                             honest.fetch_add(1, Ordering::Relaxed);
+                            let why: Vec<String> = a
+                                .iter()
+                                .map(|x| x["error"].as_str().unwrap_or("").to_string())
+                                .collect();
+                            reasons.lock().unwrap().push(why.join(" | "));
                             continue;
                         }
                         Some(format!("status {} body {}", r.status, r.text()))
@@ -144,6 +151,12 @@ async fn two_hundred_streams_against_a_flapping_provider() {
     }
     flapper.await.unwrap();
     let bad = bad.lock().unwrap().clone();
+    let reasons = reasons.lock().unwrap().clone();
+    let mut tally = std::collections::BTreeMap::<String, usize>::new();
+    for r in &reasons {
+        *tally.entry(r.clone()).or_default() += 1;
+    }
+    eprintln!("soak: honest failure reasons {tally:#?}");
     let served = ok.load(Ordering::Relaxed);
     let failed = honest.load(Ordering::Relaxed);
     eprintln!(
@@ -158,8 +171,26 @@ async fn two_hundred_streams_against_a_flapping_provider() {
         bad.len(),
         &bad[..bad.len().min(5)]
     );
-    assert!(served > 2000, "{served} streams");
-    assert!(failed * 20 < served, "{failed} failures of {served}");
+    // Honest failures are the retry budget doing its job: every one is a request whose
+    // primary failed and whose fallback the budget refused (or cut after commit), never
+    // anything else. How many there are depends on how loaded the machine is (fewer requests
+    // per second means a smaller budget for the same bursts of failures), so the bound is a
+    // loose one: well under a tenth.
+    for why in tally.keys() {
+        assert!(
+            why.contains("retry budget") || why.contains("circuit_open"),
+            "not an honest failure: {why}"
+        );
+    }
+    assert!(
+        failed <= flaky.calls(),
+        "every failure started at the flapping provider"
+    );
+    assert!(
+        failed * 10 < served + failed,
+        "{failed} failures of {}",
+        served + failed
+    );
     assert!(flaky.calls() > 0 && steady.calls() > 0);
     // Memory flat: the second half of the run does not grow past the first half's peak by
     // more than a little (allocator noise), after the warm-up sample.

@@ -22,12 +22,45 @@ pub use raw::*;
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port reserved for the test: a socket bound to it (with `SO_REUSEADDR`, not listening)
+/// keeps every other process from taking it while connections to it are refused. A detour
+/// may still bind and listen on it (it sets `SO_REUSEADDR` too). Keep the socket alive.
+pub fn reserved_port() -> (tokio::net::TcpSocket, u16) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_reuseaddr(true).unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = sock.local_addr().unwrap().port();
+    (sock, port)
+}
+
+/// Listening sockets bound on port 0, for a detour to take over (see [`hand_over`]).
+pub fn listeners(n: usize) -> Vec<std::net::TcpListener> {
+    (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect()
+}
+
+/// Hand `listeners` to a detour started with `-u`, over its upgrade socket: Pingora's graceful
+/// upgrade, with the test in the old process's place. No port is picked and bound later, so
+/// no other process can take it in between. Blocks until detour has taken them (detour's
+/// receiving side polls once a second).
+pub async fn hand_over(upgrade_sock: &std::path::Path, listeners: Vec<std::net::TcpListener>) {
+    use std::os::fd::AsRawFd;
+    let path = upgrade_sock.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut fds = pingora_core::server::Fds::new();
+        for l in &listeners {
+            // Pingora's runtime takes the socket as it is: it must not block.
+            l.set_nonblocking(true).unwrap();
+            fds.add(l.local_addr().unwrap().to_string(), l.as_raw_fd());
+        }
+        let sent = fds.send_to_sock(path.as_str());
+        assert!(sent.is_ok(), "handing the listeners over failed: {sent:?}");
+        // The receiver has its own copies now; ours close here.
+        drop(listeners);
+    })
+    .await
+    .unwrap();
 }
 
 pub fn temp_dir() -> PathBuf {
@@ -105,20 +138,23 @@ impl Gateway {
 
     async fn start_inner(body: &str, timeouts: &str, server_extra: &str) -> Gateway {
         let dir = temp_dir();
-        let port = free_port();
-        let admin_port = free_port();
+        let socks = listeners(2);
+        let port = socks[0].local_addr().unwrap().port();
+        let admin_port = socks[1].local_addr().unwrap().port();
         let yaml = format!(
             "server:\n  threads: 2\n  pid_file: {d}/detour.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n{server_extra}listen: [\"127.0.0.1:{port}\"]\nadmin:\n  listen: 127.0.0.1:{admin_port}\n{timeouts}{body}",
             d = dir.display()
         );
         std::fs::write(dir.join("detour.yaml"), &yaml).unwrap();
-        let child = Self::spawn(&dir, &[]);
+        // Listeners bound here on port 0, taken over by detour (`-u`).
+        let child = Self::spawn(&dir, &["-u"]);
         let gw = Gateway {
             port,
             admin_port,
             dir,
             child,
         };
+        hand_over(&gw.dir.join("upgrade.sock"), socks).await;
         gw.wait_ready().await;
         gw
     }
