@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 pub use detour::mock::{Fault, MockConfig, MockServer};
 
+pub mod chains;
 mod raw;
 pub use raw::*;
 
