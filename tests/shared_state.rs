@@ -224,3 +224,36 @@ async fn accounting_is_the_serving_targets_and_ordering_by_price() {
     assert!((cost - 0.000042).abs() < 1e-9, "{cost}");
     assert_eq!((p1.calls(), p2.calls(), p3.calls()), (2, 2, 0));
 }
+
+/// A hedge partner that fails at once does not win the race: the slow first target still
+/// serves, and the partner's failure is listed like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_that_fails_fast_does_not_cancel_the_first_target() {
+    let slow = mock_with(MockConfig {
+        first_token_delay: Duration::from_millis(600),
+        ..mock_cfg("p1")
+    })
+    .await;
+    let failing = mock_with(MockConfig {
+        status: 503,
+        ..mock_cfg("p2")
+    })
+    .await;
+    let gw = Gateway::start_full(
+        &chain(&slow, &failing, "  hedge: {after: 100ms}\n"),
+        "timeouts: {connect: 1s, first-byte: 5s, first-token: 5s, idle: 5s, total: 20s}\n",
+    )
+    .await;
+    let r = gw.chat(&chat_body("gpt-4o", true)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-detour-provider"), Some("p1"));
+    assert_eq!(streamed_text(&r.body), "Hello from p1 tok1 tok2 tok3 tok4");
+    assert_eq!((slow.calls(), failing.calls()), (1, 1));
+    assert_eq!(
+        r.header("x-detour-attempts"),
+        Some("2"),
+        "the hedge is counted"
+    );
+    let log = gw.stderr_when(|l| l.contains("\"log\":\"access\"")).await;
+    assert!(log.contains("\"outcome\":\"server_error\""), "{log}");
+}

@@ -7,7 +7,7 @@
 //! Because it never touches the client's session, two attempts can run at once (hedging), and
 //! the caller alone watches for the client going away.
 
-use super::classify::{BodyError, FailClass, Failure, Seen};
+use super::classify::{self, BodyError, FailClass, Failure, Seen};
 use super::watch::{Usage, Watch};
 use super::{short_error, upstream, Engine};
 use crate::api::{Capabilities, ChatRequest};
@@ -119,13 +119,13 @@ impl Engine {
         let req = rewritten.unwrap_or(ask.req);
         let prepared = self.build(ask, target, req)?;
         let deadline = ask.deadline.min(started + provider.timeouts.total);
-        let token = self.token_for(target.route.provider).await?;
-        let header = self.header(ask, provider, &prepared, token.as_ref())?;
         let peer = self
             .peers
             .get(target.route.provider)
             .await
             .map_err(|m| Failure::new(FailClass::ConnectError, None, m))?;
+        let token = self.token_for(target.route.provider).await?;
+        let header = self.header(ask, provider, &prepared, token.as_ref())?;
         let (up, peer) = self
             .send(&peer, provider, &header, &prepared.body, deadline)
             .await?;
@@ -233,8 +233,10 @@ impl Engine {
         })
     }
 
-    /// Read the answer as far as the decision needs: a trigger status's error body for its
-    /// message; a 2xx stream to its first content; anything else whole.
+    /// Read the answer as far as the decision needs: a 2xx stream to its first content;
+    /// anything else whole. A status the fallback triggers name ends the attempt here as the
+    /// failure it is (its error body read for the message): it never competes with a hedge
+    /// partner as an answer.
     async fn read_answer(
         &self,
         ask: &Ask<'_>,
@@ -251,6 +253,7 @@ impl Engine {
             .is_some_and(|ct| wire.is_stream(ct));
         if !status.is_success() && self.gw.cfg.fallback.on_status(status.as_u16()) {
             self.read_small_body(&mut ready).await;
+            return Err(self.trigger_failure(*ready).await);
         } else if ask.stream && is_stream && status.is_success() {
             self.first_content(&mut ready, provider, wire).await?;
         } else {
@@ -258,6 +261,22 @@ impl Engine {
         }
         ready.ttft = ready.started.elapsed();
         Ok(ready)
+    }
+
+    /// A trigger status as the failure it stands for: the provider's message (credentials
+    /// masked; never a 401/403's text), its `Retry-After`. The connection goes back to the pool
+    /// if its body was read whole.
+    async fn trigger_failure(&self, ready: Ready) -> Failure {
+        let status = ready.resp.status.as_u16();
+        let message = classify::error_message(status, &ready.body_bytes(), &self.masker);
+        let retry_after = ready.retry_after();
+        self.release(ready.up, &ready.peer).await;
+        Failure {
+            class: FailClass::of_status(status),
+            status: Some(status),
+            message,
+            retry_after,
+        }
     }
 
     /// Open a session to `peer` and send the request; returns it with the response header read.

@@ -91,10 +91,12 @@ impl Engine {
         Some(match first_done {
             First::A(Ok(r)) => {
                 self.hedge_lost(&targets[h.second]);
+                sched.hedge_cancelled(h.second);
                 vec![(h.first, t0, Ok(r))]
             }
             First::B(Ok(r)) => {
                 self.hedge_lost(&targets[h.first]);
+                sched.first_cancelled();
                 vec![(h.second, t1, Ok(r))]
             }
             // It failed: the other may still win.
@@ -103,8 +105,8 @@ impl Engine {
                 (h.second, t1, unless_client_gone(s, b).await?),
             ],
             First::B(Err(f)) => vec![
-                (h.first, t0, unless_client_gone(s, a).await?),
                 (h.second, t1, Err(f)),
+                (h.first, t0, unless_client_gone(s, a).await?),
             ],
         })
     }

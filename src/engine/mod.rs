@@ -87,6 +87,8 @@ enum Turn {
     Over(Result<(), GatewayError>),
     /// The schedule goes on.
     Next,
+    /// A failure the configuration does not move on after: the schedule stops.
+    Stop,
 }
 
 /// The breakers, the retry budget and the hedge delay, as the scheduler sees them.
@@ -251,8 +253,18 @@ impl Engine {
         loop {
             match sched.next(Instant::now(), &mut gate) {
                 Step::Skip { target, why } => self.skip(log, &targets, target, why),
-                Step::Wait(d) => {
-                    let wait = tokio::time::sleep(d);
+                Step::Wait {
+                    after,
+                    target,
+                    reason,
+                } => {
+                    let p = targets[target].route.provider;
+                    let name = self.gw.providers[p].name.as_str();
+                    self.metrics
+                        .retries
+                        .with_label_values(&[name, reason.label()])
+                        .inc();
+                    let wait = tokio::time::sleep(after);
                     unless_client_gone(s, wait)
                         .await
                         .ok_or(GatewayError::ClientClosed)?;
@@ -266,10 +278,11 @@ impl Engine {
                             t,
                             started,
                         };
-                        if let Turn::Over(r) =
-                            self.settle(s, &ask, log, at, result, &mut sched).await
-                        {
-                            return r;
+                        match self.settle(s, &ask, log, at, result, &mut sched).await {
+                            Turn::Over(r) => return r,
+                            // The schedule stopped: the rest of the batch is dropped.
+                            Turn::Stop => break,
+                            Turn::Next => {}
                         }
                     }
                 }
@@ -352,29 +365,21 @@ impl Engine {
         let target = at.target();
         self.record_health(target, failure.class.health(failure.retry_after));
         sched.report(at.t, &decision);
-        if let Decision::RetrySame { reason, .. } = decision {
-            let name = self.gw.providers[target.route.provider].name.as_str();
-            self.metrics
-                .retries
-                .with_label_values(&[name, reason.label()])
-                .inc();
-        }
         self.failed(log, target, failure, at.started, sched.goes_on());
-        Turn::Next
+        match decision {
+            Decision::Bail { .. } => Turn::Stop,
+            Decision::Commit | Decision::RetrySame { .. } | Decision::Next { .. } => Turn::Next,
+        }
     }
 
-    /// A refusal that is not passed to the client, as the failure it stands for (its
-    /// connection released or closed).
+    /// A refusal that is not passed to the client (a context-length or content-policy
+    /// refusal another target may take), as the failure it stands for (its connection
+    /// released or closed).
     async fn refused(&self, ready: Ready, d: &Decision) -> Failure {
         let status = ready.resp.status.as_u16();
-        let message = match (&ready.said, d) {
-            (
-                Some(said),
-                Decision::Next {
-                    reason: FailClass::ContextLength | FailClass::ContentFilter,
-                },
-            ) => said.message().to_string(),
-            _ => classify::error_message(status, &ready.body_bytes(), &self.masker),
+        let message = match &ready.said {
+            Some(said) => said.message().to_string(),
+            None => classify::error_message(status, &ready.body_bytes(), &self.masker),
         };
         let class = match d {
             Decision::Next { reason } | Decision::Bail { reason } => *reason,

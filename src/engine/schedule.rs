@@ -7,7 +7,7 @@
 //! asks [`Scheduler::next`] what to do, runs attempts, and reports each decision back with
 //! [`Scheduler::report`].
 
-use super::classify::{Decision, Facts, FailClass};
+use super::classify::{Decision, Facts, FailClass, RetryReason};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -60,8 +60,12 @@ pub enum Step {
         target: usize,
         hedge: Option<(usize, Duration)>,
     },
-    /// Wait, then ask again (a retry of the same target).
-    Wait(Duration),
+    /// Wait, then ask again: a retry of `target`, for `reason`.
+    Wait {
+        after: Duration,
+        target: usize,
+        reason: RetryReason,
+    },
     /// Nothing more to try.
     Done { cut: Option<Cut> },
 }
@@ -76,8 +80,8 @@ pub struct Scheduler {
     /// The target whose turn it is, and its tries so far.
     current: Option<usize>,
     tries: u32,
-    /// A retry's wait, owed before the next step.
-    wait: Option<Duration>,
+    /// A retry's wait (its length, target and reason), owed before the next step.
+    wait: Option<(Duration, usize, RetryReason)>,
     /// Attempts sent (every one after the first is an extra one, paid from the budget).
     sent: usize,
     deadline: Instant,
@@ -118,8 +122,12 @@ impl Scheduler {
             if let Some(cut) = self.ended {
                 return Step::Done { cut };
             }
-            if let Some(d) = self.wait.take() {
-                return Step::Wait(d);
+            if let Some((after, target, reason)) = self.wait.take() {
+                return Step::Wait {
+                    after,
+                    target,
+                    reason,
+                };
             }
             let t = match self.current {
                 Some(t) => t,
@@ -262,7 +270,9 @@ impl Scheduler {
         let own_turn = self.current == Some(t);
         match d {
             Decision::Commit => self.ended = Some(None),
-            Decision::RetrySame { after, .. } if own_turn => self.wait = Some(*after),
+            Decision::RetrySame { after, reason } if own_turn => {
+                self.wait = Some((*after, t, *reason))
+            }
             Decision::RetrySame { .. } => {}
             Decision::Next { reason } => {
                 if own_turn {
@@ -303,6 +313,17 @@ impl Scheduler {
         self.queue.pop_front();
         self.sent += 1;
         true
+    }
+
+    /// A started hedge lost the race (the first target reached its commit point first): it
+    /// was cancelled before it could answer, so its turn is yet to come.
+    pub fn hedge_cancelled(&mut self, second: usize) {
+        self.queue.push_front(second);
+    }
+
+    /// The hedge won the race: the first target was cancelled, and its turn is over.
+    pub fn first_cancelled(&mut self) {
+        self.current = None;
     }
 
     /// The targets still queued, in order (a continuation looks for one among them).

@@ -68,6 +68,10 @@ pub(super) fn build(
             "a vertex provider needs a project (or a key file with project_id)",
         ));
     }
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':';
+    if !project.bytes().all(ok) {
+        return Err(p.error("project", format!("`{project}` is not a project id")));
+    }
     let credentials = match account {
         Some(account) => {
             let endpoint = crate::config::Endpoint::parse(&account.token_uri, "")

@@ -86,7 +86,12 @@ fn a_retry_waits_then_tries_the_same_target_with_its_count() {
         reason: RetryReason::RetryAfter,
     };
     s.report(0, &retry);
-    assert_eq!(s.next(now, &mut g), Step::Wait(Duration::from_secs(1)));
+    let wait = Step::Wait {
+        after: Duration::from_secs(1),
+        target: 0,
+        reason: RetryReason::RetryAfter,
+    };
+    assert_eq!(s.next(now, &mut g), wait);
     assert_eq!(s.next(now, &mut g), send(0));
     assert_eq!(s.facts(0, now, None, 0.5).tries, Some(2));
     assert_eq!(s.facts(1, now, None, 0.5).tries, None, "not its turn");
@@ -124,7 +129,12 @@ fn a_circuit_that_opens_during_retries_ends_them() {
         reason: RetryReason::ServerError,
     };
     s.report(0, &retry);
-    assert_eq!(s.next(now, &mut g), Step::Wait(Duration::ZERO));
+    let wait = Step::Wait {
+        after: Duration::ZERO,
+        target: 0,
+        reason: RetryReason::ServerError,
+    };
+    assert_eq!(s.next(now, &mut g), wait);
     assert_eq!(
         s.next(now, &mut g),
         Step::Skip {
@@ -289,6 +299,36 @@ fn a_hedge_starts_the_next_target_which_then_has_had_its_turn() {
     s.next(now, &mut closed);
     assert!(!s.start_hedge(1, now, &mut closed));
     assert_eq!(s.queued().collect::<Vec<_>>(), [1]);
+}
+
+#[test]
+fn a_cancelled_hedge_keeps_its_turn_and_a_winning_one_ends_the_first() {
+    let now = Instant::now();
+    let d = now + Duration::from_secs(60);
+    let mut g = FakeGate {
+        hedge: Some(Duration::ZERO),
+        ..FakeGate::default()
+    };
+    // The first target won, then was refused (context length): the cancelled hedge is next.
+    let mut s = Scheduler::new(windows(&[None; 3]), d, true);
+    s.next(now, &mut g);
+    assert!(s.start_hedge(1, now, &mut g));
+    s.hedge_cancelled(1);
+    assert!(s.facts(0, now, None, 0.0).more);
+    s.report(
+        0,
+        &Decision::Next {
+            reason: FailClass::ContextLength,
+        },
+    );
+    assert!(matches!(s.next(now, &mut g), Step::Send { target: 1, .. }));
+    // The hedge won, then was refused: the first target is not tried again.
+    let mut s = Scheduler::new(windows(&[None; 3]), d, true);
+    s.next(now, &mut g);
+    assert!(s.start_hedge(1, now, &mut g));
+    s.first_cancelled();
+    s.report(1, &NEXT);
+    assert!(matches!(s.next(now, &mut g), Step::Send { target: 2, .. }));
 }
 
 #[test]
