@@ -253,7 +253,7 @@ impl Engine {
             .is_some_and(|ct| wire.is_stream(ct));
         if !status.is_success() && self.gw.cfg.fallback.on_status(status.as_u16()) {
             self.read_small_body(&mut ready).await;
-            return Err(self.trigger_failure(*ready).await);
+            return Err(self.trigger_failure(ready).await);
         } else if ask.stream && is_stream && status.is_success() {
             self.first_content(&mut ready, provider, wire).await?;
         } else {
@@ -266,7 +266,7 @@ impl Engine {
     /// A trigger status as the failure it stands for: the provider's message (credentials
     /// masked; never a 401/403's text), its `Retry-After`. The connection goes back to the pool
     /// if its body was read whole.
-    async fn trigger_failure(&self, ready: Ready) -> Failure {
+    async fn trigger_failure(&self, ready: Box<Ready>) -> Failure {
         let status = ready.resp.status.as_u16();
         let message = classify::error_message(status, &ready.body_bytes(), &self.masker);
         let retry_after = ready.retry_after();

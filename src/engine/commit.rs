@@ -49,10 +49,11 @@ impl Engine {
             status: ready.resp.status.as_u16(),
             ttft: ready.ttft,
         };
-        // Boxed, like the attempt: otherwise rustc lays the relay's future out inline in this
-        // one and in serve's, each sized for its largest await.
-        let delivered = Box::pin(self.deliver(s, ready, Some(h), provider, None, ask.req));
-        match delivered.await {
+        // The relay's future comes boxed: it is not laid out inline in this one.
+        match self
+            .deliver(s, ready, Some(h), provider, None, ask.req)
+            .await
+        {
             Delivered::ClientGone => {
                 self.record_health(target, health::Outcome::Neutral);
                 // The attempt served: the access log says which, and that the client left.
@@ -81,8 +82,9 @@ impl Engine {
                 if let (true, Some(text), Some(head)) =
                     (self.gw.cfg.failover.continuation, text, head)
                 {
-                    let cont = self.continue_stream(s, ask, log, text, &head, queued);
-                    if Box::pin(cont).await {
+                    // Built inside the box: a future held in a local, even a moved-from
+                    // one, keeps its full size in this future's state.
+                    if Box::pin(self.continue_stream(s, ask, log, text, &head, queued)).await {
                         log.outcome = "success_continued";
                         return Ok(());
                     }

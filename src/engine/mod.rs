@@ -348,18 +348,23 @@ impl Engine {
                     Ok(header) => {
                         let c = Committed { ready, header };
                         let queued = sched.queued().collect();
-                        let commit = self.commit(s, ask, log, at, c, queued);
-                        return Turn::Over(Box::pin(commit).await);
+                        // Boxed where it is built: a future held in a local (even once
+                        // moved into a box) keeps its full size in this one's state, and
+                        // this one lives as long as the request.
+                        let commit = Box::pin(self.commit(s, ask, log, at, c, queued));
+                        return Turn::Over(commit.await);
                     }
                     Err(_) => {
-                        self.release(ready.up, &ready.peer).await;
+                        // Boxed, as the refusal below: not laid out in this future, which
+                        // lives as long as the request.
+                        Box::pin(self.release(ready.up, &ready.peer)).await;
                         let f = bad_response("unusable response header");
                         let reason = FailClass::BadResponse;
                         (f, Decision::Next { reason })
                     }
                 }
             }
-            (Ok(ready), d) => (self.refused(*ready, &d).await, d),
+            (Ok(ready), d) => (Box::pin(self.refused(ready, &d)).await, d),
             (Err(f), d) => (f, d),
         };
         let target = at.target();
@@ -375,7 +380,7 @@ impl Engine {
     /// A refusal that is not passed to the client (a context-length or content-policy
     /// refusal another target may take), as the failure it stands for (its connection
     /// released or closed).
-    async fn refused(&self, ready: Ready, d: &Decision) -> Failure {
+    async fn refused(&self, ready: Box<Ready>, d: &Decision) -> Failure {
         let status = ready.resp.status.as_u16();
         let message = match &ready.said {
             Some(said) => said.message().to_string(),

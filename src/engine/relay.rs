@@ -14,6 +14,8 @@ use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 /// How a committed answer ended.
@@ -106,9 +108,10 @@ impl Upstream {
 /// The whole or first part of a JSON answer, as read before commit.
 struct JsonBody {
     chunks: Vec<Bytes>,
-    total: usize,
     complete: bool,
     usage: Option<Usage>,
+    /// The client's `Content-Length`, when known.
+    length: Option<usize>,
 }
 
 /// `id`, `created` and `model` of the first chunk in `seg`.
@@ -127,15 +130,18 @@ impl Engine {
     /// of its own (`h` is `None`: the client's stream is already open) and its chunks are
     /// `splice`d: given the original answer's identity, role-only chunks dropped. `request` is
     /// the client's (read only to finalise a stream that ended without its usage).
-    pub(super) async fn deliver(
-        &self,
-        s: &mut Session,
+    ///
+    /// Returns the chosen relay's future, boxed: a request's own future then holds neither
+    /// relay inline, nor a second copy of the upstream session moved into it.
+    pub(super) fn deliver<'a>(
+        &'a self,
+        s: &'a mut Session,
         ready: Box<Ready>,
         h: Option<ResponseHeader>,
-        provider: &Provider,
-        splice: Option<&ChunkHead>,
-        request: &crate::api::ChatRequest,
-    ) -> Delivered {
+        provider: &'a Provider,
+        splice: Option<&'a ChunkHead>,
+        request: &'a crate::api::ChatRequest,
+    ) -> Pin<Box<dyn Future<Output = Delivered> + Send + 'a>> {
         let Ready {
             up,
             peer,
@@ -158,19 +164,26 @@ impl Engine {
                 usage,
             } => {
                 let Some(h) = h else {
-                    return Delivered::Broken {
+                    return Box::pin(std::future::ready(Delivered::Broken {
                         reason: "a JSON answer cannot continue a stream".into(),
                         watch: Box::default(),
                         head: None,
-                    };
+                    }));
+                };
+                // Past the buffer limit, the upstream's own length (a pass-through answer is
+                // relayed byte for byte): a cut is then visible to any client as a short body.
+                let length = if complete {
+                    Some(total)
+                } else {
+                    upstream_length(&resp)
                 };
                 let body = JsonBody {
                     chunks,
-                    total,
                     complete,
                     usage,
+                    length,
                 };
-                self.deliver_json(s, conn, h, body, &resp).await
+                Box::pin(self.deliver_json(s, conn, h, body))
             }
             ReadyBody::Stream {
                 relay,
@@ -194,8 +207,7 @@ impl Engine {
                     splice,
                     cap: self.gw.cfg.limits.max_event_bytes,
                 };
-                self.deliver_stream(s, conn, h, st, (held, ended), request)
-                    .await
+                Box::pin(self.deliver_stream(s, conn, h, st, (held, ended), request))
             }
         }
     }
@@ -208,15 +220,8 @@ impl Engine {
         mut conn: Upstream,
         h: ResponseHeader,
         body: JsonBody,
-        resp: &ResponseHeader,
     ) -> Delivered {
-        // Past the buffer limit, the upstream's own length (a pass-through answer is relayed
-        // byte for byte): a cut is then visible to any client as a short body.
-        let length = if body.complete {
-            Some(body.total)
-        } else {
-            upstream_length(resp)
-        };
+        let length = body.length;
         if commit(s, h, length).await.is_err() {
             return Delivered::ClientGone;
         }

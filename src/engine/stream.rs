@@ -131,7 +131,9 @@ impl Engine {
         request: &ChatRequest,
     ) -> Delivered {
         if let Some(h) = h {
-            if commit(s, h, None).await.is_err() {
+            // The one-off steps are boxed: they would otherwise size this future, which lives
+            // as long as the stream, for their own largest state.
+            if Box::pin(commit(s, h, None)).await.is_err() {
                 return Delivered::ClientGone;
             }
         }
@@ -143,7 +145,7 @@ impl Engine {
             if s.write_response_body(None, true).await.is_err() {
                 return Delivered::ClientGone;
             }
-            self.release(conn.up, &conn.peer).await;
+            Box::pin(self.release(conn.up, &conn.peer)).await;
             let usage = st.watch.usage();
             return Delivered::Done {
                 usage,
@@ -173,8 +175,18 @@ impl Engine {
             match end {
                 End::More => {}
                 End::Broke(why) => return st.broken(why),
-                End::Clean => return self.end_stream(s, conn, st, request).await,
+                End::Clean => break,
             }
+        }
+        // Borrowed, not moved: a nested future holding its own copies of the session and the
+        // stream's state would double their share of this future.
+        match Box::pin(self.end_stream(s, &mut st, request)).await {
+            Ended::Done { usage, finalised } => {
+                Box::pin(self.release(conn.up, &conn.peer)).await;
+                Delivered::Done { usage, finalised }
+            }
+            Ended::Broke(why) => st.broken(why),
+            Ended::ClientGone => Delivered::ClientGone,
         }
     }
 
@@ -183,18 +195,17 @@ impl Engine {
     async fn end_stream(
         &self,
         s: &mut Session,
-        conn: Upstream,
-        mut st: StreamState<'_>,
+        st: &mut StreamState<'_>,
         request: &ChatRequest,
-    ) -> Delivered {
+    ) -> Ended {
         // Formats without [DONE] of their own get it here.
         if let Some(tail) = st.relay.finish() {
             if let Err(e) = st.watch.inspect(&tail) {
-                return st.broken(in_band_reason(&e.kind, &e.message));
+                return Ended::Broke(in_band_reason(&e.kind, &e.message));
             }
             let tail = st.spliced(tail);
             if s.write_response_body(Some(tail), false).await.is_err() {
-                return Delivered::ClientGone;
+                return Ended::ClientGone;
             }
         }
         let finalised = !st.relay.complete();
@@ -202,22 +213,31 @@ impl Engine {
         if finalised {
             let (end, u) = match st.finalise(request) {
                 Ok(x) => x,
-                Err(why) => return st.broken(why),
+                Err(why) => return Ended::Broke(why),
             };
             usage = u;
             if s.write_response_body(Some(end.into()), false)
                 .await
                 .is_err()
             {
-                return Delivered::ClientGone;
+                return Ended::ClientGone;
             }
         }
         if s.write_response_body(None, true).await.is_err() {
-            return Delivered::ClientGone;
+            return Ended::ClientGone;
         }
-        self.release(conn.up, &conn.peer).await;
-        Delivered::Done { usage, finalised }
+        Ended::Done { usage, finalised }
     }
+}
+
+/// How a stream's clean end went.
+enum Ended {
+    Done {
+        usage: Option<Usage>,
+        finalised: bool,
+    },
+    Broke(String),
+    ClientGone,
 }
 
 /// A continuation's events as part of the original answer: its `id`, `created` and `model`,
