@@ -8,6 +8,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, ConfigError};
 use crate::providers::{Providers, RouteFields};
 use crate::secrets::Masker;
+use crate::target::Approved;
 use std::collections::HashMap;
 
 /// The configuration, providers and catalog. Built once; shared read-only by every request.
@@ -16,6 +17,8 @@ pub struct Gateway {
     pub cfg: Config,
     pub providers: Providers,
     pub catalog: Catalog,
+    /// Header-mode hosts that are not rate limited: built in, the providers', the config's.
+    pub approved: Approved,
 }
 
 impl Gateway {
@@ -53,10 +56,14 @@ impl Gateway {
                 .is_some_and(|p| p.adapter.route_fields() == RouteFields::Deployment)
         };
         let catalog = Catalog::build(cfg.builtin_catalog, &cfg.models, &index, &deployments)?;
+        let hosts: Vec<String> = providers.iter().map(|p| p.endpoint.host.clone()).collect();
+        let approved = Approved::new(&hosts, &cfg.header_mode.approved_hosts)
+            .map_err(|(i, m)| ConfigError::new(format!("header-mode.approved-hosts[{i}]"), m))?;
         Ok(Gateway {
             cfg,
             providers,
             catalog,
+            approved,
         })
     }
 

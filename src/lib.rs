@@ -21,4 +21,5 @@ pub mod providers;
 pub mod proxy;
 pub mod secrets;
 pub mod sse;
+pub mod target;
 pub mod text;

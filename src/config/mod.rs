@@ -8,12 +8,14 @@
 //! `catalog.rs`), and put together in [`crate::gateway`].
 
 pub mod failover;
+pub mod header_mode;
 mod provider;
 pub(crate) mod raw;
 
 pub use crate::durations::parse as parse_duration;
 pub use crate::secrets::Secret;
 pub use failover::{Failover, HedgeAfter, Order};
+pub use header_mode::HeaderMode;
 use pingora_core::server::configuration::ServerConf;
 pub use provider::{Endpoint, ProviderConfig};
 use raw::{RawConfig, RawTimeouts};
@@ -133,6 +135,8 @@ pub struct Config {
     pub limits: Limits,
     pub fallback: FallbackTriggers,
     pub failover: Failover,
+    /// Requests that name their targets by URL (`Helicone-Target-Url`, `Helicone-Fallbacks`).
+    pub header_mode: HeaderMode,
     pub access_log: bool,
     pub providers: Vec<ProviderConfig>,
     /// Start from the built-in catalog.
@@ -303,6 +307,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .as_ref()
             .unwrap_or(&failover::RawFailover::default()),
     )?;
+    let header_mode = header_mode::validate(&raw.header_mode, base_timeouts)?;
     if raw.providers.is_empty() {
         return Err(ConfigError::new(
             "providers",
@@ -328,6 +333,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         limits,
         fallback,
         failover,
+        header_mode,
         access_log: raw.access_log.unwrap_or(true),
         providers,
         builtin_catalog: raw.builtin_catalog.unwrap_or(true),
@@ -421,6 +427,44 @@ models:
         }
         for s in [200, 400, 409, 413, 422] {
             assert!(!d.on_status(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn header_mode_section() {
+        let c = Config::from_yaml(MIN).expect("valid");
+        assert!(c.header_mode.enabled);
+        assert_eq!(c.header_mode.limits.per_second, 1);
+        assert_eq!(c.header_mode.limits.per_day, 10_000);
+        let ok = format!(
+            "{MIN}header-mode:\n  allow-networks: [127.0.0.0/8, \"::1/128\"]\n  allow-ports: [8080, \"9000-9100\"]\n  approved-hosts: [\"*.corp.example\"]\n  unapproved-limit: {{per-second: 5}}\n"
+        );
+        let c = Config::from_yaml(&ok).expect("valid");
+        assert_eq!(c.header_mode.policy.allow_networks.len(), 2);
+        assert_eq!(
+            c.header_mode.policy.allow_ports,
+            vec![8080..=8080, 9000..=9100]
+        );
+        assert_eq!(c.header_mode.limits.per_second, 5);
+        for (bad, path) in [
+            (
+                "allow-networks: [10.0.0.0/40]",
+                "header-mode.allow-networks[0]",
+            ),
+            ("allow-ports: [80, 70000]", "header-mode.allow-ports[1]"),
+            ("allow-ports: [\"9-1\"]", "header-mode.allow-ports[0]"),
+            (
+                "approved-hosts: [\"a.*.com\"]",
+                "header-mode.approved-hosts[0]",
+            ),
+            (
+                "timeouts: {connect: forever}",
+                "header-mode.timeouts.connect",
+            ),
+            ("colour: red", "header-mode.colour"),
+        ] {
+            let e = Config::from_yaml(&format!("{MIN}header-mode:\n  {bad}\n")).expect_err(bad);
+            assert_eq!(e.path, path, "{bad}: {e}");
         }
     }
 

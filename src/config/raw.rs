@@ -28,6 +28,9 @@ pub struct RawConfig {
     /// Deadline, retries, circuit breakers, retry budget, ordering, hedging (`failover.rs`).
     #[serde(default)]
     pub failover: Option<super::failover::RawFailover>,
+    /// Targets named by URL in request headers (`header_mode.rs`).
+    #[serde(default)]
+    pub header_mode: super::header_mode::RawHeaderMode,
     #[serde(default)]
     pub access_log: Option<bool>,
     pub providers: Vec<RawProvider>,
