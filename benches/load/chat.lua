@@ -1,6 +1,8 @@
 -- wrk script for benches/load/run.sh: POST /v1/chat/completions.
 --
 -- Usage:  wrk ... -s benches/load/chat.lua http://HOST:PORT/v1/chat/completions -- json|stream [MODEL]
+--         wrk ... -s benches/load/chat.lua http://DETOUR/v1/chat/completions -- url MODEL TARGET_URL
+--         (url: the JSON request in detour's header mode, `Helicone-Target-Url: TARGET_URL`)
 --
 -- Every connection sends the same request (built once per thread, as in stock wrk).
 -- No response() callback is defined on purpose: it would make wrk hand every response to Lua
@@ -18,10 +20,13 @@ function init(args)
   wrk.headers["Content-Type"] = "application/json"
   if mode == "stream" then
     wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"hi"}],"stream":true}'
-  elseif mode == "json" then
+  elseif mode == "json" or mode == "url" then
     wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"hi"}]}'
+    if mode == "url" then
+      wrk.headers["Helicone-Target-Url"] = args[3]
+    end
   else
-    error("chat.lua: mode must be json or stream, got " .. tostring(mode))
+    error("chat.lua: mode must be json, stream or url, got " .. tostring(mode))
   end
 end
 

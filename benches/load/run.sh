@@ -8,7 +8,11 @@
 #   * c=1 (1 connection, 1 wrk thread): latency p50 / p99 → detour's added latency in µs.
 #   * c=$CONC (1 wrk thread): requests/s → ratio detour / direct.
 #   each for a non-stream JSON answer and for an SSE stream of $CHUNKS content chunks.
+#   * mode url: the JSON request in the header mode (`Helicone-Target-Url`, Pingora's native proxy
+#     path) against the chain mode's JSON, with detour's CPU time per request for both.
 #   * peak RSS (VmHWM) of a fresh detour after $RSS_CONNS concurrent slow streams.
+#   * a $UPLOAD_MIB MiB upload streamed through the header mode to a sink: time and detour's
+#     peak RSS (UPLOAD_MIB=0 skips it; needs python3).
 # CPU layout (2-core machine): detour on CPU $DETOUR_CPU (1 worker thread), wrk on $LOAD_CPU.
 # Throughput runs: the mock beside wrk on $LOAD_CPU. Latency (c=1) runs: a mock on $DETOUR_CPU,
 # so that direct and detour runs cross between the cores equally often (see step 1).
@@ -21,7 +25,8 @@
 #   DETOUR_BIN [target/release/detour]   DURATION [15s] per measured run   WARMUP [1s] (0: none)
 #   CONC [64]   CHUNKS [20]   RSS_CONNS [1000]   RSS_DURATION [10s]   RSS_CHUNK_INTERVAL_MS [50]
 #   WRK_TIMEOUT [10s]   DETOUR_CPU [0]   LOAD_CPU [1]   BASE_PORT [18100]   KEEP_LOGS [0]
-#   MODES ["json stream anth"]: the modes of step 2 to run (empty: none); RSS_CONNS=0 skips step 3.
+#   MODES ["json stream anth url"]: the modes of step 2 to run (empty: none); RSS_CONNS=0 skips
+#   step 3; UPLOAD_MIB [200].
 #   Example, memory only: MODES= benches/load/run.sh; JSON only: MODES=json RSS_CONNS=0 ...
 set -euo pipefail
 
@@ -41,7 +46,8 @@ DETOUR_CPU="${DETOUR_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 BASE_PORT="${BASE_PORT:-18100}"
 KEEP_LOGS="${KEEP_LOGS:-0}"
-MODES="${MODES-json stream anth}"
+MODES="${MODES-json stream anth url}"
+UPLOAD_MIB="${UPLOAD_MIB:-200}"
 WRK="${WRK:-wrk}"
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -169,6 +175,9 @@ server:
   graceful_shutdown_timeout_seconds: 1
 listen: ["127.0.0.1:$port"]
 access-log: false
+header-mode:                 # mode url: the mocks on loopback (approved: a provider's host)
+  allow-networks: [127.0.0.0/8]
+  allow-ports: ["1024-65535"]
 providers:
   - name: mock
     kind: openai
@@ -241,20 +250,32 @@ check_gateway() { # after a run: is detour still up? If not: report how it ended
   ABORTED=1
 }
 
-# run_wrk LABEL URL MODE CONNS DURATION [MODEL]
+cpu_ticks() { # cpu_ticks PID: user + system CPU time of PID so far, in clock ticks (0: none)
+  [[ -n $1 ]] && awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+cpu_us_per_req() { # cpu_us_per_req LABEL: detour's CPU µs per completed request in that run
+  local t=${R[$1.cpu_ticks]:-} n=${R[$1.requests]:-}
+  [[ -n $t && -n $n && $n -gt 0 ]] || { echo n/a; return; }
+  awk -v t="$t" -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f µs", t * 1e6 / hz / n }'
+}
+
+# run_wrk LABEL URL MODE CONNS DURATION [MODEL [TARGET_URL]]
 # Runs wrk pinned to LOAD_CPU, bounded by `timeout`, stores its WRK_RESULT line in R[LABEL.*]
 # and records a failure for any socket error, non-2xx answer, missing result, or a dead gateway.
 # While it runs, WATCH_PID/WATCH_PORT (if set) are sampled: peak VmRSS and peak number of
 # established connections to WATCH_PORT (R[LABEL.max_rss_kb], R[LABEL.max_conns]).
 WATCH_PID="" WATCH_PORT=""
 run_wrk() {
-  local label=$1 url=$2 mode=$3 conns=$4 dur=$5 model=${6:-gpt-4o} out="$WORK/wrk-$1.txt" line kv rc=0 pid
+  local label=$1 url=$2 mode=$3 conns=$4 dur=$5 model=${6:-gpt-4o} target=${7:-} out="$WORK/wrk-$1.txt" line kv rc=0 pid
   local max_rss=0 max_conns=0 rss c
   ((ABORTED == 0)) || return 0
   log "wrk $label: $mode, c=$conns, $dur"
   RUNS+=("$label")
+  local cpu0
+  cpu0=$(cpu_ticks "$GW_PID")
   taskset -c "$LOAD_CPU" timeout -k 5 $(( $(secs "$dur") + 30 )) \
-    "$WRK" -t1 -c"$conns" -d"$dur" --timeout "$WRK_TIMEOUT" --latency -s "$LUA" "$url" -- "$mode" "$model" \
+    "$WRK" -t1 -c"$conns" -d"$dur" --timeout "$WRK_TIMEOUT" --latency -s "$LUA" "$url" -- "$mode" "$model" $target \
     >"$out" 2>&1 &
   pid=$!
   PIDS+=("$pid")
@@ -270,6 +291,7 @@ run_wrk() {
   forget_pid "$pid"
   R[$label.max_rss_kb]=$max_rss
   R[$label.max_conns]=$max_conns
+  R[$label.cpu_ticks]=$(( $(cpu_ticks "$GW_PID") - cpu0 ))
   line=$(grep '^WRK_RESULT ' "$out" || true)
   if [[ $rc -ne 0 || -z $line ]]; then
     FAILURES+=("$label: wrk exit status $rc, no result ($(grep -v '^WRK_RESULT' "$out" | tail -2 | tr '\n' ' '))")
@@ -366,27 +388,34 @@ preflight direct-near "$NEAR_URL"
 # Mode anth: an Anthropic SSE stream from the mock (its /v1/messages), translated by detour into
 # OpenAI chunks; the direct runs read the mock's Anthropic stream as it is.
 for mode in $MODES; do
-  case $mode in json | stream | anth) ;; *) die "MODES: unknown mode '$mode' (json, stream, anth)" ;; esac
+  case $mode in json | stream | anth | url) ;; *) die "MODES: unknown mode '$mode' (json, stream, anth, url)" ;; esac
   for target in direct detour; do
     if [[ $target == direct ]]; then url=$DIRECT_URL; else url=$DETOUR_URL; fi
-    wrk_mode=$mode model=gpt-4o near_model=gpt-4o-near near_url=$NEAR_URL
+    wrk_mode=$mode model=gpt-4o near_model=gpt-4o-near near_url=$NEAR_URL far="" near=""
     if [[ $mode == anth ]]; then
       wrk_mode=stream model=claude near_model=claude-near
       near_url=${NEAR_URL%/v1/chat/completions}/v1/messages
       [[ $target == direct ]] && url=${DIRECT_URL%/v1/chat/completions}/v1/messages
     fi
+    if [[ $mode == url ]]; then
+      # Header mode: the same JSON request, its target named by Helicone-Target-Url.
+      near_model=gpt-4o
+      if [[ $target == direct ]]; then wrk_mode=json; else
+        far="http://127.0.0.1:$MOCK_PORT" near="http://127.0.0.1:$NEAR_PORT"
+      fi
+    fi
     # Warm-up (not reported, but checked for errors): connections, pools, page faults.
-    [[ $WARMUP == 0 || $WARMUP == 0s ]] || run_wrk "warmup-$mode-$target" "$url" "$wrk_mode" "$CONC" "$WARMUP" "$model"
+    [[ $WARMUP == 0 || $WARMUP == 0s ]] || run_wrk "warmup-$mode-$target" "$url" "$wrk_mode" "$CONC" "$WARMUP" "$model" $far
     # Latency: one connection, one request at a time → p50 / p99 of the full response
     # (for a stream: until the last chunk and the terminating zero-length chunk).
     # Against the mock on detour's core (see above).
     if [[ $target == direct ]]; then
       run_wrk "$mode-$target-c1" "$near_url" "$wrk_mode" 1 "$DURATION" "$model"
     else
-      run_wrk "$mode-$target-c1" "$url" "$wrk_mode" 1 "$DURATION" "$near_model"
+      run_wrk "$mode-$target-c1" "$url" "$wrk_mode" 1 "$DURATION" "$near_model" $near
     fi
     # Throughput: CONC connections kept busy by one wrk thread → requests/s.
-    run_wrk "$mode-$target-c$CONC" "$url" "$wrk_mode" "$CONC" "$DURATION" "$model"
+    run_wrk "$mode-$target-c$CONC" "$url" "$wrk_mode" "$CONC" "$DURATION" "$model" $far
   done
 done
 
@@ -418,6 +447,53 @@ if ((ABORTED == 0 && RSS_CONNS > 0)); then
 fi
 
 # ---------------------------------------------------------------------------------------------
+# 3b. Upload: a fresh detour streams a $UPLOAD_MIB MiB body in the header mode to a sink (python's
+#     http.server, reading and discarding), which answers with the byte count it read.
+# ---------------------------------------------------------------------------------------------
+UPLOAD_PEAK_KB="" UPLOAD_SECS="" UPLOAD_GOT=""
+if ((ABORTED == 0 && UPLOAD_MIB > 0)) && command -v python3 >/dev/null; then
+  [[ -n $GW_PID ]] && stop_pid "$GW_PID"
+  GW_PID=""
+  free_port SINK_PORT
+  free_port GW3_PORT
+  taskset -c "$LOAD_CPU" python3 - "$SINK_PORT" >"$WORK/sink.out" 2>&1 <<'PY' &
+import http.server, json, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        n = int(self.headers.get("content-length", 0)); got = 0
+        while got < n:
+            b = self.rfile.read(min(1 << 20, n - got))
+            if not b:
+                break
+            got += len(b)
+        body = json.dumps({"bytes": got}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+print("listening", flush=True)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+PY
+  SINK_PID=$!
+  PIDS+=("$SINK_PID")
+  for ((i = 0; i < 50; i++)); do grep -q listening "$WORK/sink.out" 2>/dev/null && break; sleep 0.1; done
+  start_gateway upload "$GW3_PORT" "$MOCK_PORT"
+  head -c $((UPLOAD_MIB << 20)) /dev/urandom >"$WORK/upload.bin"
+  log "upload: $UPLOAD_MIB MiB through Helicone-Target-Url"
+  UPLOAD_SECS=$(taskset -c "$LOAD_CPU" curl -sS --max-time 300 -o "$WORK/upload.out" -w '%{time_total}' \
+    -X POST -T "$WORK/upload.bin" -H 'content-type: application/octet-stream' \
+    -H "Helicone-Target-Url: http://127.0.0.1:$SINK_PORT" "http://127.0.0.1:$GW3_PORT/v1/files") || UPLOAD_SECS=""
+  UPLOAD_GOT=$(grep -o '"bytes": [0-9]*' "$WORK/upload.out" | grep -o '[0-9]*$' || true)
+  UPLOAD_PEAK_KB=$(awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || true)
+  rm -f "$WORK/upload.bin"
+  [[ $UPLOAD_GOT == $((UPLOAD_MIB << 20)) ]] || FAILURES+=("upload: the sink read '${UPLOAD_GOT}' bytes, not $((UPLOAD_MIB << 20))")
+fi
+
+# ---------------------------------------------------------------------------------------------
 # 4. Report
 # ---------------------------------------------------------------------------------------------
 set +e   # from here on, a missing detail must not cost the table
@@ -432,6 +508,7 @@ mode_name() {
     json) echo "JSON" ;;
     stream) echo "SSE stream, $CHUNKS chunks" ;;
     anth) echo "Anthropic SSE → OpenAI SSE, $CHUNKS chunks" ;;
+    url) echo "JSON, header mode (Helicone-Target-Url)" ;;
   esac
 }
 {
@@ -452,6 +529,15 @@ mode_name() {
     echo "| $(mode_name $mode) | c=$CONC | throughput | $(rps "${R[$d.rps]:-}") | $(rps "${R[$g.rps]:-}") | $(ratio "${R[$d.rps]:-}" "${R[$g.rps]:-}") |"
   done
   echo
+  for mode in json url; do
+    [[ " $MODES " == *" $mode "* ]] || continue
+    echo "detour CPU per request, $(mode_name $mode), c=$CONC: **$(cpu_us_per_req "$mode-detour-c$CONC")** (user + system, /proc/PID/stat over the run)."
+    echo
+  done
+  if [[ -n $UPLOAD_PEAK_KB ]]; then
+    echo "Upload: $UPLOAD_MIB MiB through Helicone-Target-Url to a sink in ${UPLOAD_SECS:-n/a} s; peak RSS of that (fresh) detour: **$(mib "$UPLOAD_PEAK_KB")**; the sink read $(n0 "${UPLOAD_GOT:-0}") bytes."
+    echo
+  fi
   if [[ -n $PEAK_KB ]]; then
     echo "Peak RSS of detour (VmHWM) with $RSS_CONNS concurrent SSE streams for $RSS_DURATION: **$(mib "$PEAK_KB")**" \
       "(idle after start: $(mib "$IDLE_RSS_KB"); up to $MAX_CONNS detour→mock connections seen open at once;" \

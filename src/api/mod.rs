@@ -48,6 +48,19 @@ pub enum GatewayError {
     /// A committed non-stream answer was cut: never written, the connection is aborted so
     /// that the client cannot take the partial body for a whole one.
     AnswerCut,
+    /// A header-mode header (`Helicone-Target-Url`, `Helicone-Fallbacks`) is malformed or
+    /// conflicts with another way of naming targets.
+    InvalidHeader {
+        header: &'static str,
+        message: String,
+    },
+    /// A header-mode target may not be reached (private address, port, scheme): nothing sent.
+    TargetRefused(String),
+    /// detour's own rate limit: no fallback, try again in `retry_after` seconds.
+    RateLimited {
+        message: String,
+        retry_after: u64,
+    },
 }
 
 /// One line of the `attempts` list in the all-failed error.
@@ -76,6 +89,9 @@ impl GatewayError {
             GatewayError::ClientRead(_) => 400,
             GatewayError::Overloaded { .. } => 503,
             GatewayError::AnswerCut => 502,
+            GatewayError::InvalidHeader { .. } => 400,
+            GatewayError::TargetRefused(_) => 400,
+            GatewayError::RateLimited { .. } => 429,
         }
     }
 
@@ -93,6 +109,9 @@ impl GatewayError {
             GatewayError::ClientRead(_) => "client_read_error",
             GatewayError::Overloaded { .. } => "overloaded",
             GatewayError::AnswerCut => "stream_error",
+            GatewayError::InvalidHeader { .. } => "invalid_request",
+            GatewayError::TargetRefused(_) => "target_refused",
+            GatewayError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -130,6 +149,7 @@ impl GatewayError {
                 let kind = match other {
                     GatewayError::ClientClosed => "client_closed",
                     GatewayError::Overloaded { .. } | GatewayError::AnswerCut => "server_error",
+                    GatewayError::RateLimited { .. } => "rate_limited",
                     _ => "invalid_request_error",
                 };
                 serde_json::to_vec(&Envelope {
@@ -202,6 +222,15 @@ impl GatewayError {
                 None,
                 "answer_cut",
             ),
+            GatewayError::InvalidHeader { message, .. } => {
+                (message.clone(), None, "invalid_header")
+            }
+            GatewayError::TargetRefused(m) => (
+                format!("The target may not be reached, nothing was sent: {m}"),
+                None,
+                "target_refused",
+            ),
+            GatewayError::RateLimited { message, .. } => (message.clone(), None, "rate_limited"),
         }
     }
 }

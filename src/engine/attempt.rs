@@ -11,7 +11,7 @@ use super::classify::{self, BodyError, FailClass, Failure, Seen};
 use super::watch::{Usage, Watch};
 use super::{short_error, upstream, Engine};
 use crate::api::{Capabilities, ChatRequest};
-use crate::config::Secret;
+use crate::config::{Secret, Timeouts};
 use crate::plan::Target;
 use crate::providers::{Auth, Call, Credentials, Prepared, Provider, Relay, Route, Wire};
 use bytes::Bytes;
@@ -127,7 +127,7 @@ impl Engine {
         let token = self.token_for(target.route.provider).await?;
         let header = self.header(ask, provider, &prepared, token.as_ref())?;
         let (up, peer) = self
-            .send(&peer, provider, &header, &prepared.body, deadline)
+            .send(&peer, &provider.timeouts, &header, &prepared.body, deadline)
             .await?;
         let resp = up
             .response_header()
@@ -281,10 +281,10 @@ impl Engine {
 
     /// Open a session to `peer` and send the request; returns it with the response header read.
     /// A failure on a reused pooled connection is retried once on a fresh one.
-    async fn send(
+    pub(super) async fn send(
         &self,
         peer: &HttpPeer,
-        provider: &Provider,
+        timeouts: &Timeouts,
         header: &RequestHeader,
         body: &Bytes,
         deadline: Instant,
@@ -292,15 +292,17 @@ impl Engine {
         let mut peer = peer.clone();
         let mut fresh_retry_done = false;
         loop {
-            let (mut up, reused) = self.connect(&peer, provider, deadline).await?;
+            let (mut up, reused) = self.connect(&peer, timeouts, deadline).await?;
             let exchange = async {
                 up.write_request_header(Box::new(header.clone())).await?;
-                up.write_request_body(body.clone(), true).await?;
+                if !body.is_empty() {
+                    up.write_request_body(body.clone(), true).await?;
+                }
                 up.finish_request_body().await?;
                 up.read_response_header().await
             };
             let now = Instant::now();
-            let fb_deadline = deadline.min(now + provider.timeouts.first_byte);
+            let fb_deadline = deadline.min(now + timeouts.first_byte);
             let budget = fb_deadline.saturating_duration_since(now);
             match timeout_at(fb_deadline.into(), exchange).await {
                 Err(_) => {
@@ -328,17 +330,17 @@ impl Engine {
     async fn connect(
         &self,
         peer: &HttpPeer,
-        provider: &Provider,
+        timeouts: &Timeouts,
         deadline: Instant,
     ) -> Result<(HttpSession, bool), Failure> {
-        let connect_deadline = deadline.min(Instant::now() + provider.timeouts.connect);
+        let connect_deadline = deadline.min(Instant::now() + timeouts.connect);
         let connect = timeout_at(
             connect_deadline.into(),
             self.connector.get_http_session(peer),
         );
         match connect.await {
             Err(_) => {
-                let ms = provider.timeouts.connect.as_millis();
+                let ms = timeouts.connect.as_millis();
                 let m = format!("connect timeout after {ms} ms");
                 Err(Failure::new(FailClass::ConnectTimeout, None, m))
             }

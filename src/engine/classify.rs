@@ -35,6 +35,8 @@ pub enum FailClass {
     /// Not sent: the target cannot honour a parameter of the request (e.g. `n` > 1 on
     /// Anthropic). Another target may.
     Unsupported,
+    /// Not sent: a header-mode target the policy refuses (private address, port).
+    TargetRefused,
 }
 
 impl FailClass {
@@ -56,6 +58,7 @@ impl FailClass {
             FailClass::UpstreamClosed => "upstream_closed",
             FailClass::BadResponse => "bad_response",
             FailClass::Unsupported => "unsupported_request",
+            FailClass::TargetRefused => "target_refused",
         }
     }
 
@@ -82,7 +85,10 @@ impl FailClass {
             | FailClass::FirstTokenTimeout => t.on_timeout,
             // The scheduler narrows what may follow a context-length refusal; the content-filter
             // switch is checked before a refusal becomes this failure.
-            FailClass::Unsupported | FailClass::ContextLength | FailClass::ContentFilter => true,
+            FailClass::Unsupported
+            | FailClass::TargetRefused
+            | FailClass::ContextLength
+            | FailClass::ContentFilter => true,
             FailClass::RateLimited
             | FailClass::AuthError
             | FailClass::NotFound
@@ -101,6 +107,7 @@ impl FailClass {
             FailClass::ClientError
             | FailClass::OtherStatus
             | FailClass::Unsupported
+            | FailClass::TargetRefused
             | FailClass::ContextLength
             | FailClass::ContentFilter => Outcome::Neutral,
             FailClass::AuthError
@@ -304,7 +311,8 @@ fn retry(
         | FailClass::ContentFilter
         | FailClass::UpstreamClosed
         | FailClass::BadResponse
-        | FailClass::Unsupported => return None,
+        | FailClass::Unsupported
+        | FailClass::TargetRefused => return None,
     };
     (wait.saturating_add(RETRY_MARGIN) < facts.time_left).then_some((wait, reason))
 }

@@ -9,10 +9,19 @@ use crate::api::{AttemptReport, GatewayError};
 use crate::plan::Target;
 use std::time::{Duration, Instant};
 
+/// Where an attempt went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// A configured provider, by index.
+    Provider(usize),
+    /// A header-mode URL: the approved-host label, or `unapproved` (a bounded set).
+    Url(String),
+}
+
 /// One attempt as logged and counted.
 #[derive(Debug, Clone)]
 pub struct AttemptLog {
-    pub provider: usize,
+    pub via: Via,
     pub source: String,
     /// `success`, `skipped`, `client_error`, `client_closed`, `stream_error`, or a
     /// [`super::classify::FailClass`] label.
@@ -29,7 +38,9 @@ pub struct RequestLog {
     pub request_id: String,
     pub started: Option<Instant>,
     pub stream: bool,
-    pub is_chat: bool,
+    /// How the request named its targets: `chain`, `target-url` or `fallbacks`; empty for a
+    /// route that is neither logged nor counted (`/health`, `/v1/models`).
+    pub mode: &'static str,
     /// Request outcome label; empty until decided.
     pub outcome: &'static str,
     pub status: u16,
@@ -64,9 +75,17 @@ impl RequestLog {
 }
 
 impl Engine {
+    /// The name an attempt's target has in metrics and the access log.
+    pub fn via_name<'a>(&'a self, via: &'a Via) -> &'a str {
+        match via {
+            Via::Provider(p) => self.gw.providers[*p].name.as_str(),
+            Via::Url(label) => label,
+        }
+    }
+
     /// Log and count one attempt.
-    fn log(&self, log: &mut RequestLog, provider: usize, a: AttemptLog) {
-        let name = self.gw.providers[provider].name.as_str();
+    pub fn log(&self, log: &mut RequestLog, a: AttemptLog) {
+        let name = self.via_name(&a.via);
         self.metrics
             .attempts
             .with_label_values(&[name, a.outcome])
@@ -83,14 +102,14 @@ impl Engine {
         why: String,
     ) {
         let a = AttemptLog {
-            provider,
+            via: Via::Provider(provider),
             source,
             outcome: "skipped",
             status: None,
             error: Some(why),
             duration: Duration::ZERO,
         };
-        self.log(log, provider, a);
+        self.log(log, a);
     }
 
     /// An attempt that failed before its commit point. `moving_on`: the request goes on after
@@ -115,14 +134,14 @@ impl Engine {
         // Provider text (an error body, an in-band error event, a token endpoint's reason):
         // every credential masked before the client or the log sees it.
         let a = AttemptLog {
-            provider: p,
+            via: Via::Provider(p),
             source: target.source(&self.gw),
             outcome: label,
             status: f.status,
             error: Some(self.masker.string(f.message)),
             duration: started.elapsed(),
         };
-        self.log(log, p, a);
+        self.log(log, a);
     }
 
     /// An attempt whose answer went to the client (`outcome`: `success`, `client_error` for a
@@ -137,14 +156,14 @@ impl Engine {
     ) {
         let p = target.route.provider;
         let a = AttemptLog {
-            provider: p,
+            via: Via::Provider(p),
             source: target.source(&self.gw),
             outcome,
             status: Some(status),
             error: None,
             duration: started.elapsed(),
         };
-        self.log(log, p, a);
+        self.log(log, a);
         log.status = status;
     }
 
@@ -159,14 +178,14 @@ impl Engine {
     ) {
         let p = target.route.provider;
         let a = AttemptLog {
-            provider: p,
+            via: Via::Provider(p),
             source: target.source(&self.gw),
             outcome: "stream_error",
             status: Some(status),
             error: Some(reason.to_string()),
             duration: started.elapsed(),
         };
-        self.log(log, p, a);
+        self.log(log, a);
         log.status = status;
         log.post_commit_error = Some(reason.to_string());
         log.outcome = "stream_error";

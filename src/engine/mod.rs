@@ -20,6 +20,7 @@ pub mod schedule;
 mod stream;
 mod token;
 pub mod upstream;
+pub mod urls;
 pub mod watch;
 
 pub use ledger::{AttemptLog, RequestLog};
@@ -30,6 +31,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Target};
 use crate::providers::Credentials;
+use crate::target::limit::{Limiter, MemoryLimiter};
 use attempt::{Ask, Ready};
 use classify::{classify, Decision, FailClass, Failure, Policy, Seen};
 use commit::Committed;
@@ -62,6 +64,8 @@ pub struct Engine {
     /// credentials).
     token_peers: upstream::Peers,
     tokens: Vec<tokio::sync::Mutex<Option<(Secret, Instant)>>>,
+    /// Counts header-mode requests to unapproved hosts, per caller and host.
+    pub limiter: Arc<dyn Limiter>,
 }
 
 /// Run `fut`, but give up (`None`) as soon as the client closes its connection.
@@ -155,7 +159,9 @@ impl Engine {
                 .map(|(i, p)| (p.name.clone(), gw.catalog.ids_of(i)))
                 .collect(),
         ));
+        let limiter = Arc::new(MemoryLimiter::new(gw.cfg.header_mode.limits));
         Engine {
+            limiter,
             masker: Arc::new(gw.masker()),
             gw,
             metrics,

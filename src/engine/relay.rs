@@ -76,7 +76,7 @@ pub(super) async fn commit(
 }
 
 /// The upstream answer's `Content-Length`, if it gave a valid one.
-fn upstream_length(resp: &ResponseHeader) -> Option<usize> {
+pub(super) fn upstream_length(resp: &ResponseHeader) -> Option<usize> {
     resp.headers
         .get(http::header::CONTENT_LENGTH)?
         .to_str()

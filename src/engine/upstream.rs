@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// How long a resolved address is used before it is looked up again.
 const DNS_TTL: Duration = Duration::from_secs(30);
 /// How long an idle pooled upstream connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
+pub const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// Where peers go: an endpoint, its connect timeout, and whether to offer HTTP/2.
 #[derive(Debug, Clone)]

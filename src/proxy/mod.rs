@@ -1,12 +1,16 @@
 //! The Pingora service: routes by path, reads and plans the request, hands it to the engine,
 //! and logs each request once in `logging()`. No provider-specific logic lives here.
 
+mod header_mode;
+
 use crate::api::{ChatRequest, GatewayError};
+use crate::engine::ledger::Via;
 use crate::engine::{Engine, RequestLog};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use header_mode::{Direct, Mode};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
@@ -249,17 +253,21 @@ impl DetourProxy {
             // The rest of the body was not read: the connection cannot carry another request.
             session.set_keepalive(None);
         }
-        let attempts = ctx.is_chat.then(|| ctx.attempts_made());
+        let attempts = (!ctx.mode.is_empty()).then(|| ctx.attempts_made());
         let mut h = Self::json_header(e.status(), e.to_json().len(), &ctx.request_id, attempts)?;
-        if let GatewayError::Overloaded { retry_after } = e {
-            h.insert_header(http::header::RETRY_AFTER, *retry_after)?;
+        match e {
+            GatewayError::Overloaded { retry_after }
+            | GatewayError::RateLimited { retry_after, .. } => {
+                h.insert_header(http::header::RETRY_AFTER, *retry_after)?;
+            }
+            _ => {}
         }
         session.write_response_header(Box::new(h), false).await?;
         session.write_response_body(Some(e.to_json()), true).await
     }
 
     async fn chat(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<()> {
-        ctx.is_chat = true;
+        ctx.mode = "chain";
         // Decremented when this scope ends, whichever way it ends.
         let _in_flight = InFlight::enter(&self.metrics().in_flight);
         let result = async {
@@ -272,6 +280,15 @@ impl DetourProxy {
             self.engine.serve(session, ctx, &req, &plan).await
         }
         .await;
+        Self::finish(session, ctx, result).await
+    }
+
+    /// Write a request's error, if it has one to write.
+    async fn finish(
+        session: &mut Session,
+        ctx: &mut RequestLog,
+        result: std::result::Result<(), GatewayError>,
+    ) -> Result<()> {
         match result {
             Ok(()) => Ok(()),
             // Never a clean end: Pingora drops the connection (see `fail_to_proxy`).
@@ -280,6 +297,114 @@ impl DetourProxy {
                 "a committed answer was cut; the client connection is aborted",
             ),
             Err(e) => Self::write_error(session, ctx, &e).await,
+        }
+    }
+
+    /// A header-mode request. `Ok(true)`: answered here; `Ok(false)`: a single vetted target
+    /// in `ctx.direct`, for Pingora's proxy path.
+    async fn header_mode(&self, session: &mut Session, ctx: &mut Ctx, mode: Mode) -> Result<bool> {
+        let _in_flight = InFlight::enter(&self.metrics().in_flight);
+        match mode {
+            Mode::Chain => Ok(true),
+            Mode::Target(url) => {
+                ctx.log.mode = "target-url";
+                match self.direct(session, url).await {
+                    Ok(d) => {
+                        ctx.direct = Some(d);
+                        Ok(false)
+                    }
+                    Err(e) => Self::write_error(session, &mut ctx.log, &e)
+                        .await
+                        .map(|_| true),
+                }
+            }
+            Mode::Fallbacks(entries) => {
+                ctx.log.mode = "fallbacks";
+                let r = self.fallback_list(session, ctx, entries).await;
+                Self::finish(session, &mut ctx.log, r).await.map(|_| true)
+            }
+        }
+    }
+}
+
+/// A request's state across Pingora's hooks: its log, and a single header-mode target.
+#[derive(Default)]
+pub struct Ctx {
+    pub log: RequestLog,
+    pub direct: Option<Box<Direct>>,
+}
+
+impl DetourProxy {
+    /// detour's own routes: the chain endpoint, the model list, health.
+    async fn route(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<()> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let route = match path.as_str() {
+            "/v1/chat/completions" | "/chat/completions" => "chat",
+            "/v1/models" | "/models" => "models",
+            "/health" | "/v1/health" => "health",
+            _ => "",
+        };
+        match (route, method.as_str()) {
+            ("chat", "POST") => self.chat(session, ctx).await,
+            ("models", "GET") => {
+                ctx.status = 200;
+                Self::write_json(session, 200, self.models_json.clone(), &ctx.request_id).await
+            }
+            ("health", "GET") => {
+                ctx.status = 200;
+                let b = Bytes::from_static(br#"{"status":"ok"}"#);
+                Self::write_json(session, 200, b, &ctx.request_id).await
+            }
+            ("", _) => {
+                let e = GatewayError::NotFound { path };
+                Self::write_error(session, ctx, &e).await
+            }
+            (_, m) => {
+                let e = GatewayError::MethodNotAllowed {
+                    method: m.to_string(),
+                    path,
+                };
+                Self::write_error(session, ctx, &e).await
+            }
+        }
+    }
+
+    /// A single header-mode target failed before its response: the all-failed error listing
+    /// it (504 for a time-out), unless something was already written.
+    async fn direct_failed(
+        &self,
+        session: &mut Session,
+        e: &pingora_error::Error,
+        ctx: &mut Ctx,
+    ) -> pingora_proxy::FailToProxy {
+        use pingora_error::ErrorType;
+        let written = session.response_written().is_some();
+        let why = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => "connect timed out",
+            ErrorType::ReadTimedout => "no response in time",
+            ErrorType::ConnectRefused => "connection refused",
+            t => t.as_str(),
+        };
+        if written {
+            ctx.log.post_commit_error = Some(format!("the target failed mid-answer: {why}"));
+        } else {
+            self.log_direct(ctx, None, Some(why.to_string()));
+            let timeout = matches!(
+                e.etype(),
+                ErrorType::ConnectTimedout
+                    | ErrorType::ReadTimedout
+                    | ErrorType::TLSHandshakeTimedout
+            );
+            let err = GatewayError::AllFailed {
+                status: if timeout { 504 } else { 502 },
+                attempts: ctx.log.reports(),
+            };
+            let _ = Self::write_error(session, &mut ctx.log, &err).await;
+        }
+        pingora_proxy::FailToProxy {
+            error_code: if written { 0 } else { ctx.log.status },
+            can_reuse_downstream: false,
         }
     }
 }
@@ -352,72 +477,89 @@ fn models_list(gw: &Gateway) -> Bytes {
 
 #[async_trait]
 impl ProxyHttp for DetourProxy {
-    type CTX = RequestLog;
+    type CTX = Ctx;
 
-    fn new_ctx(&self) -> RequestLog {
-        RequestLog::default()
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
     }
 
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
         // No response compression module: detour relays provider bytes as they are.
     }
 
-    /// Every route is answered here; returning `Ok(true)` skips Pingora's proxy path.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<bool> {
-        ctx.started = Some(Instant::now());
-        ctx.request_id = self.request_id(session);
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_string();
-        let route = match path.as_str() {
-            "/v1/chat/completions" | "/chat/completions" => "chat",
-            "/v1/models" | "/models" => "models",
-            "/health" | "/v1/health" => "health",
-            _ => "",
-        };
-        match (route, method.as_str()) {
-            ("chat", "POST") => self.chat(session, ctx).await?,
-            ("models", "GET") => {
-                ctx.status = 200;
-                Self::write_json(session, 200, self.models_json.clone(), &ctx.request_id).await?
-            }
-            ("health", "GET") => {
-                ctx.status = 200;
-                let b = Bytes::from_static(br#"{"status":"ok"}"#);
-                Self::write_json(session, 200, b, &ctx.request_id).await?
-            }
-            ("", _) => {
-                let e = GatewayError::NotFound { path };
-                Self::write_error(session, ctx, &e).await?
-            }
-            (_, m) => {
-                let e = GatewayError::MethodNotAllowed {
-                    method: m.to_string(),
-                    path,
-                };
-                Self::write_error(session, ctx, &e).await?
+    /// Every route is answered here (`Ok(true)` skips Pingora's proxy path), except a single
+    /// header-mode target (`Helicone-Target-Url`), which goes on to `upstream_peer`.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.log.started = Some(Instant::now());
+        ctx.log.request_id = self.request_id(session);
+        if self.gw().cfg.header_mode.enabled {
+            let max = self.gw().cfg.limits.max_chain_length;
+            match header_mode::mode(session.req_header(), max) {
+                Ok(Mode::Chain) => {}
+                Ok(mode) => return self.header_mode(session, ctx, mode).await,
+                Err(e) => {
+                    ctx.log.mode = "header";
+                    Self::write_error(session, &mut ctx.log, &e).await?;
+                    return Ok(true);
+                }
             }
         }
+        self.route(session, &mut ctx.log).await?;
         Ok(true)
     }
 
-    /// Never reached: `request_filter` answers every request.
-    async fn upstream_peer(
-        &self,
-        _s: &mut Session,
-        _ctx: &mut RequestLog,
-    ) -> Result<Box<HttpPeer>> {
-        pingora_error::Error::e_explain(pingora_error::ErrorType::InternalError, "no upstream path")
+    /// A single header-mode target: the peer `request_filter` vetted (its address pinned).
+    async fn upstream_peer(&self, _s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        match &ctx.direct {
+            Some(d) => Ok(Box::new(d.peer.clone())),
+            None => pingora_error::Error::e_explain(
+                pingora_error::ErrorType::InternalError,
+                "no upstream path",
+            ),
+        }
     }
 
-    /// Only reached through an `Err` from `request_filter`: a cut answer (the connection is
-    /// dropped without a clean end, nothing more written) or a failed write to the client.
+    /// The single target's request: its path prefix, host, and the client's headers minus
+    /// hop-by-hop and steering ones.
+    async fn upstream_request_filter(
+        &self,
+        _s: &mut Session,
+        up: &mut pingora_http::RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        match &ctx.direct {
+            Some(d) => header_mode::rewrite(up, d, &ctx.log.request_id),
+            None => Ok(()),
+        }
+    }
+
+    /// The single target's response header, before it goes to the client.
+    async fn response_filter(
+        &self,
+        _s: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.direct.is_some() {
+            header_mode::mark(resp, &ctx.log.request_id)?;
+            self.log_direct(ctx, Some(resp.status.as_u16()), None);
+        }
+        Ok(())
+    }
+
+    /// Reached through an `Err` from `request_filter` (a cut answer: the connection is dropped
+    /// without a clean end; a failed write to the client), or a single header-mode target
+    /// that failed (answered with the all-failed error listing it, if nothing was written).
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &pingora_error::Error,
-        _ctx: &mut RequestLog,
+        ctx: &mut Ctx,
     ) -> pingora_proxy::FailToProxy {
         use pingora_error::{ErrorSource, ErrorType};
+        if ctx.direct.is_some() && e.esource() == &ErrorSource::Upstream {
+            return self.direct_failed(session, e, ctx).await;
+        }
         let code = match (e.etype(), e.esource()) {
             (t, _) if *t == ANSWER_CUT => 0,
             (ErrorType::HTTPStatus(c), _) => *c,
@@ -435,23 +577,21 @@ impl ProxyHttp for DetourProxy {
     }
 
     /// A cut answer is recorded in the access log; it is not an error of detour's.
-    fn suppress_error_log(
-        &self,
-        _s: &Session,
-        _ctx: &RequestLog,
-        e: &pingora_error::Error,
-    ) -> bool {
+    fn suppress_error_log(&self, _s: &Session, _ctx: &Ctx, e: &pingora_error::Error) -> bool {
         *e.etype() == ANSWER_CUT
     }
 
     /// Runs once per request after the response: metrics and the access log line.
-    async fn logging(
-        &self,
-        _s: &mut Session,
-        _e: Option<&pingora_error::Error>,
-        ctx: &mut RequestLog,
-    ) {
-        if !ctx.is_chat {
+    async fn logging(&self, _s: &mut Session, e: Option<&pingora_error::Error>, ctx: &mut Ctx) {
+        if let (Some(e), Some(_)) = (e, &ctx.direct) {
+            if ctx.log.attempts.is_empty() {
+                self.log_direct(ctx, None, Some(e.etype().as_str().to_string()));
+            } else if ctx.log.post_commit_error.is_none() {
+                ctx.log.post_commit_error = Some(e.etype().as_str().to_string());
+            }
+        }
+        let ctx = &ctx.log;
+        if ctx.mode.is_empty() {
             return;
         }
         let m = self.metrics();
@@ -481,7 +621,10 @@ fn access_log(gw: &Gateway, ctx: &RequestLog, elapsed: Duration) {
         .iter()
         .map(|a| {
             serde_json::json!({
-                "provider": gw.providers[a.provider].name,
+                "provider": match &a.via {
+                    Via::Provider(p) => gw.providers[*p].name.as_str(),
+                    Via::Url(label) => label.as_str(),
+                },
                 "source": crate::api::truncate(&a.source, 160),
                 "outcome": a.outcome,
                 "status": a.status,
@@ -498,6 +641,7 @@ fn access_log(gw: &Gateway, ctx: &RequestLog, elapsed: Duration) {
         "ts": (ts * 1e3).round() / 1e3,
         "log": "access",
         "request_id": ctx.request_id,
+        "mode": ctx.mode,
         "status": ctx.status,
         "outcome": ctx.outcome,
         "stream": ctx.stream,

@@ -1,0 +1,212 @@
+//! The header mode on the request side: which mode a request is in (`Helicone-Target-Url`,
+//! `Helicone-Fallbacks`, or neither), its checks, and the single target's native proxy path.
+//!
+//! One target needs no retry, so it runs on Pingora's own proxy path: `request_filter` vets the
+//! URL and stores a [`Direct`]; `upstream_peer` hands Pingora its pinned peer;
+//! `upstream_request_filter` rewrites path, host and headers; bodies of any size stream through
+//! unbuffered. A fallback list needs its body replayed, so it is read (within the body limits)
+//! and served by the engine (`engine/urls.rs`).
+
+use super::{Ctx, DetourProxy};
+use crate::api::GatewayError;
+use crate::engine::ledger::{AttemptLog, Via};
+use crate::engine::urls::{strip_from_client, target_path, url_peer, UNAPPROVED};
+use crate::target::fallbacks::{self, Entry};
+use crate::target::{vet, TargetUrl};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::time::Instant;
+
+pub const TARGET_URL: &str = "helicone-target-url";
+
+/// How a request names its targets.
+pub enum Mode {
+    /// The `model` chain (`/v1/chat/completions`) or another detour route.
+    Chain,
+    Target(TargetUrl),
+    Fallbacks(Vec<Entry>),
+}
+
+/// A single header-mode target, vetted: where Pingora's proxy path sends the request.
+pub struct Direct {
+    pub peer: HttpPeer,
+    pub url: TargetUrl,
+    pub via: Via,
+    pub started: Instant,
+}
+
+fn invalid(header: &'static str, message: impl Into<String>) -> GatewayError {
+    GatewayError::InvalidHeader {
+        header,
+        message: message.into(),
+    }
+}
+
+/// The request's mode, from its headers. Both header-mode headers at once is a 400.
+pub fn mode(req: &RequestHeader, max_entries: usize) -> Result<Mode, GatewayError> {
+    let url = req.headers.get(TARGET_URL);
+    let list = req.headers.get(fallbacks::HEADER);
+    if req.headers.get_all(TARGET_URL).iter().count() > 1
+        || req.headers.get_all(fallbacks::HEADER).iter().count() > 1
+    {
+        return Err(invalid(
+            "Helicone-Target-Url",
+            "Helicone-Target-Url and Helicone-Fallbacks may each be sent once",
+        ));
+    }
+    match (url, list) {
+        (None, None) => Ok(Mode::Chain),
+        (Some(_), Some(_)) => Err(invalid(
+            "Helicone-Target-Url",
+            "Send either Helicone-Target-Url or Helicone-Fallbacks, not both: drop \
+             Helicone-Target-Url to use the fallback list, or drop Helicone-Fallbacks",
+        )),
+        (Some(v), None) => {
+            let s = v
+                .to_str()
+                .map_err(|_| invalid("Helicone-Target-Url", "Helicone-Target-Url must be ASCII"))?;
+            TargetUrl::parse(s.trim())
+                .map(Mode::Target)
+                .map_err(|m| invalid("Helicone-Target-Url", format!("Helicone-Target-Url {m}")))
+        }
+        (None, Some(v)) => fallbacks::parse(v.as_bytes(), max_entries)
+            .map(Mode::Fallbacks)
+            .map_err(|m| invalid("Helicone-Fallbacks", m)),
+    }
+}
+
+/// Whether a body's `model` is a detour chain (a list, an exclusion, or a `model/provider`
+/// pin to a configured provider) rather than a model id for the target.
+pub fn names_a_chain(body: &[u8], providers: &crate::providers::Providers) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let Some(model) = v.get("model").and_then(|m| m.as_str()) else {
+        return false;
+    };
+    model.contains(',')
+        || model.trim_start().starts_with('!')
+        || model
+            .rsplit_once('/')
+            .is_some_and(|(_, p)| providers.iter().any(|x| x.name == p.trim()))
+}
+
+/// The caller a limit counts against: the client's address.
+pub fn caller(s: &Session) -> String {
+    s.client_addr()
+        .and_then(|a| a.as_inet())
+        .map_or_else(|| "unknown".into(), |a| a.ip().to_string())
+}
+
+impl DetourProxy {
+    /// `Helicone-Target-Url`: vet the target and count it; `Ok(Some)` goes to Pingora's proxy
+    /// path, an `Err` is written to the client and nothing is sent.
+    pub(super) async fn direct(
+        &self,
+        s: &Session,
+        url: TargetUrl,
+    ) -> Result<Box<Direct>, GatewayError> {
+        let gw = self.gw();
+        let hm = &gw.cfg.header_mode;
+        let addr = vet(&url, &hm.policy, hm.timeouts.connect)
+            .await
+            .map_err(GatewayError::TargetRefused)?;
+        let label = gw.approved.label(&url.host).map(str::to_string);
+        if label.is_none() {
+            self.engine.admit(&caller(s), &url.host).await?;
+        }
+        Ok(Box::new(Direct {
+            peer: url_peer(&url, addr, &hm.timeouts),
+            via: Via::Url(label.unwrap_or_else(|| UNAPPROVED.into())),
+            url,
+            started: Instant::now(),
+        }))
+    }
+
+    /// `Helicone-Fallbacks`: read the body (it is replayed to each entry) and serve the list.
+    pub(super) async fn fallback_list(
+        &self,
+        s: &mut Session,
+        ctx: &mut Ctx,
+        entries: Vec<Entry>,
+    ) -> Result<(), GatewayError> {
+        let (body, _hold) = self.read_body(s).await?;
+        if names_a_chain(&body, &self.gw().providers) {
+            return Err(invalid(
+                "Helicone-Fallbacks",
+                "The body's `model` is a detour model chain and Helicone-Fallbacks names \
+                 targets too: drop Helicone-Fallbacks to use the chain, or give a plain model id",
+            ));
+        }
+        let caller = caller(s);
+        self.engine
+            .serve_urls(s, &mut ctx.log, &entries, body, &caller)
+            .await
+    }
+}
+
+/// The request Pingora sends to a [`Direct`] target: the target's path prefix before the
+/// client's path, its host, and the client's headers minus hop-by-hop and steering headers.
+pub fn rewrite(up: &mut RequestHeader, d: &Direct, request_id: &str) -> pingora_core::Result<()> {
+    let path = target_path(&d.url, &up.uri);
+    let uri: http::Uri = path.parse().map_err(|_| {
+        pingora_error::Error::explain(pingora_error::ErrorType::InternalError, "bad target path")
+    })?;
+    up.set_uri(uri);
+    let drop: Vec<http::HeaderName> = up
+        .headers
+        .keys()
+        .filter(|n| {
+            let n = n.as_str();
+            // Pingora frames the body itself: its length headers stay as the client sent them,
+            // and so does `Expect: 100-continue`, which the target answers through Pingora.
+            strip_from_client(n) && !matches!(n, "content-length" | "transfer-encoding" | "expect")
+        })
+        .cloned()
+        .collect();
+    for n in drop {
+        up.remove_header(&n);
+    }
+    up.insert_header(http::header::HOST, d.url.authority.as_str())?;
+    if !up.headers.contains_key("x-request-id") {
+        up.insert_header("x-request-id", request_id)?;
+    }
+    Ok(())
+}
+
+/// The client's response from a [`Direct`] target: as it came, plus detour's headers.
+pub fn mark(resp: &mut ResponseHeader, request_id: &str) -> pingora_core::Result<()> {
+    resp.insert_header("x-request-id", request_id)?;
+    resp.insert_header("x-detour-attempts", 1)?;
+    Ok(())
+}
+
+impl DetourProxy {
+    /// Log the direct attempt once its outcome is known (`status`: the response's, or `None`
+    /// when none came: `error` says why).
+    pub(super) fn log_direct(&self, ctx: &mut Ctx, status: Option<u16>, error: Option<String>) {
+        let Some(d) = ctx.direct.as_ref() else { return };
+        if !ctx.log.attempts.is_empty() {
+            return;
+        }
+        let outcome = match (status, &error) {
+            (Some(s), None) if s < 400 => "success",
+            (Some(_), None) => "client_error",
+            _ => "connect_error",
+        };
+        let a = AttemptLog {
+            via: d.via.clone(),
+            source: d.url.origin(),
+            outcome,
+            status,
+            error,
+            duration: d.started.elapsed(),
+        };
+        self.engine.log(&mut ctx.log, a);
+        if let Some(s) = status {
+            ctx.log.status = s;
+        }
+        ctx.log.outcome = outcome;
+    }
+}
