@@ -456,7 +456,9 @@ async fn unapproved_hosts_are_limited_and_approved_ones_are_not() {
 async fn private_targets_are_refused_without_the_allow_list() {
     let up = ok_upstream(b"{}").await;
     let port = up.addr.port();
-    let cfg = format!("{PROVIDERS}header-mode:\n  allow-ports: [\"1024-65535\"]\n");
+    let cfg = format!(
+        "{PROVIDERS}header-mode:\n  allow-ports: [\"1024-65535\"]\n  unapproved-limit: {{per-second: 1000}}\n"
+    );
     let gw = Gateway::start(&cfg).await;
     for target in [
         format!("http://127.0.0.1:{port}"),
@@ -563,4 +565,106 @@ async fn an_unapproved_host_counts_once_per_request() {
     let r = with_fallbacks(&gw, &list, b"{}").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("helicone-fallback-index"), Some("1"));
+}
+
+/// An upstream that sends `103 Early Hints` before its answer, and headers only detour may set.
+async fn hinting_upstream() -> RawUpstream {
+    RawUpstream::start(|_| {
+        vec![
+            Step::Send(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n".to_vec()),
+            Step::Send(http_response(
+                200,
+                &[
+                    ("content-type", "application/json"),
+                    ("x-detour-provider", "spoofed"),
+                    ("helicone-fallback-index", "9"),
+                ],
+                br#"{"final":true}"#,
+            )),
+        ]
+    })
+    .await
+}
+
+#[tokio::test]
+async fn interim_responses_are_not_the_answer_and_targets_cannot_spoof_detours_headers() {
+    let up = hinting_upstream().await;
+    let gw = gateway("").await;
+    // A fallback list: the 103 is read past; the final answer goes to the client.
+    let list = json!([entry(&origin(&up), json!([]))]);
+    let r = with_fallbacks(&gw, &list, b"{}").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, br#"{"final":true}"#);
+    assert_eq!(r.header("helicone-fallback-index"), Some("0"));
+    assert_eq!(r.header("x-detour-provider"), None);
+    // One target: Pingora relays the 103, then the answer.
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let target = origin(&up);
+    send_request(
+        &mut sock,
+        "POST",
+        "/v1/x",
+        &[("helicone-target-url", &target)],
+        b"{}",
+    )
+    .await
+    .unwrap();
+    let (status, _, _) = read_head(&mut sock).await.unwrap();
+    assert_eq!(status, 103);
+    let r = read_response(&mut sock).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, br#"{"final":true}"#);
+    assert_eq!(r.header("x-detour-provider"), None);
+    assert_eq!(r.header("helicone-fallback-index"), None);
+    // The access log records the final status, not the interim one.
+    let log = gw
+        .stderr_when(|l| l.contains("\"mode\":\"target-url\""))
+        .await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"mode\":\"target-url\""))
+        .unwrap();
+    assert!(line.contains("\"status\":200"), "{line}");
+}
+
+#[tokio::test]
+async fn a_head_answer_has_no_body_and_the_connection_goes_on() {
+    let up = RawUpstream::start(|_| {
+        vec![Step::Send(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\n".to_vec(),
+        )]
+    })
+    .await;
+    let gw = gateway("").await;
+    let list = json!([entry(&origin(&up), json!([]))]).to_string();
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    send_request(
+        &mut sock,
+        "HEAD",
+        "/v1/files/x",
+        &[("helicone-fallbacks", &list)],
+        b"",
+    )
+    .await
+    .unwrap();
+    let (status, headers, rest) = read_head(&mut sock).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-length" && v == "5"),
+        "{headers:?}"
+    );
+    assert!(rest.is_empty(), "a body after a HEAD answer: {rest:?}");
+    // The same connection serves the next request: nothing was left unread on it.
+    send_request(&mut sock, "GET", "/health", &[], b"")
+        .await
+        .unwrap();
+    let r = read_response(&mut sock).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, br#"{"status":"ok"}"#);
 }

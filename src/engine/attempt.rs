@@ -97,6 +97,31 @@ impl Ready {
     }
 }
 
+/// Most interim (1xx) responses read before the final one.
+const MAX_INTERIM: usize = 16;
+
+/// Read the response header, past interim ones (`100 Continue`, `103 Early Hints`): only the
+/// final header is an answer. A `101` (a protocol switch nobody asked for) is an error.
+async fn final_header(up: &mut HttpSession) -> pingora_core::Result<()> {
+    up.read_response_header().await?;
+    let mut interim = 0;
+    while let Some(status) = up
+        .response_header()
+        .map(|h| h.status.as_u16())
+        .filter(|s| (100..200).contains(s))
+    {
+        if status == 101 || interim == MAX_INTERIM {
+            return pingora_error::Error::e_explain(
+                pingora_error::ErrorType::InvalidHTTPHeader,
+                "an unexpected 101 or too many interim responses",
+            );
+        }
+        interim += 1;
+        up.read_response_header().await?;
+    }
+    Ok(())
+}
+
 fn unsupported(provider: &Provider, why: &str) -> Failure {
     Failure::new(
         FailClass::Unsupported,
@@ -299,7 +324,7 @@ impl Engine {
                     up.write_request_body(body.clone(), true).await?;
                 }
                 up.finish_request_body().await?;
-                up.read_response_header().await
+                final_header(&mut up).await
             };
             let now = Instant::now();
             let fb_deadline = deadline.min(now + timeouts.first_byte);

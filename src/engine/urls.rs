@@ -49,27 +49,42 @@ pub fn strip_from_client(name: &str) -> bool {
         || name.starts_with("x-detour-")
 }
 
-/// Upstream response headers not passed on: hop-by-hop and framing (set at commit).
-fn strip_from_upstream(name: &str) -> bool {
+/// Upstream response headers not passed on: hop-by-hop and framing (set at commit), and the
+/// headers detour itself sets (a target may not pass for detour).
+pub fn strip_from_upstream(name: &str) -> bool {
     matches!(
         name,
         "connection"
             | "keep-alive"
             | "proxy-connection"
+            | "proxy-authenticate"
             | "transfer-encoding"
             | "content-length"
             | "te"
             | "trailer"
             | "upgrade"
-    )
+    ) || name.starts_with("helicone-")
+        || name.starts_with("x-detour-")
+}
+
+/// The header names a `Connection:` header lists (hop-by-hop for that message).
+pub fn connection_named(h: &http::HeaderMap) -> Vec<String> {
+    h.get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 /// A peer for a vetted address: TLS with the URL's host as SNI, the header mode's timeouts.
 pub fn url_peer(url: &TargetUrl, addr: SocketAddr, t: &crate::config::Timeouts) -> HttpPeer {
-    let sni = if url.ip.is_some() {
-        String::new()
-    } else {
-        url.host.clone()
+    // An IP target's certificate is checked against that IP (rustls: no SNI is sent for it);
+    // an empty SNI would mean "verify nothing" to Pingora's connector.
+    let sni = match url.ip {
+        Some(ip) => ip.to_string(),
+        None => url.host.clone(),
     };
     let mut peer = HttpPeer::new(addr, url.tls, sni);
     let o = &mut peer.options;
@@ -102,7 +117,7 @@ impl Engine {
         let tree = self.override_base(entries, &body)?;
         let hm = &self.gw.cfg.header_mode;
         // An unapproved host counts once per request, however many entries name it.
-        let mut counted: Vec<&str> = Vec::new();
+        let mut counted: Vec<String> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let last = i + 1 == entries.len();
             let started = Instant::now();
@@ -112,6 +127,12 @@ impl Engine {
             let label = self.gw.approved.label(&e.url.host).map(str::to_string);
             let via = Via::Url(label.clone().unwrap_or_else(|| UNAPPROVED.into()));
             let source = format!("[{i}] {}", e.url.origin());
+            let key = e.url.limit_key();
+            if label.is_none() && !counted.contains(&key) {
+                // Counted before any DNS lookup: a caller over its limit resolves nothing.
+                self.admit(caller, &key).await?;
+                counted.push(key);
+            }
             let addr = match vet(&e.url, &hm.policy, hm.timeouts.connect).await {
                 Ok(a) => a,
                 Err(why) => {
@@ -120,10 +141,6 @@ impl Engine {
                     continue;
                 }
             };
-            if label.is_none() && !counted.contains(&e.url.host.as_str()) {
-                self.admit(caller, &e.url.host).await?;
-                counted.push(&e.url.host);
-            }
             let body_i = entry_body(tree.as_ref(), e, &body);
             let header = self.url_header(s.req_header(), e, &body_i, &log.request_id)?;
             let peer = url_peer(&e.url, addr, &hm.timeouts);
@@ -232,8 +249,9 @@ impl Engine {
         let path = target_path(&e.url, &client.uri);
         let mut h = RequestHeader::build(client.method.clone(), path.as_bytes(), None)
             .map_err(|_| bad(format!("cannot build a request to {}", e.url.origin())))?;
+        let hop = connection_named(&client.headers);
         for (name, value) in client.headers.iter() {
-            if !strip_from_client(name.as_str()) {
+            if !strip_from_client(name.as_str()) && !hop.iter().any(|n| n == name.as_str()) {
                 let _ = h.append_header(name.clone(), value.clone());
             }
         }
@@ -315,16 +333,19 @@ impl Engine {
                 status: 502,
                 attempts: log.reports(),
             })?;
-        let length = super::relay::upstream_length(&resp);
-        if commit(s, h, length).await.is_err() {
-            return Err(GatewayError::ClientClosed);
-        }
         let mut conn = Upstream {
             up,
             peer,
             deadline: t.deadline,
             idle: self.gw.cfg.header_mode.timeouts.idle,
         };
+        if s.req_header().method == http::Method::HEAD || matches!(status, 204 | 304) {
+            return self.relay_bodiless(s, conn, h, &resp).await;
+        }
+        let length = super::relay::upstream_length(&resp);
+        if commit(s, h, length).await.is_err() {
+            return Err(GatewayError::ClientClosed);
+        }
         loop {
             match conn.next(s).await {
                 Some(Read::Chunk(c)) => {
@@ -350,6 +371,30 @@ impl Engine {
         }
     }
 
+    /// A response without a body (to `HEAD`, a 204, a 304): its header, with the target's
+    /// `Content-Length` where it describes the resource, and no framing of its own.
+    async fn relay_bodiless(
+        &self,
+        s: &mut Session,
+        mut conn: Upstream,
+        mut h: ResponseHeader,
+        resp: &ResponseHeader,
+    ) -> Result<(), GatewayError> {
+        if let Some(cl) = resp.headers.get(http::header::CONTENT_LENGTH) {
+            if resp.status.as_u16() != 204 {
+                let _ = h.insert_header(http::header::CONTENT_LENGTH, cl.clone());
+            }
+        }
+        if s.write_response_header(Box::new(h), true).await.is_err() {
+            return Err(GatewayError::ClientClosed);
+        }
+        // The target sends no body: reading reaches its end at once, and the connection can
+        // go back to the pool.
+        let _ = conn.next(s).await;
+        self.release(conn.up, &conn.peer).await;
+        Ok(())
+    }
+
     /// The client's header: the upstream's status and headers (minus hop-by-hop), with the
     /// entry index, the request id and the attempt count.
     fn url_client_header(
@@ -359,8 +404,9 @@ impl Engine {
         log: &RequestLog,
     ) -> pingora_core::Result<ResponseHeader> {
         let mut h = ResponseHeader::build(resp.status, Some(resp.headers.len() + 3))?;
+        let hop = connection_named(&resp.headers);
         for (name, value) in resp.headers.iter() {
-            if !strip_from_upstream(name.as_str()) {
+            if !strip_from_upstream(name.as_str()) && !hop.iter().any(|n| n == name.as_str()) {
                 h.append_header(name.clone(), value.clone())?;
             }
         }

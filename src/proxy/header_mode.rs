@@ -10,7 +10,7 @@
 use super::{Ctx, DetourProxy};
 use crate::api::GatewayError;
 use crate::engine::ledger::{AttemptLog, Via};
-use crate::engine::urls::{strip_from_client, target_path, url_peer, UNAPPROVED};
+use crate::engine::urls::{connection_named, strip_from_client, target_path, url_peer, UNAPPROVED};
 use crate::target::fallbacks::{self, Entry};
 use crate::target::{vet, TargetUrl};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -109,13 +109,14 @@ impl DetourProxy {
     ) -> Result<Box<Direct>, GatewayError> {
         let gw = self.gw();
         let hm = &gw.cfg.header_mode;
+        let label = gw.approved.label(&url.host).map(str::to_string);
+        if label.is_none() {
+            // Counted before any DNS lookup: a caller over its limit resolves nothing.
+            self.engine.admit(&caller(s), &url.limit_key()).await?;
+        }
         let addr = vet(&url, &hm.policy, hm.timeouts.connect)
             .await
             .map_err(GatewayError::TargetRefused)?;
-        let label = gw.approved.label(&url.host).map(str::to_string);
-        if label.is_none() {
-            self.engine.admit(&caller(s), &url.host).await?;
-        }
         Ok(Box::new(Direct {
             peer: url_peer(&url, addr, &hm.timeouts),
             via: Via::Url(label.unwrap_or_else(|| UNAPPROVED.into())),
@@ -177,6 +178,22 @@ pub fn rewrite(up: &mut RequestHeader, d: &Direct, request_id: &str) -> pingora_
 
 /// The client's response from a [`Direct`] target: as it came, plus detour's headers.
 pub fn mark(resp: &mut ResponseHeader, request_id: &str) -> pingora_core::Result<()> {
+    let hop = connection_named(&resp.headers);
+    let drop: Vec<http::HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|n| {
+            let n = n.as_str();
+            n.starts_with("x-detour-")
+                || n.starts_with("helicone-")
+                || n == "proxy-authenticate"
+                || hop.iter().any(|h| h == n)
+        })
+        .cloned()
+        .collect();
+    for n in drop {
+        resp.remove_header(&n);
+    }
     resp.insert_header("x-request-id", request_id)?;
     resp.insert_header("x-detour-attempts", 1)?;
     Ok(())

@@ -379,7 +379,9 @@ impl DetourProxy {
         ctx: &mut Ctx,
     ) -> pingora_proxy::FailToProxy {
         use pingora_error::ErrorType;
-        let written = session.response_written().is_some();
+        let written = session
+            .response_written()
+            .is_some_and(|h| !h.status.is_informational());
         let why = match e.etype() {
             ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => "connect timed out",
             ErrorType::ReadTimedout => "no response in time",
@@ -540,7 +542,8 @@ impl ProxyHttp for DetourProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if ctx.direct.is_some() {
+        // Interim responses (100, 103) are relayed as they are; only the final one is the answer.
+        if ctx.direct.is_some() && !resp.status.is_informational() {
             header_mode::mark(resp, &ctx.log.request_id)?;
             self.log_direct(ctx, Some(resp.status.as_u16()), None);
         }

@@ -40,6 +40,8 @@ pub fn reserved_header(name: &str) -> bool {
             | "trailer"
             | "upgrade"
             | "expect"
+            | "proxy-authorization"
+            | "proxy-authenticate"
     ) || name.starts_with("helicone-")
         || name.starts_with("x-detour-")
 }

@@ -1,6 +1,7 @@
 //! Rate limits for unapproved targets: per caller and target host, a per-second rate (GCRA: N
 //! a second, in bursts of at most N, so with N = 1 a second request within a second is always
-//! refused) and a per-day count (the current UTC day).
+//! refused) and a per-day count (the current UTC day). One caller may count at most
+//! [`MAX_HOSTS_PER_CALLER`] hosts a day, all callers together [`MAX_TRACKED`] pairs.
 //!
 //! [`Limiter`] is the one interface the header mode uses; [`MemoryLimiter`] keeps counts in
 //! this process. A shared store can back the same interface so counts survive restarts and
@@ -55,17 +56,45 @@ struct Counts {
 /// pairs are refused: a caller who names ever new hosts cannot grow memory or reset others.
 pub const MAX_TRACKED: usize = 100_000;
 
+/// The most unapproved hosts one caller may have counted in a day: past it, that caller's new
+/// hosts are refused until midnight UTC, so one caller cannot fill the table for everyone.
+pub const MAX_HOSTS_PER_CALLER: u32 = 1_000;
+
+/// The counts, and how many pairs each caller has.
+#[derive(Default)]
+struct Table {
+    counts: HashMap<(String, String), Counts>,
+    per_caller: HashMap<String, u32>,
+    /// The day stale pairs were last dropped.
+    purged: u64,
+}
+
+impl Table {
+    /// Drop the pairs of past days whose rate no longer holds anything back; once a day.
+    fn purge(&mut self, day: u64, now_us: u64) {
+        if self.purged == day {
+            return;
+        }
+        self.purged = day;
+        self.counts.retain(|_, c| c.day == day || c.tat > now_us);
+        self.per_caller.clear();
+        for (caller, _) in self.counts.keys() {
+            *self.per_caller.entry(caller.clone()).or_insert(0) += 1;
+        }
+    }
+}
+
 /// In-process counts.
 pub struct MemoryLimiter {
     limits: Limits,
-    counts: Mutex<HashMap<(String, String), Counts>>,
+    table: Mutex<Table>,
 }
 
 impl MemoryLimiter {
     pub fn new(limits: Limits) -> MemoryLimiter {
         MemoryLimiter {
             limits,
-            counts: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
         }
     }
 
@@ -75,17 +104,21 @@ impl MemoryLimiter {
         let day = now_us / DAY_US;
         let interval = 1_000_000 / u64::from(self.limits.per_second.max(1));
         let burst = interval * u64::from(self.limits.per_second.max(1) - 1);
-        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let table = &mut *guard;
+        table.purge(day, now_us);
         let key = (caller.to_string(), host.to_string());
-        if !map.contains_key(&key) && map.len() >= MAX_TRACKED {
-            map.retain(|_, c| c.day == day || c.tat > now_us);
-            if map.len() >= MAX_TRACKED {
+        if !table.counts.contains_key(&key) {
+            let mine = table.per_caller.get(caller).copied().unwrap_or(0);
+            if mine >= MAX_HOSTS_PER_CALLER || table.counts.len() >= MAX_TRACKED {
                 return Err(Denied {
-                    limit: "per-second",
-                    retry_after: Duration::from_secs(1),
+                    limit: "per-day",
+                    retry_after: Duration::from_micros((day + 1) * DAY_US - now_us),
                 });
             }
+            *table.per_caller.entry(caller.to_string()).or_insert(0) += 1;
         }
+        let map = &mut table.counts;
         let c = map.entry(key).or_insert(Counts {
             tat: now_us,
             day,
@@ -194,15 +227,33 @@ mod tests {
     }
 
     #[test]
+    fn one_caller_cannot_fill_the_table() {
+        let l = MemoryLimiter::new(Limits::default());
+        for i in 0..MAX_HOSTS_PER_CALLER {
+            assert!(l.admit_at("greedy", &format!("h{i}"), 5 * S).is_ok());
+        }
+        let d = l
+            .admit_at("greedy", "one-more", 5 * S)
+            .expect_err("over its hosts");
+        assert_eq!(d.limit, "per-day");
+        // Others are not affected; the greedy caller's known hosts still count as before.
+        assert!(l.admit_at("other", "one-more", 5 * S).is_ok());
+        assert!(l.admit_at("greedy", "h0", 7 * S).is_ok());
+        // A new day drops yesterday's pairs.
+        assert!(l.admit_at("greedy", "one-more", (86_400 + 5) * S).is_ok());
+        let n = l.table.lock().map(|t| t.counts.len()).unwrap_or(0);
+        assert_eq!(n, 1);
+    }
+
+    #[test]
     fn memory_is_bounded() {
         let l = MemoryLimiter::new(Limits::default());
+        let per = MAX_HOSTS_PER_CALLER as usize;
         for i in 0..MAX_TRACKED {
-            assert!(l.admit_at("c", &format!("h{i}"), 5 * S).is_ok());
+            let caller = format!("c{}", i / per);
+            assert!(l.admit_at(&caller, &format!("h{i}"), 5 * S).is_ok());
         }
-        assert!(l.admit_at("c", "one-more", 5 * S).is_err());
-        // A new day drops yesterday's pairs.
-        assert!(l.admit_at("c", "one-more", (86_400 + 5) * S).is_ok());
-        let n = l.counts.lock().map(|m| m.len()).unwrap_or(0);
-        assert_eq!(n, 1);
+        assert!(l.admit_at("new-caller", "h", 5 * S).is_err());
+        assert!(l.admit_at("new-caller", "h", (86_400 + 5) * S).is_ok());
     }
 }

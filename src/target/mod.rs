@@ -20,6 +20,9 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+/// Concurrent DNS lookups for header-mode targets.
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
+
 /// Where header-mode targets may connect.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -51,23 +54,25 @@ pub async fn vet(url: &TargetUrl, policy: &Policy, within: Duration) -> Result<S
             None => Ok(SocketAddr::new(ip, url.port)),
         };
     }
-    let looked_up = tokio::time::timeout(
-        within,
-        tokio::net::lookup_host((url.host.as_str(), url.port)),
-    )
+    // Lookups run on blocking threads that a time-out does not stop: at most this many at once.
+    let looked_up = tokio::time::timeout(within, async {
+        let _slot = LOOKUPS.acquire().await;
+        tokio::net::lookup_host((url.host.as_str(), url.port)).await
+    })
     .await;
     let addrs: Vec<SocketAddr> = match looked_up {
         Err(_) => return Err(format!("{}: DNS lookup timed out", url.origin())),
         Ok(Err(_)) => return Err(format!("{}: the host does not resolve", url.origin())),
         Ok(Ok(a)) => a.collect(),
     };
+    // The reason, not the address: a client may not map the internal network through it.
     let mut first_refusal = None;
     let mut allowed: Vec<SocketAddr> = Vec::new();
     for a in addrs {
         match net::refused(a.ip(), &policy.allow_networks) {
             None => allowed.push(a),
             Some(why) => {
-                first_refusal.get_or_insert_with(|| format!("{} is {why}", a.ip()));
+                first_refusal.get_or_insert(why);
             }
         }
     }

@@ -105,6 +105,7 @@ fn refused_v6(ip: Ipv6Addr, allow: &[Cidr]) -> Option<&'static str> {
         0xfec0..=0xfeff => "a site-local address",
         0xff00..=0xffff => "a multicast address",
         0x0100 if s[1..4] == [0, 0, 0] => "a discard-only address",
+        0x0064 if s[1] == 0xff9b && s[2] == 1 => "a local-use NAT64 address",
         0x2001 if s[1] == 0 => "a Teredo tunnel address",
         0x2001 if s[1] == 0xdb8 => "a documentation address",
         _ => return None,
@@ -123,7 +124,8 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if s[..6] == [0; 6] && !ip.is_unspecified() && !ip.is_loopback() {
         return Some(tail);
     }
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        // NAT64, and the IPv4-translated form `::ffff:0:a.b.c.d`.
         return Some(tail);
     }
     if s[0] == 0x2002 {
@@ -215,6 +217,8 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::",
             "2001::1",
+            "::ffff:0:7f00:1",
+            "64:ff9b:1::a00:1",
         ] {
             assert!(no(ip), "{ip} must be refused");
         }

@@ -84,6 +84,15 @@ impl TargetUrl {
         })
     }
 
+    /// What a rate limit counts against: the address for an IP in any spelling (`134744072`
+    /// and `8.8.8.8` are one target), else the host without a trailing dot.
+    pub fn limit_key(&self) -> String {
+        match self.ip {
+            Some(ip) => ip.to_canonical().to_string(),
+            None => self.host.trim_end_matches('.').to_string(),
+        }
+    }
+
     /// The URL for logs and errors: scheme and authority, no path.
     pub fn origin(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
@@ -162,6 +171,22 @@ mod tests {
         );
         let u = TargetUrl::parse("http://2130706433/").expect("url");
         assert_eq!(u.ip, Some("127.0.0.1".parse().expect("ip")));
+        // One target, one limit key, however it is spelled.
+        let keys: Vec<String> = [
+            "http://8.8.8.8",
+            "http://134744072",
+            "http://0x8.8.2056",
+            "http://010.010.010.010:8080",
+            "http://[::ffff:8.8.8.8]",
+        ]
+        .iter()
+        .map(|s| TargetUrl::parse(s).expect("url").limit_key())
+        .collect();
+        assert!(keys.iter().all(|k| k == "8.8.8.8"), "{keys:?}");
+        let a = TargetUrl::parse("https://Evil.com.")
+            .expect("url")
+            .limit_key();
+        assert_eq!(a, "evil.com");
     }
 
     #[test]
