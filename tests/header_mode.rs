@@ -161,6 +161,22 @@ async fn target_url_carries_a_multipart_upload_and_a_large_body_byte_exact() {
     assert_eq!(reqs[0].header("content-type"), Some(ct.as_str()));
     assert_eq!(reqs[1].body.len(), big.len());
     assert!(reqs[1].body == big);
+    // A large JSON body: its first part is read (for the model check) and then sent on first.
+    let text = "x".repeat(1 << 20);
+    let json_body =
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{text}"}}]}}"#);
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &[
+            ("helicone-target-url", &origin(&up)),
+            ("content-type", "application/json"),
+        ],
+        json_body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(up.requests()[2].body == json_body.as_bytes());
 }
 
 #[tokio::test]
@@ -406,6 +422,23 @@ async fn malformed_headers_and_conflicts_are_400s_that_say_what_to_fix() {
     .await;
     assert_eq!(r.status, 400);
     assert!(r.text().contains("drop Helicone-Fallbacks"), "{}", r.text());
+    // The same with one target: its body's first part is read before anything is sent.
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        &[
+            ("helicone-target-url", &o),
+            ("content-type", "application/json"),
+        ],
+        chat_body("gpt-4o,claude-sonnet-4", false).as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("drop Helicone-Target-Url"),
+        "{}",
+        r.text()
+    );
     // An override needs a JSON body.
     let list =
         json!([{"target-url": o, "headers": {}, "onCodes": [], "bodyKeyOverride": {"a": 1}}]);

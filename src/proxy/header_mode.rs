@@ -79,17 +79,49 @@ pub fn mode(req: &RequestHeader, max_entries: usize) -> Result<Mode, GatewayErro
 /// Whether a body's `model` is a detour chain (a list, an exclusion, or a `model/provider`
 /// pin to a configured provider) rather than a model id for the target.
 pub fn names_a_chain(body: &[u8], providers: &crate::providers::Providers) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return false;
-    };
-    let Some(model) = v.get("model").and_then(|m| m.as_str()) else {
-        return false;
-    };
+    first_model(body).is_some_and(|m| is_chain(&m, providers))
+}
+
+fn is_chain(model: &str, providers: &crate::providers::Providers) -> bool {
     model.contains(',')
         || model.trim_start().starts_with('!')
         || model
             .rsplit_once('/')
             .is_some_and(|(_, p)| providers.iter().any(|x| x.name == p.trim()))
+}
+
+/// The first `"model": "..."` string in a JSON body, which may be cut anywhere (the first part
+/// of a streamed body). Escapes other than `\"` and `\\` are kept as written.
+pub fn first_model(body: &[u8]) -> Option<String> {
+    let key = b"\"model\"";
+    let mut from = 0;
+    while let Some(i) = memchr::memmem::find(&body[from..], key).map(|i| from + i) {
+        from = i + key.len();
+        // A key, not text inside a string (where its quotes would be escaped).
+        if i > 0 && body[i - 1] == b'\\' {
+            continue;
+        }
+        let rest = &body[from..];
+        let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
+        let Some(rest) = rest.strip_prefix(b":") else {
+            continue;
+        };
+        let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
+        let Some(rest) = rest.strip_prefix(b"\"") else {
+            continue;
+        };
+        let mut out = Vec::new();
+        let mut it = rest.iter();
+        while let Some(&b) = it.next() {
+            match b {
+                b'"' => return Some(String::from_utf8_lossy(&out).into_owned()),
+                b'\\' => out.push(*it.next()?),
+                _ => out.push(b),
+            }
+        }
+        return None;
+    }
+    None
 }
 
 /// The caller a limit counts against: the client's address.
@@ -104,11 +136,21 @@ impl DetourProxy {
     /// path, an `Err` is written to the client and nothing is sent.
     pub(super) async fn direct(
         &self,
-        s: &Session,
+        s: &mut Session,
         url: TargetUrl,
     ) -> Result<Box<Direct>, GatewayError> {
         let gw = self.gw();
         let hm = &gw.cfg.header_mode;
+        if peek_first_chunk(s)
+            .await?
+            .is_some_and(|c| names_a_chain(&c, &gw.providers))
+        {
+            return Err(invalid(
+                "Helicone-Target-Url",
+                "The body's `model` is a detour model chain and Helicone-Target-Url names a \
+                 target too: drop Helicone-Target-Url to use the chain, or give a plain model id",
+            ));
+        }
         let label = gw.approved.label(&url.host).map(str::to_string);
         if label.is_none() {
             // Counted before any DNS lookup: a caller over its limit resolves nothing.
@@ -146,6 +188,43 @@ impl DetourProxy {
             .await
     }
 }
+
+/// The first chunk of a JSON request body, read before anything is sent so its `model` can be
+/// checked. It stays in Pingora's retry buffer (64 KiB, one read's most), which the proxy path
+/// sends first before streaming the rest, so the body still goes through whole and unbuffered.
+/// Skipped (`None`) for a body that is not JSON, and when the client waits for
+/// `100 Continue` (the target gives that).
+async fn peek_first_chunk(s: &mut Session) -> Result<Option<bytes::Bytes>, GatewayError> {
+    let h = &s.req_header().headers;
+    let json = h
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    if !json || h.contains_key(http::header::EXPECT) || s.is_body_empty() {
+        return Ok(None);
+    }
+    s.as_mut().enable_retry_buffering();
+    let read = tokio::time::timeout(PEEK_TIMEOUT, s.read_request_body()).await;
+    let chunk = match read {
+        Err(_) => {
+            return Err(GatewayError::ClientRead(
+                "timed out reading the body".into(),
+            ))
+        }
+        Ok(Err(e)) => return Err(GatewayError::ClientRead(e.etype().as_str().to_string())),
+        Ok(Ok(c)) => c,
+    };
+    if s.as_ref().retry_buffer_truncated() {
+        // Cannot happen with Pingora's 64 KiB reads; sending now would lose the chunk.
+        return Err(GatewayError::ClientRead(
+            "the body's first part was too large".into(),
+        ));
+    }
+    Ok(chunk)
+}
+
+/// How long the client may take to send the first part of its body.
+const PEEK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The request Pingora sends to a [`Direct`] target: the target's path prefix before the
 /// client's path, its host, and the client's headers minus hop-by-hop and steering headers.
@@ -225,5 +304,30 @@ impl DetourProxy {
             ctx.log.status = s;
         }
         ctx.log.outcome = outcome;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_model;
+
+    #[test]
+    fn the_first_model_of_a_whole_or_cut_body() {
+        let m = |b: &str| first_model(b.as_bytes());
+        assert_eq!(
+            m(r#"{"model":"gpt-4o,claude"}"#).as_deref(),
+            Some("gpt-4o,claude")
+        );
+        assert_eq!(
+            m(r#"{ "model" :  "a\"b" , "x": 1"#).as_deref(),
+            Some("a\"b")
+        );
+        // Text that mentions "model" inside a string is not the key.
+        let quoted = r#"{"messages":[{"content":"the \"model\": \"x,y\""}],"model":"gpt-4o"}"#;
+        assert_eq!(m(quoted).as_deref(), Some("gpt-4o"));
+        assert_eq!(m(r#"{"model": "gpt-4o"#), None, "cut inside the value");
+        assert_eq!(m(r#"{"model": 5, "x": "y"}"#), None);
+        assert_eq!(m(r#"{"messages": []}"#), None);
+        assert_eq!(m(r#"{"model""#), None);
     }
 }
