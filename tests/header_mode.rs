@@ -74,6 +74,8 @@ async fn target_url_forwards_path_query_headers_and_body() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.body, br#"{"ok":true}"#);
     assert!(r.header("x-request-id").is_some());
+    assert_eq!(r.header("x-detour-provider"), Some("127.0.0.1"));
+    assert_eq!(r.header("x-detour-attempts"), Some("1"));
     let reqs = up.requests();
     assert_eq!(reqs.len(), 1);
     let q = &reqs[0];
@@ -270,6 +272,8 @@ async fn fallbacks_move_on_by_code_and_range_and_mark_the_index() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.body, br#"{"served":"c"}"#);
     assert_eq!(r.header("helicone-fallback-index"), Some("2"));
+    assert_eq!(r.header("x-detour-fallback-index"), Some("2"));
+    assert_eq!(r.header("x-detour-provider"), Some("127.0.0.1"));
     assert_eq!(r.header("x-detour-attempts"), Some("3"));
     for u in [&a, &b, &c] {
         assert_eq!(u.calls(), 1);
@@ -629,7 +633,7 @@ async fn interim_responses_are_not_the_answer_and_targets_cannot_spoof_detours_h
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.body, br#"{"final":true}"#);
     assert_eq!(r.header("helicone-fallback-index"), Some("0"));
-    assert_eq!(r.header("x-detour-provider"), None);
+    assert_eq!(r.header("x-detour-provider"), Some("127.0.0.1"));
     // One target: Pingora relays the 103, then the answer.
     let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
         .await
@@ -649,7 +653,7 @@ async fn interim_responses_are_not_the_answer_and_targets_cannot_spoof_detours_h
     let r = read_response(&mut sock).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body, br#"{"final":true}"#);
-    assert_eq!(r.header("x-detour-provider"), None);
+    assert_eq!(r.header("x-detour-provider"), Some("127.0.0.1"));
     assert_eq!(r.header("helicone-fallback-index"), None);
     // The access log records the final status, not the interim one.
     let log = gw

@@ -167,6 +167,7 @@ impl Engine {
             }
             let target = Served {
                 i,
+                host: e.url.host.clone(),
                 via,
                 source,
                 started,
@@ -328,7 +329,7 @@ impl Engine {
         log.status = status;
         log.outcome = a_outcome;
         let h = self
-            .url_client_header(&resp, t.i, log)
+            .url_client_header(&resp, (t.i, &t.host), log)
             .map_err(|_| GatewayError::AllFailed {
                 status: 502,
                 attempts: log.reports(),
@@ -400,7 +401,7 @@ impl Engine {
     fn url_client_header(
         &self,
         resp: &ResponseHeader,
-        i: usize,
+        (i, host): (usize, &str),
         log: &RequestLog,
     ) -> pingora_core::Result<ResponseHeader> {
         let mut h = ResponseHeader::build(resp.status, Some(resp.headers.len() + 3))?;
@@ -411,6 +412,8 @@ impl Engine {
             }
         }
         h.insert_header(INDEX_HEADER, i)?;
+        h.insert_header("x-detour-fallback-index", i)?;
+        h.insert_header("x-detour-provider", host)?;
         h.insert_header("x-request-id", log.request_id.as_str())?;
         h.insert_header("x-detour-attempts", log.attempts_made())?;
         Ok(h)
@@ -432,6 +435,8 @@ fn entry_body(tree: Option<&serde_json::Value>, e: &Entry, body: &Bytes) -> Byte
 /// The entry whose response goes to the client.
 struct Served {
     i: usize,
+    /// The target's host, for `x-detour-provider`.
+    host: String,
     via: Via,
     source: String,
     started: Instant,

@@ -255,8 +255,9 @@ pub fn rewrite(up: &mut RequestHeader, d: &Direct, request_id: &str) -> pingora_
     Ok(())
 }
 
-/// The client's response from a [`Direct`] target: as it came, plus detour's headers.
-pub fn mark(resp: &mut ResponseHeader, request_id: &str) -> pingora_core::Result<()> {
+/// The client's response from a [`Direct`] target: as it came (minus headers only detour
+/// sets), plus detour's: the request id, the target's host, one attempt.
+pub fn mark(resp: &mut ResponseHeader, host: &str, request_id: &str) -> pingora_core::Result<()> {
     let hop = connection_named(&resp.headers);
     let drop: Vec<http::HeaderName> = resp
         .headers
@@ -274,6 +275,7 @@ pub fn mark(resp: &mut ResponseHeader, request_id: &str) -> pingora_core::Result
         resp.remove_header(&n);
     }
     resp.insert_header("x-request-id", request_id)?;
+    resp.insert_header("x-detour-provider", host)?;
     resp.insert_header("x-detour-attempts", 1)?;
     Ok(())
 }

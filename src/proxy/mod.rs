@@ -544,7 +544,8 @@ impl ProxyHttp for DetourProxy {
     ) -> Result<()> {
         // Interim responses (100, 103) are relayed as they are; only the final one is the answer.
         if ctx.direct.is_some() && !resp.status.is_informational() {
-            header_mode::mark(resp, &ctx.log.request_id)?;
+            let host = ctx.direct.as_ref().map_or("", |d| d.url.host.as_str());
+            header_mode::mark(resp, host, &ctx.log.request_id)?;
             self.log_direct(ctx, Some(resp.status.as_u16()), None);
         }
         Ok(())
