@@ -498,7 +498,9 @@ impl ProxyHttp for DetourProxy {
             let max = self.gw().cfg.limits.max_chain_length;
             match header_mode::mode(session.req_header(), max) {
                 Ok(Mode::Chain) => {}
-                Ok(mode) => return self.header_mode(session, ctx, mode).await,
+                // Boxed: a fallback list's future (its sends, its relay) must not be laid out
+                // in every request's future, chain requests included.
+                Ok(mode) => return Box::pin(self.header_mode(session, ctx, mode)).await,
                 Err(e) => {
                     ctx.log.mode = "header";
                     Self::write_error(session, &mut ctx.log, &e).await?;
