@@ -705,3 +705,33 @@ async fn a_head_answer_has_no_body_and_the_connection_goes_on() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, br#"{"status":"ok"}"#);
 }
+
+#[tokio::test]
+async fn a_single_target_request_is_in_flight_until_it_ends() {
+    let up = RawUpstream::start(|_| {
+        vec![
+            Step::Sleep(Duration::from_millis(800)),
+            Step::Send(http_response(200, &[], b"{}")),
+        ]
+    })
+    .await;
+    let gw = gateway("").await;
+    let target = origin(&up);
+    let port = gw.port;
+    let call = tokio::spawn(async move {
+        request(
+            port,
+            "POST",
+            "/v1/x",
+            &[("helicone-target-url", &target)],
+            b"{}",
+        )
+        .await
+        .unwrap()
+    });
+    let m = gw.metrics_with(&["detour_requests_in_flight 1"]).await;
+    assert!(m.lines().any(|l| l == "detour_requests_in_flight 1"), "{m}");
+    assert_eq!(call.await.unwrap().status, 200);
+    let m = gw.metrics_with(&["detour_requests_in_flight 0"]).await;
+    assert!(m.lines().any(|l| l == "detour_requests_in_flight 0"), "{m}");
+}

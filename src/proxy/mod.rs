@@ -311,6 +311,8 @@ impl DetourProxy {
                 match self.direct(session, url).await {
                     Ok(d) => {
                         ctx.direct = Some(d);
+                        // Counted until Pingora drops the request's context, after `logging`.
+                        ctx.in_flight = Some(Counted::enter(self.metrics().in_flight.clone()));
                         Ok(false)
                     }
                     Err(e) => Self::write_error(session, &mut ctx.log, &e)
@@ -327,11 +329,29 @@ impl DetourProxy {
     }
 }
 
-/// A request's state across Pingora's hooks: its log, and a single header-mode target.
+/// A request's state across Pingora's hooks: its log, and a single header-mode target (with
+/// its count in the in-flight gauge while Pingora proxies it).
 #[derive(Default)]
 pub struct Ctx {
     pub log: RequestLog,
     pub direct: Option<Box<Direct>>,
+    in_flight: Option<Counted>,
+}
+
+/// A request counted in a gauge for as long as this lives (owned: it can sit in a `Ctx`).
+struct Counted(prometheus::IntGauge);
+
+impl Counted {
+    fn enter(g: prometheus::IntGauge) -> Self {
+        g.inc();
+        Counted(g)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl DetourProxy {
