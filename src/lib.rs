@@ -14,6 +14,7 @@ pub mod config;
 pub mod durations;
 pub mod engine;
 pub mod gateway;
+pub mod headers;
 pub mod metrics;
 pub mod mock;
 pub mod plan;

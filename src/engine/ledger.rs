@@ -122,20 +122,33 @@ impl Engine {
         started: Instant,
         moving_on: bool,
     ) {
-        let p = target.route.provider;
+        let via = Via::Provider(target.route.provider);
+        self.failed_at(log, via, target.source(&self.gw), f, started, moving_on);
+    }
+
+    /// An attempt at `via` (a provider or a header-mode URL) that failed before its commit
+    /// point, logged as `source`.
+    pub(super) fn failed_at(
+        &self,
+        log: &mut RequestLog,
+        via: Via,
+        source: String,
+        f: Failure,
+        started: Instant,
+        moving_on: bool,
+    ) {
         let label = f.class.label();
         if moving_on {
-            let name = self.gw.providers[p].name.as_str();
             self.metrics
                 .fallbacks
-                .with_label_values(&[name, label])
+                .with_label_values(&[self.via_name(&via), label])
                 .inc();
         }
         // Provider text (an error body, an in-band error event, a token endpoint's reason):
         // every credential masked before the client or the log sees it.
         let a = AttemptLog {
-            via: Via::Provider(p),
-            source: target.source(&self.gw),
+            via,
+            source,
             outcome: label,
             status: f.status,
             error: Some(self.masker.string(f.message)),

@@ -217,7 +217,7 @@ impl Engine {
     async fn deliver_json(
         &self,
         s: &mut Session,
-        mut conn: Upstream,
+        conn: Upstream,
         h: ResponseHeader,
         body: JsonBody,
     ) -> Delivered {
@@ -242,6 +242,12 @@ impl Engine {
                 finalised: false,
             };
         }
+        self.relay_rest(s, conn).await
+    }
+
+    /// Pass the rest of a committed answer on as it comes, byte for byte; a failure now can
+    /// only cut it (`Delivered::Cut`). Its end releases the connection.
+    pub(super) async fn relay_rest(&self, s: &mut Session, mut conn: Upstream) -> Delivered {
         loop {
             match conn.next(s).await {
                 Some(Read::Chunk(c)) => {

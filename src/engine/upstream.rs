@@ -121,30 +121,23 @@ impl Peers {
 /// Google's, AWS's, Azure API Management's): each provider gets detour's credentials for it,
 /// never a client's, and never one meant for another cloud.
 fn forwardable(name: &str) -> bool {
-    !matches!(
-        name,
-        "host"
-            | "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "expect"
-            | "authorization"
-            | "api-key"
-            | "x-api-key"
-            | "x-goog-api-key"
-            | "ocp-apim-subscription-key"
-            | "cookie"
-            | "accept-encoding"
-            | "content-type"
-            | "x-request-id"
-    ) && !name.starts_with("x-detour-")
+    !crate::headers::hop_by_hop(name)
+        && !matches!(
+            name,
+            "host"
+                | "content-length"
+                | "expect"
+                | "authorization"
+                | "api-key"
+                | "x-api-key"
+                | "x-goog-api-key"
+                | "ocp-apim-subscription-key"
+                | "cookie"
+                | "accept-encoding"
+                | "content-type"
+                | "x-request-id"
+        )
+        && !name.starts_with("x-detour-")
         && !name.starts_with("x-amz-")
 }
 

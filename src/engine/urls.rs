@@ -8,11 +8,11 @@
 
 use super::classify::{FailClass, Failure};
 use super::ledger::{AttemptLog, Via};
-use super::read::Read;
-use super::relay::{commit, Upstream};
+use super::relay::{commit, Delivered, Upstream};
 use super::{Engine, RequestLog};
 use crate::api::GatewayError;
-use crate::target::fallbacks::{merge, Entry};
+use crate::headers::{connection_named, hop_by_hop, steering};
+use crate::target::fallbacks::{merge, reserved_header, Entry};
 use crate::target::{vet, TargetUrl};
 use bytes::Bytes;
 use pingora_core::protocols::http::client::HttpSession;
@@ -28,54 +28,10 @@ pub const INDEX_HEADER: &str = "helicone-fallback-index";
 /// The label for an unapproved host in metrics and logs.
 pub const UNAPPROVED: &str = "unapproved";
 
-/// Client headers never sent to a header-mode target: hop-by-hop and framing (set per
-/// attempt), and the headers that steer detour or Helicone.
-pub fn strip_from_client(name: &str) -> bool {
-    matches!(
-        name,
-        "host"
-            | "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "expect"
-    ) || name.starts_with("helicone-")
-        || name.starts_with("x-detour-")
-}
-
 /// Upstream response headers not passed on: hop-by-hop and framing (set at commit), and the
 /// headers detour itself sets (a target may not pass for detour).
-pub fn strip_from_upstream(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "transfer-encoding"
-            | "content-length"
-            | "te"
-            | "trailer"
-            | "upgrade"
-    ) || name.starts_with("helicone-")
-        || name.starts_with("x-detour-")
-}
-
-/// The header names a `Connection:` header lists (hop-by-hop for that message).
-pub fn connection_named(h: &http::HeaderMap) -> Vec<String> {
-    h.get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect()
+fn strip_from_upstream(name: &str) -> bool {
+    hop_by_hop(name) || name == "content-length" || steering(name)
 }
 
 /// A peer for a vetted address: TLS with the URL's host as SNI, the header mode's timeouts.
@@ -137,7 +93,7 @@ impl Engine {
                 Ok(a) => a,
                 Err(why) => {
                     let f = Failure::new(FailClass::TargetRefused, None, format!("refused: {why}"));
-                    self.url_failed(log, via, source, f, started, !last);
+                    self.failed_at(log, via, source, f, started, !last);
                     continue;
                 }
             };
@@ -151,7 +107,7 @@ impl Engine {
                 Ok(x) => x,
                 Err(f) => {
                     let on = self.moves_on_after(f.class);
-                    self.url_failed(log, via, source, f, started, on && !last);
+                    self.failed_at(log, via, source, f, started, on && !last);
                     if on {
                         continue;
                     }
@@ -162,7 +118,7 @@ impl Engine {
             if !last && e.moves_on(status) {
                 let m = format!("status {status} is in this entry's onCodes");
                 let f = Failure::new(FailClass::of_status(status), Some(status), m);
-                self.url_failed(log, via, source, f, started, true);
+                self.failed_at(log, via, source, f, started, true);
                 continue;
             }
             let target = Served {
@@ -252,7 +208,7 @@ impl Engine {
             .map_err(|_| bad(format!("cannot build a request to {}", e.url.origin())))?;
         let hop = connection_named(&client.headers);
         for (name, value) in client.headers.iter() {
-            if !strip_from_client(name.as_str()) && !hop.iter().any(|n| n == name.as_str()) {
+            if !reserved_header(name.as_str()) && !hop.iter().any(|n| n == name.as_str()) {
                 let _ = h.append_header(name.clone(), value.clone());
             }
         }
@@ -269,34 +225,6 @@ impl Engine {
             let _ = h.insert_header("x-request-id", request_id);
         }
         Ok(h)
-    }
-
-    fn url_failed(
-        &self,
-        log: &mut RequestLog,
-        via: Via,
-        source: String,
-        f: Failure,
-        started: Instant,
-        moving_on: bool,
-    ) {
-        let label = f.class.label();
-        if moving_on {
-            let name = self.via_name(&via).to_string();
-            self.metrics
-                .fallbacks
-                .with_label_values(&[name.as_str(), label])
-                .inc();
-        }
-        let a = AttemptLog {
-            via,
-            source,
-            outcome: label,
-            status: f.status,
-            error: Some(f.message),
-            duration: started.elapsed(),
-        };
-        self.log(log, a);
     }
 
     /// Pass the chosen entry's response to the client as it arrives.
@@ -334,7 +262,7 @@ impl Engine {
                 status: 502,
                 attempts: log.reports(),
             })?;
-        let mut conn = Upstream {
+        let conn = Upstream {
             up,
             peer,
             deadline: t.deadline,
@@ -347,27 +275,12 @@ impl Engine {
         if commit(s, h, length).await.is_err() {
             return Err(GatewayError::ClientClosed);
         }
-        loop {
-            match conn.next(s).await {
-                Some(Read::Chunk(c)) => {
-                    if s.write_response_body(Some(c), false).await.is_err() {
-                        return Err(GatewayError::ClientClosed);
-                    }
-                }
-                Some(Read::End) => {
-                    let _ = s.write_response_body(None, true).await;
-                    self.release(conn.up, &conn.peer).await;
-                    return Ok(());
-                }
-                None => return Err(GatewayError::ClientClosed),
-                Some(Read::Timeout) => {
-                    log.post_commit_error = Some("the target stalled mid-answer".into());
-                    return Err(GatewayError::AnswerCut);
-                }
-                Some(Read::Failed(e)) => {
-                    log.post_commit_error = Some(format!("the target failed mid-answer: {e}"));
-                    return Err(GatewayError::AnswerCut);
-                }
+        match self.relay_rest(s, conn).await {
+            Delivered::Done { .. } => Ok(()),
+            Delivered::ClientGone | Delivered::Broken { .. } => Err(GatewayError::ClientClosed),
+            Delivered::Cut { reason } => {
+                log.post_commit_error = Some(reason);
+                Err(GatewayError::AnswerCut)
             }
         }
     }

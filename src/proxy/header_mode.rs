@@ -10,7 +10,9 @@
 use super::{Ctx, DetourProxy};
 use crate::api::GatewayError;
 use crate::engine::ledger::{AttemptLog, Via};
-use crate::engine::urls::{connection_named, strip_from_client, target_path, url_peer, UNAPPROVED};
+use crate::engine::urls::{target_path, url_peer, UNAPPROVED};
+use crate::headers::{connection_named, steering};
+use crate::target::fallbacks::reserved_header;
 use crate::target::fallbacks::{self, Entry};
 use crate::target::{vet, TargetUrl};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -20,10 +22,8 @@ use std::time::Instant;
 
 pub const TARGET_URL: &str = "helicone-target-url";
 
-/// How a request names its targets.
+/// How a header-mode request names its targets.
 pub enum Mode {
-    /// The `model` chain (`/v1/chat/completions`) or another detour route.
-    Chain,
     Target(TargetUrl),
     Fallbacks(Vec<Entry>),
 }
@@ -43,8 +43,9 @@ fn invalid(header: &'static str, message: impl Into<String>) -> GatewayError {
     }
 }
 
-/// The request's mode, from its headers. Both header-mode headers at once is a 400.
-pub fn mode(req: &RequestHeader, max_entries: usize) -> Result<Mode, GatewayError> {
+/// The request's header mode, from its headers (`None`: neither header, a detour route). Both
+/// header-mode headers at once is a 400.
+pub fn mode(req: &RequestHeader, max_entries: usize) -> Result<Option<Mode>, GatewayError> {
     let url = req.headers.get(TARGET_URL);
     let list = req.headers.get(fallbacks::HEADER);
     if req.headers.get_all(TARGET_URL).iter().count() > 1
@@ -56,7 +57,7 @@ pub fn mode(req: &RequestHeader, max_entries: usize) -> Result<Mode, GatewayErro
         ));
     }
     match (url, list) {
-        (None, None) => Ok(Mode::Chain),
+        (None, None) => Ok(None),
         (Some(_), Some(_)) => Err(invalid(
             "Helicone-Target-Url",
             "Send either Helicone-Target-Url or Helicone-Fallbacks, not both: drop \
@@ -67,11 +68,11 @@ pub fn mode(req: &RequestHeader, max_entries: usize) -> Result<Mode, GatewayErro
                 .to_str()
                 .map_err(|_| invalid("Helicone-Target-Url", "Helicone-Target-Url must be ASCII"))?;
             TargetUrl::parse(s.trim())
-                .map(Mode::Target)
+                .map(|u| Some(Mode::Target(u)))
                 .map_err(|m| invalid("Helicone-Target-Url", format!("Helicone-Target-Url {m}")))
         }
         (None, Some(v)) => fallbacks::parse(v.as_bytes(), max_entries)
-            .map(Mode::Fallbacks)
+            .map(|e| Some(Mode::Fallbacks(e)))
             .map_err(|m| invalid("Helicone-Fallbacks", m)),
     }
 }
@@ -241,7 +242,7 @@ pub fn rewrite(up: &mut RequestHeader, d: &Direct, request_id: &str) -> pingora_
             let n = n.as_str();
             // Pingora frames the body itself: its length headers stay as the client sent them,
             // and so does `Expect: 100-continue`, which the target answers through Pingora.
-            strip_from_client(n) && !matches!(n, "content-length" | "transfer-encoding" | "expect")
+            reserved_header(n) && !matches!(n, "content-length" | "transfer-encoding" | "expect")
         })
         .cloned()
         .collect();
@@ -264,10 +265,7 @@ pub fn mark(resp: &mut ResponseHeader, host: &str, request_id: &str) -> pingora_
         .keys()
         .filter(|n| {
             let n = n.as_str();
-            n.starts_with("x-detour-")
-                || n.starts_with("helicone-")
-                || n == "proxy-authenticate"
-                || hop.iter().any(|h| h == n)
+            steering(n) || n == "proxy-authenticate" || hop.iter().any(|h| h == n)
         })
         .cloned()
         .collect();

@@ -269,7 +269,7 @@ impl DetourProxy {
     async fn chat(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<()> {
         ctx.mode = "chain";
         // Decremented when this scope ends, whichever way it ends.
-        let _in_flight = InFlight::enter(&self.metrics().in_flight);
+        let _in_flight = Counted::enter(&self.metrics().in_flight);
         let result = async {
             // The hold counts the body in the total until the request is over.
             let (body, _hold) = self.read_body(session).await?;
@@ -303,16 +303,15 @@ impl DetourProxy {
     /// A header-mode request. `Ok(true)`: answered here; `Ok(false)`: a single vetted target
     /// in `ctx.direct`, for Pingora's proxy path.
     async fn header_mode(&self, session: &mut Session, ctx: &mut Ctx, mode: Mode) -> Result<bool> {
-        let _in_flight = InFlight::enter(&self.metrics().in_flight);
+        // Counted until Pingora drops the request's context (after `logging`): a single target
+        // is still in flight on Pingora's proxy path after this returns.
+        ctx.in_flight = Some(Counted::enter(&self.metrics().in_flight));
         match mode {
-            Mode::Chain => Ok(true),
             Mode::Target(url) => {
                 ctx.log.mode = "target-url";
                 match self.direct(session, url).await {
                     Ok(d) => {
                         ctx.direct = Some(d);
-                        // Counted until Pingora drops the request's context, after `logging`.
-                        ctx.in_flight = Some(Counted::enter(self.metrics().in_flight.clone()));
                         Ok(false)
                     }
                     Err(e) => Self::write_error(session, &mut ctx.log, &e)
@@ -338,13 +337,14 @@ pub struct Ctx {
     in_flight: Option<Counted>,
 }
 
-/// A request counted in a gauge for as long as this lives (owned: it can sit in a `Ctx`).
+/// A request counted in a gauge for as long as this lives (it owns a handle to the gauge, so
+/// it can sit in a `Ctx` as well as in a scope).
 struct Counted(prometheus::IntGauge);
 
 impl Counted {
-    fn enter(g: prometheus::IntGauge) -> Self {
+    fn enter(g: &prometheus::IntGauge) -> Self {
         g.inc();
-        Counted(g)
+        Counted(g.clone())
     }
 }
 
@@ -431,22 +431,6 @@ impl DetourProxy {
     }
 }
 
-/// One request in flight: counted in the gauge while this lives.
-struct InFlight<'a>(&'a prometheus::IntGauge);
-
-impl<'a> InFlight<'a> {
-    fn enter(g: &'a prometheus::IntGauge) -> Self {
-        g.inc();
-        InFlight(g)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// `GET /v1/models`: the catalog, in OpenAI's list shape, with detour's facts per model.
 fn models_list(gw: &Gateway) -> Bytes {
     let price = |p: Option<crate::catalog::Price>| {
@@ -517,10 +501,10 @@ impl ProxyHttp for DetourProxy {
         if self.gw().cfg.header_mode.enabled {
             let max = self.gw().cfg.limits.max_chain_length;
             match header_mode::mode(session.req_header(), max) {
-                Ok(Mode::Chain) => {}
+                Ok(None) => {}
                 // Boxed: a fallback list's future (its sends, its relay) must not be laid out
                 // in every request's future, chain requests included.
-                Ok(mode) => return Box::pin(self.header_mode(session, ctx, mode)).await,
+                Ok(Some(mode)) => return Box::pin(self.header_mode(session, ctx, mode)).await,
                 Err(e) => {
                     ctx.log.mode = "header";
                     Self::write_error(session, &mut ctx.log, &e).await?;

@@ -26,24 +26,12 @@ impl Entry {
     }
 }
 
-/// Header names an entry may not set: framing, hop-by-hop, and detour's and Helicone's own.
+/// Header names a header-mode request never passes on from the client, and an entry may not
+/// set: hop-by-hop, framing and `Host` (set per attempt), and detour's and Helicone's own.
 pub fn reserved_header(name: &str) -> bool {
-    matches!(
-        name,
-        "host"
-            | "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "expect"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-    ) || name.starts_with("helicone-")
-        || name.starts_with("x-detour-")
+    crate::headers::hop_by_hop(name)
+        || matches!(name, "host" | "content-length" | "expect")
+        || crate::headers::steering(name)
 }
 
 /// Parse and check the header's value; at most `max` entries.
