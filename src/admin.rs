@@ -1,5 +1,6 @@
-//! The admin service on its own port: `GET /metrics` (Prometheus text), `GET /health`, and
-//! `GET /admin/health`: every tracked target's circuit and latency, and the retry budget (JSON).
+//! The admin service on its own port: `GET /metrics` (Prometheus text), `GET /health`,
+//! `GET /admin/health`: every tracked target's circuit and latency, and the retry budget (JSON);
+//! and with gateway keys, `/admin/keys…` behind the admin token (`admin_keys.rs`).
 
 use crate::engine::health::Health;
 use crate::metrics::Metrics;
@@ -12,9 +13,11 @@ use std::sync::Arc;
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Gateway keys (`auth.required`), managed under `/admin/keys`.
+    pub keys: Option<Arc<crate::auth::Keys>>,
 }
 
-fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+pub(crate) fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut r = Response::new(body);
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
@@ -30,6 +33,9 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> 
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let h = session.req_header();
+        if h.uri.path() == "/admin/keys" || h.uri.path().starts_with("/admin/keys/") {
+            return crate::admin_keys::serve(self.keys.as_deref(), session).await;
+        }
         match (h.method.as_str(), h.uri.path()) {
             ("GET", "/metrics") => respond(
                 200,

@@ -8,7 +8,9 @@
 //! [`providers`] → [`gateway`] → [`plan`] → [`engine`] → [`proxy`]. See ARCHITECTURE.md.
 
 pub mod admin;
+mod admin_keys;
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod durations;
@@ -22,5 +24,6 @@ pub mod providers;
 pub mod proxy;
 pub mod secrets;
 pub mod sse;
+pub mod store;
 pub mod target;
 pub mod text;

@@ -15,6 +15,8 @@ use pingora_core::server::configuration::Opt;
 use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
 use std::process::exit;
+
+mod keys;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ USAGE:
       -t, --test        validate the config and exit (non-zero with the faulty YAML path)
       -d, --daemon      run in the background (pid file: server.pid_file)
       -u, --upgrade     take the listeners over from a running detour (send it SIGQUIT)
+  detour keys COMMAND [-c FILE]     gateway keys in the configured store (detour keys help)
   detour demo                        mock providers on 127.0.0.1:9101/9102 + the gateway on :8080
   detour mock [OPTIONS]              a fault-injecting mock provider (OpenAI, Anthropic, Gemini, Bedrock APIs)
       --listen ADDR (127.0.0.1:9101)  --name NAME  --status CODE  --delay-ms MS
@@ -44,6 +47,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("mock") => mock_main(&args[2..]),
         Some("demo") => demo_main(),
+        Some("keys") => keys::main(&args[2..]),
         Some("help") | Some("-h") | Some("--help") => {
             print!("{USAGE}");
         }
@@ -117,7 +121,9 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway) -> ! {
     let listen = gw.cfg.listen.clone();
     let admin = gw.cfg.admin_listen;
     let options = ConnectorOptions::from_server_conf(&server.configuration);
-    let proxy = DetourProxy::new(Arc::new(gw), metrics.clone(), options);
+    let gw = Arc::new(gw);
+    let keys = keys::start(&gw, &metrics);
+    let proxy = DetourProxy::new(gw, metrics.clone(), options, keys.clone());
     let health = proxy.health();
     let mut gateway =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "detour");
@@ -129,7 +135,14 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway) -> ! {
     }
     server.add_service(gateway);
     if let Some(addr) = admin {
-        let mut svc = Service::new("detour-admin".to_string(), AdminApp { metrics, health });
+        let mut svc = Service::new(
+            "detour-admin".to_string(),
+            AdminApp {
+                metrics,
+                health,
+                keys,
+            },
+        );
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }

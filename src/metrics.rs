@@ -39,6 +39,70 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     /// Cost of served answers in USD at catalog prices, by provider and catalog model.
     pub cost_usd: CounterVec,
+    /// Gateway keys, credits and the store.
+    pub auth: AuthMetrics,
+}
+
+/// Gateway keys, credits and the store (never labelled by key).
+pub struct AuthMetrics {
+    /// Requests or targets refused by detour itself, by reason (`unauthorized`,
+    /// `rate_limited`, `insufficient_credits`, `not_allowed`, `ptb_disallowed`,
+    /// `store_unavailable`).
+    pub rejections: IntCounterVec,
+    /// Credits in USD by provider, catalog model and action (`reserved`, `settled`,
+    /// `released`).
+    pub credits_usd: CounterVec,
+    /// Store calls by backend and operation.
+    pub store_latency: HistogramVec,
+    pub store_errors: IntCounterVec,
+}
+
+impl AuthMetrics {
+    fn register(registry: &Registry) -> Result<AuthMetrics, prometheus::Error> {
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "detour_auth_rejections_total",
+                "Requests or targets detour refused itself, by reason",
+            ),
+            &["reason"],
+        )?;
+        let credits_usd = CounterVec::new(
+            Opts::new(
+                "detour_credits_usd_total",
+                "Credits reserved, settled (debited) and released, in USD",
+            ),
+            &["provider", "model", "action"],
+        )?;
+        let store_latency = HistogramVec::new(
+            HistogramOpts::new("detour_store_seconds", "Store call latency")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["backend", "op"],
+        )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new("detour_store_errors_total", "Store calls that failed"),
+            &["backend", "op"],
+        )?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(credits_usd.clone()))?;
+        registry.register(Box::new(store_latency.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
+        for r in [
+            "unauthorized",
+            "rate_limited",
+            "insufficient_credits",
+            "not_allowed",
+            "ptb_disallowed",
+            "store_unavailable",
+        ] {
+            rejections.with_label_values(&[r]);
+        }
+        Ok(AuthMetrics {
+            rejections,
+            credits_usd,
+            store_latency,
+            store_errors,
+        })
+    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -167,7 +231,9 @@ impl Metrics {
             upstream_ttfb.with_label_values(&[p.as_str()]);
         }
         requests.with_label_values(&["success"]);
+        let auth = AuthMetrics::register(&registry)?;
         Ok(Metrics {
+            auth,
             registry,
             requests,
             attempts,

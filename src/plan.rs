@@ -21,6 +21,38 @@ pub struct Target {
     /// The chain entry this target came from, when that entry was a bare model (its targets
     /// may be reordered by the ordering policy); `None` for a pinned `model/provider`.
     pub bare_entry: Option<usize>,
+    /// Whose credentials serve it, and who pays.
+    pub pay: Pay,
+}
+
+/// Whose credentials an attempt uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pay {
+    /// The operator's, nothing billed (no gateway keys).
+    #[default]
+    Operator,
+    /// The caller's own (bring your own key): the cost is recorded, not billed.
+    Byok,
+    /// The operator's, billed to the caller's credits (pass-through billing).
+    Ptb,
+}
+
+impl Pay {
+    pub fn label(self) -> &'static str {
+        match self {
+            Pay::Operator => "operator",
+            Pay::Byok => "byok",
+            Pay::Ptb => "ptb",
+        }
+    }
+}
+
+/// Decides, per target, which attempts a caller gets (gateway keys: `auth/`).
+pub trait Payer {
+    /// The attempts for `route` in order, or why it is skipped (`.0`: a metric label,
+    /// `.1`: for the attempts list).
+    fn attempts(&self, model: &str, route: &ModelRoute)
+        -> Result<Vec<Pay>, (&'static str, String)>;
 }
 
 impl Target {
@@ -36,6 +68,8 @@ pub struct Skipped {
     pub source: String,
     pub provider: usize,
     pub reason: String,
+    /// `credentials`, `not_allowed` or `ptb_disallowed`.
+    pub why: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -51,6 +85,15 @@ enum Entry<'a> {
 
 /// Turn a `model` field into a plan. The error text is the client's 400 message.
 pub fn plan(model_field: &str, gw: &Gateway) -> Result<Plan, String> {
+    plan_for(model_field, gw, None)
+}
+
+/// [`plan`], with each target's attempts decided by `payer` (a caller with a gateway key).
+pub fn plan_for(
+    model_field: &str,
+    gw: &Gateway,
+    payer: Option<&dyn Payer>,
+) -> Result<Plan, String> {
     let mut entries: Vec<Entry<'_>> = Vec::new();
     let mut excluded: Vec<usize> = Vec::new();
     let max = gw.cfg.limits.max_chain_length;
@@ -115,28 +158,44 @@ pub fn plan(model_field: &str, gw: &Gateway) -> Result<Plan, String> {
             return;
         }
         let provider = &gw.providers[route.provider];
-        if let Some(reason) = provider.credentials.unavailable() {
-            if !out.skipped.iter().any(|s| s.provider == route.provider) {
-                out.skipped.push(Skipped {
-                    source: format!("{model}/{}", provider.name),
-                    provider: route.provider,
-                    reason,
-                });
+        let pays = match payer {
+            Some(p) => p.attempts(model, &route),
+            None => match provider.credentials.unavailable() {
+                Some(reason) => Err(("credentials", reason)),
+                None => Ok(vec![Pay::Operator]),
+            },
+        };
+        let pays = match pays {
+            Ok(p) => p,
+            Err((why, reason)) => {
+                if !out
+                    .skipped
+                    .iter()
+                    .any(|s| s.provider == route.provider && s.reason == reason)
+                {
+                    out.skipped.push(Skipped {
+                        source: format!("{model}/{}", provider.name),
+                        provider: route.provider,
+                        reason,
+                        why,
+                    });
+                }
+                return;
             }
-            return;
+        };
+        for pay in pays {
+            if out.targets.iter().any(|t| {
+                t.route.provider == route.provider && t.route.id == route.id && t.pay == pay
+            }) {
+                continue;
+            }
+            out.targets.push(Target {
+                model: model.to_string(),
+                route: route.clone(),
+                bare_entry,
+                pay,
+            });
         }
-        if out
-            .targets
-            .iter()
-            .any(|t| t.route.provider == route.provider && t.route.id == route.id)
-        {
-            return;
-        }
-        out.targets.push(Target {
-            model: model.to_string(),
-            route,
-            bare_entry,
-        });
     };
     for (n, entry) in entries.into_iter().enumerate() {
         match entry {

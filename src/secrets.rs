@@ -19,6 +19,24 @@ pub const MASK: &str = "***";
 const MIN_MASKED: usize = 4;
 /// Minted tokens remembered for masking (a few per provider that mints them).
 const MINTED_KEPT: usize = 32;
+/// Callers' credentials remembered (the keys in the key cache hold far fewer in practice).
+const HELD_KEPT: usize = 4096;
+
+/// Add `secret`'s forms to a bounded list, dropping the oldest past `kept`.
+fn remember(list: &RwLock<VecDeque<Box<[u8]>>>, secret: &str, kept: usize) {
+    let mut g = match list.write() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    for f in forms(secret) {
+        if !g.contains(&f) {
+            if g.len() >= kept {
+                g.pop_front();
+            }
+            g.push_back(f);
+        }
+    }
+}
 
 /// A credential. Never printed: `Debug` and `Display` show `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -57,6 +75,8 @@ pub struct Masker {
     /// that contains another is masked whole.
     fixed: Vec<Box<[u8]>>,
     minted: RwLock<VecDeque<Box<[u8]>>>,
+    /// Callers' own credentials (BYOK), as their keys are loaded; the oldest forgotten first.
+    held: RwLock<VecDeque<Box<[u8]>>>,
 }
 
 impl fmt::Debug for Masker {
@@ -86,23 +106,18 @@ impl Masker {
         Masker {
             fixed,
             minted: RwLock::new(VecDeque::new()),
+            held: RwLock::new(VecDeque::new()),
         }
     }
 
     /// Remember a credential obtained at run time (an OAuth access token).
     pub fn add_minted(&self, token: &str) {
-        let mut g = match self.minted.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for f in forms(token) {
-            if !g.contains(&f) {
-                if g.len() >= MINTED_KEPT {
-                    g.pop_front();
-                }
-                g.push_back(f);
-            }
-        }
+        remember(&self.minted, token, MINTED_KEPT);
+    }
+
+    /// Remember a caller's own credential (BYOK), loaded with its gateway key.
+    pub fn add_held(&self, secret: &str) {
+        remember(&self.held, secret, HELD_KEPT);
     }
 
     /// `text` with every credential replaced by `***`; borrowed when there was none.
@@ -112,6 +127,14 @@ impl Masker {
             replace_all(&mut out, needle);
         }
         let g = match self.minted.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for needle in g.iter() {
+            replace_all(&mut out, needle);
+        }
+        drop(g);
+        let g = match self.held.read() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };

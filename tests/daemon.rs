@@ -222,7 +222,7 @@ async fn graceful_upgrade_under_load_loses_no_request() {
             let mut ids = std::collections::HashSet::new();
             let mut i = 0usize;
             while !stop.load(Ordering::SeqCst) {
-                let stream = (c + i) % 2 == 0;
+                let stream = (c + i).is_multiple_of(2);
                 i += 1;
                 let body = chat_body("gpt-4o", stream);
                 match request(port, "POST", "/v1/chat/completions", &[], body.as_bytes()).await {

@@ -61,6 +61,12 @@ pub enum GatewayError {
         message: String,
         retry_after: u64,
     },
+    /// No gateway key, or one detour does not accept (unknown, disabled, revoked, expired).
+    Unauthorized(String),
+    /// The key's balance (with its credit limit) cannot cover a pass-through attempt.
+    InsufficientCredits(String),
+    /// The store (keys, balances) cannot be reached, and the request needs it.
+    StoreUnavailable(String),
 }
 
 /// One line of the `attempts` list in the all-failed error.
@@ -92,6 +98,9 @@ impl GatewayError {
             GatewayError::InvalidHeader { .. } => 400,
             GatewayError::TargetRefused(_) => 400,
             GatewayError::RateLimited { .. } => 429,
+            GatewayError::Unauthorized(_) => 401,
+            GatewayError::InsufficientCredits(_) => 429,
+            GatewayError::StoreUnavailable(_) => 503,
         }
     }
 
@@ -112,6 +121,9 @@ impl GatewayError {
             GatewayError::InvalidHeader { .. } => "invalid_request",
             GatewayError::TargetRefused(_) => "target_refused",
             GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::InsufficientCredits(_) => "insufficient_credits",
+            GatewayError::StoreUnavailable(_) => "store_unavailable",
         }
     }
 
@@ -150,6 +162,9 @@ impl GatewayError {
                     GatewayError::ClientClosed => "client_closed",
                     GatewayError::Overloaded { .. } | GatewayError::AnswerCut => "server_error",
                     GatewayError::RateLimited { .. } => "rate_limited",
+                    GatewayError::InsufficientCredits(_) => "insufficient_credits",
+                    GatewayError::StoreUnavailable(_) => "store_unavailable",
+                    GatewayError::Unauthorized(_) => "authentication_error",
                     _ => "invalid_request_error",
                 };
                 serde_json::to_vec(&Envelope {
@@ -231,6 +246,9 @@ impl GatewayError {
                 "target_refused",
             ),
             GatewayError::RateLimited { message, .. } => (message.clone(), None, "rate_limited"),
+            GatewayError::Unauthorized(m) => (m.clone(), None, "invalid_api_key"),
+            GatewayError::InsufficientCredits(m) => (m.clone(), None, "insufficient_credits"),
+            GatewayError::StoreUnavailable(m) => (m.clone(), None, "store_unavailable"),
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct ChatRequest {
     pub prompt_bytes: usize,
     /// Messages in the request.
     pub messages: usize,
+    /// `max_completion_tokens`, else `max_tokens`, when a non-negative integer.
+    pub max_tokens: Option<u64>,
     tree: OnceLock<Result<Value, String>>,
 }
 
@@ -55,6 +57,10 @@ struct Probe<'a> {
     tools: Option<&'a RawValue>,
     #[serde(borrow, default)]
     response_format: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
 }
 
 /// `messages`, taken in the same pass: an array of messages, or something else (a 400).
@@ -276,6 +282,10 @@ impl ChatRequest {
             needs: needs_of(&probe, messages),
             prompt_bytes,
             messages: messages.len(),
+            max_tokens: [probe.max_completion_tokens, probe.max_tokens]
+                .into_iter()
+                .flatten()
+                .find_map(|v| v.get().parse::<u64>().ok()),
             tree: OnceLock::new(),
             body: Bytes::new(),
         };

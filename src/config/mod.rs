@@ -7,6 +7,7 @@
 //! Provider kinds, their credentials and the catalog are built above it (`providers/`,
 //! `catalog.rs`), and put together in [`crate::gateway`].
 
+pub mod auth;
 pub mod failover;
 pub mod header_mode;
 mod provider;
@@ -14,6 +15,7 @@ pub(crate) mod raw;
 
 pub use crate::durations::parse as parse_duration;
 pub use crate::secrets::Secret;
+pub use auth::{AuthConfig, PayOrder};
 pub use failover::{Failover, HedgeAfter, Order};
 pub use header_mode::HeaderMode;
 use pingora_core::server::configuration::ServerConf;
@@ -137,6 +139,9 @@ pub struct Config {
     pub failover: Failover,
     /// Requests that name their targets by URL (`Helicone-Target-Url`, `Helicone-Fallbacks`).
     pub header_mode: HeaderMode,
+    /// Gateway keys, BYOK and pass-through billing.
+    pub auth: AuthConfig,
+    pub store: crate::store::StoreConfig,
     pub access_log: bool,
     pub providers: Vec<ProviderConfig>,
     /// Start from the built-in catalog.
@@ -326,6 +331,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         providers.push(prov);
     }
+    let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+    let auth = auth::validate(&raw.auth, &names)?;
+    let store = auth::store(&raw.store)?;
     Ok(Config {
         server,
         listen,
@@ -334,6 +342,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         fallback,
         failover,
         header_mode,
+        auth,
+        store,
         access_log: raw.access_log.unwrap_or(true),
         providers,
         builtin_catalog: raw.builtin_catalog.unwrap_or(true),

@@ -31,6 +31,12 @@ pub struct RawConfig {
     /// Targets named by URL in request headers (`header_mode.rs`).
     #[serde(default)]
     pub header_mode: super::header_mode::RawHeaderMode,
+    /// Gateway keys, BYOK and pass-through billing (`auth.rs`).
+    #[serde(default)]
+    pub auth: super::auth::RawAuth,
+    /// Where keys, balances and shared counters live (`auth.rs`).
+    #[serde(default)]
+    pub store: Option<super::auth::RawStore>,
     #[serde(default)]
     pub access_log: Option<bool>,
     pub providers: Vec<RawProvider>,

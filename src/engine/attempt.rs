@@ -33,6 +33,8 @@ pub(super) struct Ask<'a> {
     pub deadline: Instant,
     /// The request's targets, in the order they are tried.
     pub targets: &'a [Target],
+    /// The caller's credits and own credentials (gateway keys); `None` without keys.
+    pub tab: Option<&'a crate::auth::escrow::Tab>,
 }
 
 /// An answer at its commit point.
@@ -149,8 +151,9 @@ impl Engine {
             .get(target.route.provider)
             .await
             .map_err(|m| Failure::new(FailClass::ConnectError, None, m))?;
-        let token = self.token_for(target.route.provider).await?;
-        let header = self.header(ask, provider, &prepared, token.as_ref())?;
+        let credentials = self.credentials(ask, target);
+        let token = self.token_for(target.route.provider, credentials).await?;
+        let header = self.header(ask, provider, credentials, &prepared, token.as_ref())?;
         let (up, peer) = self
             .send(&peer, &provider.timeouts, &header, &prepared.body, deadline)
             .await?;
@@ -218,9 +221,26 @@ impl Engine {
             .map_err(|m| unsupported(provider, &m))
     }
 
-    /// Provider `i`'s access token, when its credentials are a service account.
-    async fn token_for(&self, i: usize) -> Result<Option<Secret>, Failure> {
-        match &self.gw.providers[i].credentials {
+    /// The credentials of an attempt at `target`: the caller's own (BYOK) or the operator's.
+    fn credentials<'a>(&'a self, ask: &Ask<'a>, target: &Target) -> &'a Credentials {
+        let own = match (target.pay, ask.tab) {
+            (crate::plan::Pay::Byok, Some(tab)) => tab
+                .caller()
+                .byok
+                .get(target.route.provider)
+                .and_then(Option::as_ref),
+            _ => None,
+        };
+        own.unwrap_or(&self.gw.providers[target.route.provider].credentials)
+    }
+
+    /// Provider `i`'s access token, when the credentials are its service account.
+    async fn token_for(
+        &self,
+        i: usize,
+        credentials: &Credentials,
+    ) -> Result<Option<Secret>, Failure> {
+        match credentials {
             Credentials::ServiceAccount(sa) => Ok(Some(self.access_token(i, sa).await?)),
             Credentials::None
             | Credentials::Key(_)
@@ -235,10 +255,11 @@ impl Engine {
         &self,
         ask: &Ask<'_>,
         provider: &Provider,
+        credentials: &Credentials,
         prepared: &Prepared,
         token: Option<&Secret>,
     ) -> Result<RequestHeader, Failure> {
-        let auth = match (&provider.credentials, token) {
+        let auth = match (credentials, token) {
             (_, Some(t)) => Auth::Token(t.expose()),
             (Credentials::Key(k), None) => Auth::Key(k.expose()),
             (Credentials::Aws(a), None) => Auth::Aws(a),

@@ -19,6 +19,22 @@ pub(super) struct Committed {
     pub header: ResponseHeader,
 }
 
+/// Bill a committed answer: settled at its reported usage; at its hold when it has none (the
+/// client left, the answer broke); released when the provider refused (a 4xx passed back).
+async fn bill(tab: &crate::auth::escrow::Tab, at: At<'_>, ok: bool, d: &Delivered) {
+    let target = at.target();
+    match d {
+        Delivered::Done { .. } if !ok => tab.release(at.t, target).await,
+        Delivered::Done { usage, .. } => {
+            let u = usage.map(|u| (u.prompt_tokens, u.completion_tokens));
+            tab.close(at.t, target, u).await;
+        }
+        Delivered::ClientGone | Delivered::Cut { .. } | Delivered::Broken { .. } => {
+            tab.close(at.t, target, None).await
+        }
+    }
+}
+
 /// What a delivered answer was, for its bookkeeping.
 struct Served {
     /// A 2xx (else a provider's refusal passed back).
@@ -50,10 +66,13 @@ impl Engine {
             ttft: ready.ttft,
         };
         // The relay's future comes boxed: it is not laid out inline in this one.
-        match self
+        let delivered = self
             .deliver(s, ready, Some(h), provider, None, ask.req)
-            .await
-        {
+            .await;
+        if let Some(tab) = ask.tab {
+            Box::pin(bill(tab, at, served.ok, &delivered)).await;
+        }
+        match delivered {
             Delivered::ClientGone => {
                 self.record_health(target, health::Outcome::Neutral);
                 // The attempt served: the access log says which, and that the client left.
@@ -163,6 +182,11 @@ impl Engine {
                 t: i,
                 started: Instant::now(),
             };
+            if let Some(tab) = ask.tab {
+                if tab.hold(i, t).await.is_err() {
+                    return false;
+                }
+            }
             let attempt = self.prepare(ask, t, Some(&prefilled));
             return match unless_client_gone(s, attempt).await {
                 None => false,
@@ -208,6 +232,14 @@ impl Engine {
             .await
         {
             Delivered::Done { usage, .. } => {
+                if let Some(tab) = ask.tab {
+                    tab.close(
+                        at.t,
+                        t,
+                        usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+                    )
+                    .await;
+                }
                 self.record_health(t, health::Outcome::Success { ttft: Some(ttft) });
                 self.account(t, usage);
                 self.served(log, t, "success", status, started);

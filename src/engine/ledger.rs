@@ -36,6 +36,8 @@ pub struct AttemptLog {
 #[derive(Debug, Default)]
 pub struct RequestLog {
     pub request_id: String,
+    /// The caller's gateway key id (never its secret); empty without keys.
+    pub key: String,
     pub started: Option<Instant>,
     pub stream: bool,
     /// How the request named its targets: `chain`, `target-url` or `fallbacks`; empty for a

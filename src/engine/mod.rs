@@ -124,7 +124,12 @@ impl Gate for HealthGate<'_> {
 }
 
 impl Engine {
-    pub fn new(gw: Arc<Gateway>, metrics: Arc<Metrics>, options: ConnectorOptions) -> Engine {
+    pub fn new(
+        gw: Arc<Gateway>,
+        metrics: Arc<Metrics>,
+        options: ConnectorOptions,
+        keys: Option<&Arc<crate::auth::Keys>>,
+    ) -> Engine {
         let connector = Connector::new(Some(options));
         let peers = upstream::Peers::new(
             gw.providers
@@ -159,10 +164,18 @@ impl Engine {
                 .map(|(i, p)| (p.name.clone(), gw.catalog.ids_of(i)))
                 .collect(),
         ));
-        let limiter = Arc::new(MemoryLimiter::new(gw.cfg.header_mode.limits));
+        let limits = gw.cfg.header_mode.limits;
+        let limiter: Arc<dyn Limiter> = match keys {
+            // Day counts on the store, so they hold across restarts and instances.
+            Some(k) => Arc::new(crate::auth::limits::StoreLimiter::new(
+                limits,
+                k.store.clone(),
+            )),
+            None => Arc::new(MemoryLimiter::new(limits)),
+        };
         Engine {
             limiter,
-            masker: Arc::new(gw.masker()),
+            masker: keys.map_or_else(|| Arc::new(gw.masker()), |k| k.masker.clone()),
             gw,
             metrics,
             health,
@@ -227,6 +240,7 @@ impl Engine {
         log: &mut RequestLog,
         req: &ChatRequest,
         plan: &Plan,
+        tab: Option<&crate::auth::escrow::Tab>,
     ) -> Result<(), GatewayError> {
         let begun = Instant::now();
         let deadline = crate::durations::later(begun, self.request_deadline(s.req_header()));
@@ -244,6 +258,7 @@ impl Engine {
             stream: req.stream,
             deadline,
             targets: &targets,
+            tab,
         };
         let info = targets
             .iter()
@@ -276,6 +291,7 @@ impl Engine {
                         .ok_or(GatewayError::ClientClosed)?;
                 }
                 Step::Send { target, hedge } => {
+                    self.hold(&ask, target, hedge.map(|h| h.0)).await?;
                     let run = self.run(s, &ask, target, hedge, &mut sched, &mut gate);
                     let results = run.await.ok_or(GatewayError::ClientClosed)?;
                     for (t, started, result) in results {
@@ -300,6 +316,21 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Hold credits for the PTB attempts about to be sent (a hedge's second too): a refusal
+    /// ends the request.
+    async fn hold(
+        &self,
+        ask: &Ask<'_>,
+        t: usize,
+        second: Option<usize>,
+    ) -> Result<(), GatewayError> {
+        let Some(tab) = ask.tab else { return Ok(()) };
+        for t in std::iter::once(t).chain(second) {
+            tab.hold(t, &ask.targets[t]).await?;
+        }
+        Ok(())
     }
 
     /// Log a target the schedule skips, with why.
@@ -374,7 +405,15 @@ impl Engine {
             (Err(f), d) => (f, d),
         };
         let target = at.target();
-        self.record_health(target, failure.class.health(failure.retry_after));
+        if let Some(tab) = ask.tab {
+            tab.release(at.t, target).await;
+        }
+        let health = match (target.pay, failure.class) {
+            // The caller's own key was refused: nothing about the provider.
+            (crate::plan::Pay::Byok, FailClass::AuthError) => health::Outcome::Neutral,
+            (_, class) => class.health(failure.retry_after),
+        };
+        self.record_health(target, health);
         sched.report(at.t, &decision);
         self.failed(log, target, failure, at.started, sched.goes_on());
         match decision {

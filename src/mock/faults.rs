@@ -86,6 +86,16 @@ pub(super) fn plan_for(
     if path.contains("/publishers/") && !vertex_token {
         plan.status = 401;
     }
+    // A key that says it is bad is refused, as a provider refuses a revoked key.
+    let bad_key = headers.iter().any(|(k, v)| {
+        matches!(
+            k.as_str(),
+            "authorization" | "x-api-key" | "api-key" | "x-goog-api-key"
+        ) && v.contains("rejected")
+    });
+    if bad_key {
+        plan.status = 401;
+    }
     plan
 }
 

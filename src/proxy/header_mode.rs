@@ -125,8 +125,11 @@ pub fn first_model(body: &[u8]) -> Option<String> {
     None
 }
 
-/// The caller a limit counts against: the client's address.
-pub fn caller(s: &Session) -> String {
+/// The caller a limit counts against: its gateway key when it has one, else its address.
+pub fn caller(s: &Session, key: &str) -> String {
+    if !key.is_empty() {
+        return format!("key:{key}");
+    }
     s.client_addr()
         .and_then(|a| a.as_inet())
         .map_or_else(|| "unknown".into(), |a| a.ip().to_string())
@@ -139,6 +142,7 @@ impl DetourProxy {
         &self,
         s: &mut Session,
         url: TargetUrl,
+        key: &str,
     ) -> Result<Box<Direct>, GatewayError> {
         let gw = self.gw();
         let hm = &gw.cfg.header_mode;
@@ -155,7 +159,7 @@ impl DetourProxy {
         let label = gw.approved.label(&url.host).map(str::to_string);
         if label.is_none() {
             // Counted before any DNS lookup: a caller over its limit resolves nothing.
-            self.engine.admit(&caller(s), &url.limit_key()).await?;
+            self.engine.admit(&caller(s, key), &url.limit_key()).await?;
         }
         let addr = vet(&url, &hm.policy, hm.timeouts.connect)
             .await
@@ -183,7 +187,7 @@ impl DetourProxy {
                  targets too: drop Helicone-Fallbacks to use the chain, or give a plain model id",
             ));
         }
-        let caller = caller(s);
+        let caller = caller(s, &ctx.log.key);
         self.engine
             .serve_urls(s, &mut ctx.log, &entries, body, &caller)
             .await

@@ -2,6 +2,7 @@
 //! and logs each request once in `logging()`. No provider-specific logic lives here.
 
 mod header_mode;
+mod keyed;
 
 use crate::api::{ChatRequest, GatewayError};
 use crate::engine::ledger::Via;
@@ -75,6 +76,8 @@ impl Drop for BodyHold<'_> {
 
 pub struct DetourProxy {
     engine: Engine,
+    /// Gateway keys, when `auth.required` (their store opened at start-up).
+    keys: Option<Arc<crate::auth::Keys>>,
     bodies: BodyBudget,
     models_json: Bytes,
     id_prefix: String,
@@ -86,6 +89,7 @@ impl DetourProxy {
         gw: Arc<Gateway>,
         metrics: Arc<Metrics>,
         connector: pingora_core::connectors::ConnectorOptions,
+        keys: Option<Arc<crate::auth::Keys>>,
     ) -> DetourProxy {
         let models_json = models_list(&gw);
         let seed = std::time::SystemTime::now()
@@ -99,7 +103,8 @@ impl DetourProxy {
                 cap: gw.cfg.limits.max_total_body_bytes,
                 gauge: metrics.body_bytes_held.clone(),
             },
-            engine: Engine::new(gw, metrics, connector),
+            engine: Engine::new(gw, metrics, connector, keys.as_ref()),
+            keys,
             models_json,
             id_prefix: format!("{seed:016x}"),
             next_id: AtomicU64::new(0),
@@ -271,13 +276,17 @@ impl DetourProxy {
         // Decremented when this scope ends, whichever way it ends.
         let _in_flight = Counted::enter(&self.metrics().in_flight);
         let result = async {
+            // Before the body is read: a caller without a key, or over a limit, sends nothing.
+            let who = self.admitted(session, ctx, true).await?;
             // The hold counts the body in the total until the request is over.
             let (body, _hold) = self.read_body(session).await?;
             let req = ChatRequest::parse(body)?;
             ctx.stream = req.stream;
-            let plan =
-                crate::plan::plan(&req.model, self.gw()).map_err(GatewayError::InvalidChain)?;
-            self.engine.serve(session, ctx, &req, &plan).await
+            let plan = self.plan_for(&req, who.as_ref())?;
+            let tab = self.tab(&req, who.as_ref(), &ctx.request_id);
+            self.engine
+                .serve(session, ctx, &req, &plan, tab.as_ref())
+                .await
         }
         .await;
         Self::finish(session, ctx, result).await
@@ -306,10 +315,18 @@ impl DetourProxy {
         // Counted until Pingora drops the request's context (after `logging`): a single target
         // is still in flight on Pingora's proxy path after this returns.
         ctx.in_flight = Some(Counted::enter(&self.metrics().in_flight));
+        match self.admitted(session, &mut ctx.log, false).await {
+            Ok(who) => ctx.admitted = who,
+            Err(e) => {
+                ctx.log.mode = "header";
+                Self::write_error(session, &mut ctx.log, &e).await?;
+                return Ok(true);
+            }
+        }
         match mode {
             Mode::Target(url) => {
                 ctx.log.mode = "target-url";
-                match self.direct(session, url).await {
+                match self.direct(session, url, &ctx.log.key.clone()).await {
                     Ok(d) => {
                         ctx.direct = Some(d);
                         Ok(false)
@@ -335,6 +352,8 @@ pub struct Ctx {
     pub log: RequestLog,
     pub direct: Option<Box<Direct>>,
     in_flight: Option<Counted>,
+    /// The caller's key and concurrency slot, held as long as the request (gateway keys).
+    admitted: Option<keyed::Admitted>,
 }
 
 /// A request counted in a gauge for as long as this lives (it owns a handle to the gauge, so
@@ -652,6 +671,7 @@ fn access_log(gw: &Gateway, ctx: &RequestLog, elapsed: Duration) {
         "log": "access",
         "request_id": ctx.request_id,
         "mode": ctx.mode,
+        "key": (!ctx.key.is_empty()).then_some(ctx.key.as_str()),
         "status": ctx.status,
         "outcome": ctx.outcome,
         "stream": ctx.stream,

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 pub use detour::mock::{Fault, MockConfig, MockServer};
 
 pub mod chains;
+pub mod keys;
 mod raw;
 pub use raw::*;
 
@@ -105,6 +106,11 @@ pub const AWS_KEY_ID: &str = "AKIDDETOURTEST";
 pub const AWS_SECRET: &str = "detour/test/secret/key/0123456789abcdefghij";
 pub const AWS_TOKEN: &str = "detour-session-token-IQoJb3JpZ2luX2VjEXAMPLE";
 
+/// The admin token test gateways get from `DETOUR_ADMIN_TOKEN`.
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+/// The BYOK master key test gateways get from `DETOUR_MASTER_KEY` (32 bytes, hex).
+pub const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
 pub struct Gateway {
     pub port: u16,
     pub admin_port: u16,
@@ -142,6 +148,7 @@ impl Gateway {
         let socks = listeners(2);
         let port = socks[0].local_addr().unwrap().port();
         let admin_port = socks[1].local_addr().unwrap().port();
+        let body = body.replace("{dir}", &dir.display().to_string());
         let yaml = format!(
             "server:\n  threads: 2\n  pid_file: {d}/detour.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n{server_extra}listen: [\"127.0.0.1:{port}\"]\nadmin:\n  listen: 127.0.0.1:{admin_port}\n{timeouts}{body}",
             d = dir.display()
@@ -175,6 +182,8 @@ impl Gateway {
             .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
             .env("AWS_SESSION_TOKEN", AWS_TOKEN)
+            .env("DETOUR_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("DETOUR_MASTER_KEY", MASTER_KEY)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
