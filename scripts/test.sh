@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what a fresh Debian machine lacks, then runs
-# every test — unit, integration over real sockets, and the official OpenAI SDK client test.
+# every test — unit, integration over real sockets (a real SQLite file, a real redis-server on a
+# loopback port), and the official OpenAI SDK client test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
 if ! command -v cmake >/dev/null 2>&1; then          # pingora-core builds zlib-ng with cmake
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq cmake >/dev/null
+fi
+if ! command -v redis-server >/dev/null 2>&1; then   # the Redis store's tests start their own
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv >/dev/null

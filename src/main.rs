@@ -81,6 +81,13 @@ fn gateway_main() {
         }
     };
     if opt.test {
+        let open = cfg.cfg.listen.iter().any(|a| !a.ip().is_loopback());
+        if open && !cfg.cfg.auth.required {
+            eprintln!(
+                "detour: warning: {source} listens beyond loopback without auth.required: \
+                 anyone who reaches it spends the operator's provider keys"
+            );
+        }
         println!("detour: config {source} is valid");
         exit(0);
     }

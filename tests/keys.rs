@@ -472,3 +472,122 @@ async fn the_admin_api_needs_its_token_and_never_returns_a_credential() {
     }
     assert_eq!(key_view(&gw, &id).await["balance"], 3_750_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_with_a_gateway_key_through_a_byok_to_ptb_fallback() {
+    let (p1, p2) = (mock("p1").await, mock("p2").await);
+    let gw = gateway(&keyed(&p1, &p2, SQLITE, "")).await;
+    let (id, key) = new_key(&gw, json!({}), 1.0).await;
+    let path = format!("/admin/keys/{id}/providers/p1");
+    admin(
+        &gw,
+        "PUT",
+        &path,
+        json!({"api-key": "sk-own-rejected-0000"}),
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}/v1", gw.port);
+    let args = vec![base, key, "gpt-4o/p1".into(), "p1".into()];
+    let out = run_sdk_script("openai_gateway_key.py", args).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each of the two served requests: the caller's key refused, then the operator's.
+    assert_eq!(p1.calls(), 4, "{text}");
+    let (rows, _) = ledger_when(&gw, &id, |r| r.len() == 3).await;
+    assert_eq!(rows.iter().filter(|r| r["kind"] == "debit").count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_made_on_the_command_line_work_and_a_kill_9_under_load_loses_no_settled_debit() {
+    let p1 = mock_with(MockConfig {
+        delay: Duration::from_millis(100),
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = Gateway::start(&keyed(&p1, &p2, SQLITE, "")).await;
+    // `detour keys create` against the same config and SQLite file as the running gateway.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_detour"))
+        .args([
+            "keys",
+            "create",
+            "cli",
+            "--credits",
+            "5",
+            "--rpm",
+            "100000",
+            "-c",
+        ])
+        .arg(gw.dir.join("detour.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (id, key) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["key"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(v["balance"], 5_000_000);
+    // Load: 16 at a time for a while, then kill -9 in the middle of it.
+    let port = gw.port;
+    let load = tokio::spawn(async move {
+        let mut ok = 0;
+        for _ in 0..20 {
+            let tasks: Vec<_> = (0..16)
+                .map(|_| {
+                    let auth = format!("Bearer {key}");
+                    tokio::spawn(async move {
+                        let h = [
+                            ("content-type", "application/json"),
+                            ("authorization", auth.as_str()),
+                        ];
+                        let b = body("gpt-4o/p1");
+                        let r = request(port, "POST", "/v1/chat/completions", &h, b.as_bytes());
+                        Box::pin(r).await.map(|r| r.status == 200).unwrap_or(false)
+                    })
+                })
+                .collect();
+            for t in tasks {
+                ok += usize::from(t.await.unwrap_or(false));
+            }
+        }
+        ok
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut gw = gw;
+    gw.child.kill().unwrap(); // SIGKILL
+    gw.child.wait().unwrap();
+    let served = load.await.unwrap();
+    assert!(served > 0, "some were served before the kill");
+    // A new gateway on the same file: reservations the crash left open are released.
+    let db = gw.dir.join("detour.db").display().to_string();
+    let again = Gateway::start(&keyed(&p1, &p2, &format!("{{sqlite: \"{db}\"}}"), "")).await;
+    let view = key_view(&again, &id).await;
+    assert_eq!(view["reserved"], 0, "{view}");
+    let (rows, balance) = ledger(&again, &id).await;
+    let sum: i64 = rows.iter().map(|r| r["amount"].as_i64().unwrap()).sum();
+    assert_eq!(sum, balance, "the balance is the sum of the ledger");
+    let debits = rows.iter().filter(|r| r["kind"] == "debit").count();
+    // Every debit is one served request; an answer written just before the kill may have
+    // missed its settlement (at most the 16 in flight), never the other way round.
+    assert!(
+        debits <= p1.calls() && debits + 16 >= served,
+        "{debits} debits, {served} served, {} sent",
+        p1.calls()
+    );
+    let ids: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(ids.len(), debits, "no request debited twice");
+    assert_eq!(balance, 5_000_000 - 53 * debits as i64);
+}
