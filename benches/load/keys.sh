@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# What gateway keys cost: the chain mode's JSON request with auth.required on each store, against
+# no auth, as detour's CPU time per request (user + system from /proc/PID/stat over the run).
+#
+#   benches/load/keys.sh            # needs target/release/detour, wrk, redis-server
+#   DURATION=5s CONC=32 benches/load/keys.sh
+#
+# Each keyed request is a PTB request: the key looked up (cached), a hold reserved before the
+# attempt and settled after it (two store transactions and a ledger row). detour runs on CPU
+# $DETOUR_CPU with one worker thread; wrk, the mock and redis-server on $LOAD_CPU. Every process
+# started here is stopped by its PID on exit. Markdown table on stdout.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+BIN="${DETOUR_BIN:-$ROOT/target/release/detour}"
+DURATION="${DURATION:-10s}"
+CONC="${CONC:-32}"
+DETOUR_CPU="${DETOUR_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+BASE="${BASE_PORT:-18300}"
+WORK="$(mktemp -d /tmp/detour-keys.XXXXXX)"
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+[[ -x $BIN ]] || { echo "keys.sh: build first: cargo build --release" >&2; exit 2; }
+
+wait_http() { # wait_http URL: up to 15 s for a 200
+  local i
+  for ((i = 0; i < 150; i++)); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$1") == 200 ]] && return 0
+    sleep 0.1
+  done
+  echo "keys.sh: $1 did not answer" >&2; exit 2
+}
+
+taskset -c "$LOAD_CPU" "$BIN" mock --listen "127.0.0.1:$BASE" --threads 1 >/dev/null 2>&1 &
+PIDS+=($!)
+taskset -c "$LOAD_CPU" redis-server --bind 127.0.0.1 --port $((BASE + 1)) --save '' \
+  --appendonly no >/dev/null 2>&1 &
+PIDS+=($!)
+sleep 0.5
+
+export DETOUR_ADMIN_TOKEN=bench-admin-token
+echo "| store | requests/s (c=$CONC) | detour CPU per request | added by keys |"
+echo "|---|---|---|---|"
+BASE_US=""
+for store in none sqlite redis; do
+  port=$((BASE + 10))
+  cfg="$WORK/$store.yaml"
+  {
+    echo "server: {threads: 1, pid_file: $WORK/$store.pid, upgrade_sock: $WORK/$store.sock, upstream_keepalive_pool_size: 2048}"
+    echo "listen: [\"127.0.0.1:$port\"]"
+    echo "access-log: false"
+    case $store in
+      none) ;;
+      sqlite) echo "auth: {required: true}"; echo "store: {sqlite: $WORK/detour.db}" ;;
+      redis) echo "auth: {required: true}"; echo "store: {redis: \"redis://127.0.0.1:$((BASE + 1))/0\"}" ;;
+    esac
+    echo "providers: [{name: mock, kind: openai, base-url: \"http://127.0.0.1:$BASE/v1\"}]"
+    echo "models: {gpt-4o: [{provider: mock}]}"
+  } >"$cfg"
+  header=()
+  if [[ $store != none ]]; then
+    key=$("$BIN" keys create bench --credits 1000000 -c "$cfg" | sed -n 's/.*"key": "\(dtr_[^"]*\)".*/\1/p')
+    header=(-H "Authorization: Bearer $key")
+  fi
+  taskset -c "$DETOUR_CPU" "$BIN" -c "$cfg" >/dev/null 2>"$WORK/$store.err" &
+  gw=$!
+  PIDS+=("$gw")
+  wait_http "http://127.0.0.1:$port/health"
+  # Warm-up, then the measured run.
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONC" -d1s "${header[@]}" -s "$HERE/chat.lua" \
+    "http://127.0.0.1:$port/v1/chat/completions" -- json >/dev/null
+  t0=$(awk '{print $14 + $15}' "/proc/$gw/stat")
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONC" -d"$DURATION" "${header[@]}" \
+    -s "$HERE/chat.lua" "http://127.0.0.1:$port/v1/chat/completions" -- json)
+  t1=$(awk '{print $14 + $15}' "/proc/$gw/stat")
+  line=$(grep WRK_RESULT <<<"$out")
+  n=$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line")
+  rps=$(sed -n 's/.* rps=\([0-9.]*\).*/\1/p' <<<"$line")
+  bad=$(sed -n 's/.* status_err=\([0-9]*\).*/\1/p' <<<"$line")
+  [[ $bad == 0 ]] || { echo "keys.sh: $store: $bad error answers" >&2; exit 1; }
+  us=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+  [[ -n $BASE_US ]] || BASE_US=$us
+  added=$(awk -v a="$us" -v b="$BASE_US" 'BEGIN { printf "%+.1f µs", a - b }')
+  echo "| $store | $rps | $us µs | $added |"
+  kill "$gw"; wait "$gw" 2>/dev/null || true
+done

@@ -1,0 +1,176 @@
+//! The rest of a key's limits over real sockets: tokens per minute, concurrency, expiry, the
+//! `ptb-first` order, and a gateway key in the header mode (where `Authorization` is the
+//! provider's key).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::chains::*;
+use common::keys::*;
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+fn body(model: &str) -> String {
+    format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":100}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_per_minute_concurrency_and_expiry() {
+    let p1 = mock_with(MockConfig {
+        delay: Duration::from_millis(600),
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = gateway(&keyed(&p1, &p2, SQLITE, "")).await;
+    // 20 tokens a minute: the mock reports 12 per answer, so the third request is refused.
+    let (_, key) = new_key(&gw, json!({"tpm": 20}), 1.0).await;
+    for _ in 0..2 {
+        assert_eq!(chat_as(&gw, &key, &body("gpt-4o/p2")).await.status, 200);
+    }
+    let r = chat_as(&gw, &key, &body("gpt-4o/p2")).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("tokens per minute"));
+    assert_eq!(p2.calls(), 2);
+    // One at a time: of three sent together to a slow target, one is served.
+    let (_, key) = new_key(&gw, json!({"concurrency": 1}), 1.0).await;
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let (port, auth) = (gw.port, format!("Bearer {key}"));
+            tokio::spawn(async move {
+                let h = [
+                    ("content-type", "application/json"),
+                    ("authorization", auth.as_str()),
+                ];
+                let b = body("gpt-4o/p1");
+                Box::pin(request(
+                    port,
+                    "POST",
+                    "/v1/chat/completions",
+                    &h,
+                    b.as_bytes(),
+                ))
+                .await
+                .unwrap()
+                .status
+            })
+        })
+        .collect();
+    let mut st = Vec::new();
+    for t in tasks {
+        st.push(t.await.unwrap());
+    }
+    st.sort();
+    assert_eq!(st, vec![200, 429, 429]);
+    // The slot is given back: the next one is served.
+    assert_eq!(chat_as(&gw, &key, &body("gpt-4o/p1")).await.status, 200);
+    // An expired key is refused.
+    let (_, key) = new_key(&gw, json!({"expires-at": 1_000_000_000}), 1.0).await;
+    let r = chat_as(&gw, &key, &body("gpt-4o/p2")).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["message"], "This gateway key has expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ptb_first_puts_the_operators_attempt_before_the_callers_own() {
+    let (p1, p2) = (mock("p1").await, mock("p2").await);
+    let cfg = keyed(&p1, &p2, SQLITE, "").replacen(
+        "auth: {required: true}",
+        "auth: {required: true, order: ptb-first}",
+        1,
+    );
+    let gw = gateway(&cfg).await;
+    let (id, key) = new_key(&gw, json!({}), 0.0001).await;
+    let path = format!("/admin/keys/{id}/providers/p1");
+    admin(&gw, "PUT", &path, json!({"api-key": "sk-own-p1-key-000"})).await;
+    // PTB first, and the credits do not cover it: detour's own 429 ends the request.
+    let r = chat_as(&gw, &key, &body("gpt-4o/p1")).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(p1.calls(), 0);
+    // With credits, the operator's key serves.
+    admin(
+        &gw,
+        "POST",
+        &format!("/admin/keys/{id}/credits"),
+        json!({"usd": 1}),
+    )
+    .await;
+    let r = chat_as(&gw, &key, &body("gpt-4o/p1")).await;
+    assert_eq!(r.status, 200);
+    let auth = &p1.requests()[0].headers;
+    assert!(auth
+        .iter()
+        .any(|(k, v)| k == "authorization" && v == &format!("Bearer {PROVIDER_KEY}")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_mode_takes_the_key_from_helicone_auth_and_counts_per_key() {
+    let (p1, p2) = (mock("p1").await, mock("p2").await);
+    let extra = "header-mode:\n  allow-networks: [127.0.0.0/8]\n  allow-ports: [\"1024-65535\"]\n  unapproved-limit: {per-second: 100, per-day: 2}\n";
+    let gw = gateway(&keyed(&p1, &p2, SQLITE, extra)).await;
+    let (_, key) = new_key(&gw, json!({}), 0.0).await;
+    let target = format!(
+        "http://localhost:{}",
+        p1.base_url()
+            .trim_start_matches("http://127.0.0.1:")
+            .split('/')
+            .next()
+            .unwrap()
+    );
+    let send = |helicone: Option<String>| {
+        let (port, target) = (gw.port, target.clone());
+        async move {
+            let mut h = vec![
+                ("content-type".to_string(), "application/json".to_string()),
+                (
+                    "authorization".to_string(),
+                    "Bearer sk-the-callers-provider-key".to_string(),
+                ),
+                ("helicone-target-url".to_string(), target),
+            ];
+            if let Some(k) = helicone {
+                h.push(("helicone-auth".to_string(), format!("Bearer {k}")));
+            }
+            let h: Vec<(&str, &str)> = h.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            let b = body("gpt-4o");
+            Box::pin(request(
+                port,
+                "POST",
+                "/v1/chat/completions",
+                &h,
+                b.as_bytes(),
+            ))
+            .await
+            .unwrap()
+        }
+    };
+    // Without a key: 401, and `Authorization` (the provider's key) is not taken for one.
+    let r = send(None).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(p1.calls(), 0);
+    // With one: served, the provider key passed through, and Helicone-Auth not forwarded.
+    let r = send(Some(key.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = &p1.requests()[0].headers;
+    assert!(sent
+        .iter()
+        .any(|(k, v)| k == "authorization" && v == "Bearer sk-the-callers-provider-key"));
+    assert!(!sent.iter().any(|(k, _)| k == "helicone-auth"), "{sent:?}");
+    // Two a day to this unapproved host, counted on the store for this key.
+    assert_eq!(send(Some(key.clone())).await.status, 200);
+    let r = send(Some(key.clone())).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("per-day"), "{}", r.text());
+    let (_, other) = new_key(&gw, json!({}), 0.0).await;
+    assert_eq!(
+        send(Some(other)).await.status,
+        200,
+        "another key has its own count"
+    );
+}
