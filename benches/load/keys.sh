@@ -88,5 +88,5 @@ for store in none sqlite redis; do
   [[ -n $BASE_US ]] || BASE_US=$us
   added=$(awk -v a="$us" -v b="$BASE_US" 'BEGIN { printf "%+.1f µs", a - b }')
   echo "| $store | $rps | $us µs | $added |"
-  kill "$gw"; wait "$gw" 2>/dev/null || true
+  kill -INT "$gw"; wait "$gw" 2>/dev/null || true   # SIGINT: Pingora stops at once
 done
