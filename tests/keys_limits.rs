@@ -69,7 +69,8 @@ async fn tokens_per_minute_concurrency_and_expiry() {
     st.sort();
     assert_eq!(st, vec![200, 429, 429]);
     // The slot is given back: the next one is served.
-    assert_eq!(chat_as(&gw, &key, &body("gpt-4o/p1")).await.status, 200);
+    let r = chat_as(&gw, &key, &body("gpt-4o/p1")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     // An expired key is refused.
     let (_, key) = new_key(&gw, json!({"expires-at": 1_000_000_000}), 1.0).await;
     let r = chat_as(&gw, &key, &body("gpt-4o/p2")).await;

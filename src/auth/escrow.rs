@@ -7,7 +7,7 @@
 //! price, plus `max_tokens` (else the catalog's output limit, else `auth.default-output-tokens`)
 //! × the output price. A debit never exceeds its hold, so a balance never passes its limit.
 
-use super::{Caller, Keys};
+use super::{Caller, Keys, Pass};
 use crate::api::GatewayError;
 use crate::catalog::Price;
 use crate::plan::{Pay, Target};
@@ -34,6 +34,9 @@ pub struct Tab {
     max_tokens: Option<u64>,
     /// (target index, reservation, amount).
     held: Mutex<Vec<(usize, u64, Micros)>>,
+    /// The caller's concurrency slot, free as soon as the answer is delivered (before it is
+    /// billed): a client that sends its next request on the answer finds it free.
+    slot: Mutex<Option<Pass>>,
 }
 
 impl Tab {
@@ -43,6 +46,7 @@ impl Tab {
         request_id: String,
         body_len: usize,
         max_tokens: Option<u64>,
+        slot: Option<Pass>,
     ) -> Tab {
         Tab {
             keys,
@@ -51,7 +55,14 @@ impl Tab {
             prompt_bound: body_len as u64,
             max_tokens,
             held: Mutex::new(Vec::new()),
+            slot: Mutex::new(slot),
         }
+    }
+
+    /// The answer is delivered: the caller's concurrency slot is given back.
+    pub fn answered(&self) {
+        let slot = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(slot);
     }
 
     pub fn caller(&self) -> &Caller {

@@ -70,6 +70,9 @@ impl Engine {
             .deliver(s, ready, Some(h), provider, None, ask.req)
             .await;
         if let Some(tab) = ask.tab {
+            if !matches!(delivered, Delivered::Broken { .. }) {
+                tab.answered();
+            }
             Box::pin(bill(tab, at, served.ok, &delivered)).await;
         }
         match delivered {

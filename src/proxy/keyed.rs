@@ -11,10 +11,11 @@ use crate::plan::Plan;
 use pingora_proxy::Session;
 use std::sync::Arc;
 
-/// A request's caller, admitted: its concurrency slot is held while this lives.
+/// A request's caller, admitted: its concurrency slot is held while this lives (or, in the
+/// chain mode, its tab: [`Tab::answered`]).
 pub struct Admitted {
     pub caller: Arc<Caller>,
-    _pass: Pass,
+    pass: Option<Pass>,
 }
 
 impl DetourProxy {
@@ -36,7 +37,7 @@ impl DetourProxy {
         let pass = keys.admit(&caller).await?;
         Ok(Some(Admitted {
             caller,
-            _pass: pass,
+            pass: Some(pass),
         }))
     }
 
@@ -66,8 +67,14 @@ impl DetourProxy {
         Ok(plan)
     }
 
-    /// The request's tab: its credits held and settled per attempt.
-    pub(super) fn tab(&self, req: &ChatRequest, who: Option<&Admitted>, id: &str) -> Option<Tab> {
+    /// The request's tab: its credits held and settled per attempt; the caller's concurrency
+    /// slot moves into it.
+    pub(super) fn tab(
+        &self,
+        req: &ChatRequest,
+        who: Option<&mut Admitted>,
+        id: &str,
+    ) -> Option<Tab> {
         let (keys, who) = (self.keys.as_ref()?, who?);
         Some(Tab::new(
             keys.clone(),
@@ -75,6 +82,7 @@ impl DetourProxy {
             id.to_string(),
             req.body.len(),
             req.max_tokens,
+            who.pass.take(),
         ))
     }
 }

@@ -277,13 +277,13 @@ impl DetourProxy {
         let _in_flight = Counted::enter(&self.metrics().in_flight);
         let result = async {
             // Before the body is read: a caller without a key, or over a limit, sends nothing.
-            let who = self.admitted(session, ctx, true).await?;
+            let mut who = self.admitted(session, ctx, true).await?;
             // The hold counts the body in the total until the request is over.
             let (body, _hold) = self.read_body(session).await?;
             let req = ChatRequest::parse(body)?;
             ctx.stream = req.stream;
             let plan = self.plan_for(&req, who.as_ref())?;
-            let tab = self.tab(&req, who.as_ref(), &ctx.request_id);
+            let tab = self.tab(&req, who.as_mut(), &ctx.request_id);
             self.engine
                 .serve(session, ctx, &req, &plan, tab.as_ref())
                 .await

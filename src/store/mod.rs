@@ -239,6 +239,11 @@ pub trait Store: Send + Sync {
         ttl: Duration,
     ) -> Result<bool, StoreError>;
     async fn give_back(&self, bucket: &str, lease: &str) -> Result<(), StoreError>;
+    /// Give a slot back at once, when that needs no I/O (an in-process count): `true` when
+    /// done, `false` when [`Store::give_back`] must be awaited instead.
+    fn give_back_now(&self, _bucket: &str, _lease: &str) -> bool {
+        false
+    }
     /// The header mode's per-day count of `caller` to `host`: one more, unless `per_day`
     /// were already counted on `day` (days since the epoch).
     async fn count_day(

@@ -525,6 +525,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn give_back_now(&self, bucket: &str, lease: &str) -> bool {
+        self.local.give_back(bucket, lease);
+        true
+    }
+
     async fn count_day(
         &self,
         caller: &str,
