@@ -20,8 +20,10 @@ bash scripts/sdk-venv.sh >/dev/null                 # venv with the official ope
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --locked "$@" 2>&1 | tee "$log"
+# Bounded: a test that hangs fails the run (status 124) instead of holding CI to its limit.
+timeout --kill-after=30 "${DETOUR_TEST_TIMEOUT:-2400}" cargo test --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+[ "$status" -eq 124 ] && echo "the tests did not finish within ${DETOUR_TEST_TIMEOUT:-2400} s"
 set -e
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')

@@ -365,11 +365,33 @@ pub async fn send_request(
     Ok(())
 }
 
+/// The longest a test waits for the next bytes of an answer: a hang is a failure that names
+/// itself, never a CI run that stops at its time limit.
+pub const READ_DEADLINE: Duration = Duration::from_secs(60);
+
+/// One read from the socket, bounded by [`READ_DEADLINE`].
+pub async fn read_some(sock: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    match tokio::time::timeout(READ_DEADLINE, sock.read(buf)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no bytes from the gateway within the test's read deadline",
+        )),
+    }
+}
+
 /// Read a response head; returns the parsed head and any body bytes already read.
 pub async fn read_head(
     sock: &mut TcpStream,
 ) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(4096);
+    read_head_after(sock, Vec::with_capacity(4096)).await
+}
+
+/// [`read_head`] when some of its bytes were already read (e.g. after an interim `1xx` head).
+pub async fn read_head_after(
+    sock: &mut TcpStream,
+    mut buf: Vec<u8>,
+) -> std::io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
     loop {
         let mut hs = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut hs);
@@ -391,7 +413,7 @@ pub async fn read_head(
             return Ok((status, headers, buf[n..].to_vec()));
         }
         let mut tmp = [0u8; 4096];
-        let n = sock.read(&mut tmp).await?;
+        let n = read_some(sock, &mut tmp).await?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -403,8 +425,16 @@ pub async fn read_head(
 }
 
 pub async fn read_response(sock: &mut TcpStream) -> std::io::Result<Response> {
+    read_response_after(sock, Vec::new()).await
+}
+
+/// [`read_response`] when its first bytes were already read.
+pub async fn read_response_after(
+    sock: &mut TcpStream,
+    already: Vec<u8>,
+) -> std::io::Result<Response> {
     let start = Instant::now();
-    let (status, headers, mut rest) = read_head(sock).await?;
+    let (status, headers, mut rest) = read_head_after(sock, already).await?;
     let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let mut body = Vec::new();
     let mut chunk_times = Vec::new();
@@ -412,7 +442,7 @@ pub async fn read_response(sock: &mut TcpStream) -> std::io::Result<Response> {
         let n: usize = cl.trim().parse().unwrap();
         while rest.len() < n {
             let mut tmp = vec![0u8; 65536];
-            let k = sock.read(&mut tmp).await?;
+            let k = read_some(sock, &mut tmp).await?;
             if k == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -429,7 +459,14 @@ pub async fn read_response(sock: &mut TcpStream) -> std::io::Result<Response> {
             body.extend_from_slice(&c);
         }
     } else {
-        sock.read_to_end(&mut rest).await?;
+        let mut tmp = vec![0u8; 65536];
+        loop {
+            let k = read_some(sock, &mut tmp).await?;
+            if k == 0 {
+                break;
+            }
+            rest.extend_from_slice(&tmp[..k]);
+        }
         body = rest;
     }
     Ok(Response {
@@ -456,7 +493,7 @@ impl ChunkDecoder {
 
     async fn fill(&mut self, sock: &mut TcpStream) -> std::io::Result<()> {
         let mut tmp = [0u8; 65536];
-        let n = sock.read(&mut tmp).await?;
+        let n = read_some(sock, &mut tmp).await?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
