@@ -126,12 +126,14 @@ impl Store for SqliteStore {
     }
 
     async fn key(&self, id: &str) -> Result<Option<KeyView>, StoreError> {
+        self.purse.barrier().await?;
         let key = id.to_string();
         let view = self.call(move |c| rows::view(c, &key)).await?;
         Ok(view.map(|v| self.with_holds(v)))
     }
 
     async fn keys(&self) -> Result<Vec<KeyView>, StoreError> {
+        self.purse.barrier().await?;
         self.call(|c| {
             let mut st = c
                 .prepare("SELECT id FROM keys ORDER BY created, id")
@@ -192,10 +194,7 @@ impl Store for SqliteStore {
             return Ok(());
         };
         let charge = charge.clone();
-        self.purse
-            .write(id, Op::Debit { amount, charge })
-            .await
-            .map(|_| ())
+        self.purse.queue(id, Op::Debit { amount, charge })
     }
 
     async fn release(&self, id: &str, reservation: u64) -> Result<(), StoreError> {
@@ -204,16 +203,17 @@ impl Store for SqliteStore {
     }
 
     async fn record(&self, id: &str, charge: &Charge) -> Result<(), StoreError> {
-        let op = Op::Record(charge.clone());
-        self.purse.write(id, op).await.map(|_| ())
+        self.purse.queue(id, Op::Record(charge.clone()))
     }
 
     async fn ledger(&self, id: &str, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.purse.barrier().await?;
         let id = id.to_string();
         self.call(move |c| rows::ledger(c, &id, limit)).await
     }
 
     async fn usage(&self, id: &str, days: u32) -> Result<Vec<UsageRow>, StoreError> {
+        self.purse.barrier().await?;
         let id = id.to_string();
         self.call(move |c| rows::usage(c, &id, days)).await
     }

@@ -3,9 +3,12 @@
 //! One detour instance owns a SQLite file's balances (several instances share Redis), so a
 //! hold need not be a row: holds live here, and a crash releases them by forgetting them. What
 //! must outlive a crash (a debit with its ledger row, a top-up, a BYOK record) goes to the
-//! ledger writer: one thread that commits every write queued while its last transaction ran in
-//! one transaction (group commit), then answers each caller. A settle returns once its debit
-//! is committed, as before; the request path itself does no I/O.
+//! ledger writer: one thread that, once a write arrives, lets others gather for [`LINGER`] and
+//! commits them all in one transaction (group commit), then answers the callers that wait. A
+//! settle does not wait: its debit is pending in memory (holds count it) until committed, so
+//! a `kill -9` can leave the answers of the last millisecond or so unbilled, never a debit half
+//! written; the admin's reads wait for every write queued before them. The request path
+//! itself does no I/O.
 //!
 //! A balance here is the file's balance as of the writer's last commit for that key, less the
 //! debits queued since. Another process (the `detour keys` CLI) may top a key up in the file:
@@ -21,9 +24,10 @@ use tokio::sync::oneshot;
 
 /// Writes batched into one transaction at most.
 const BATCH: usize = 512;
-/// Under load (the last batch had company), how long the writer lets a batch gather before it
-/// commits: each commit costs a WAL append of the pages it touched, whatever its size.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(500);
+/// How long the writer lets a batch gather after its first write arrives: each commit costs a
+/// WAL append of the pages it touched, whatever its size, and while the writer sleeps a queued
+/// write wakes nobody. It bounds how long a settled answer's debit stays in memory only.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A durable write for the ledger writer.
 pub enum Op {
@@ -40,13 +44,15 @@ pub enum Op {
     },
     /// Nothing written: the balance is read back.
     Refresh,
+    /// Nothing written or read: answered once every write queued before it is committed.
+    Barrier,
 }
 
 struct Job {
     id: String,
     op: Op,
-    /// The key's balance in the file once the write is committed.
-    reply: oneshot::Sender<Result<Micros, StoreError>>,
+    /// The key's balance in the file once the write is committed, to a caller that waits.
+    reply: Option<oneshot::Sender<Result<Micros, StoreError>>>,
 }
 
 #[derive(Default)]
@@ -146,19 +152,40 @@ impl Purse {
     /// Queue a durable write; the key's balance once it is committed.
     pub async fn write(&self, id: &str, op: Op) -> Result<Micros, StoreError> {
         let (reply, answer) = oneshot::channel();
+        self.send(id, op, Some(reply))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the ledger writer stopped".into())))
+    }
+
+    /// Queue a durable write nobody waits for (a settled debit): the writer commits it within
+    /// about [`LINGER`] and logs it if it fails. Meanwhile a debit counts as pending.
+    pub fn queue(&self, id: &str, op: Op) -> Result<(), StoreError> {
+        self.send(id, op, None)
+    }
+
+    /// Answered once every write queued so far is committed: what a reader waits for to see
+    /// every settled debit.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        self.write("", Op::Barrier).await.map(|_| ())
+    }
+
+    fn send(
+        &self,
+        id: &str,
+        op: Op,
+        reply: Option<oneshot::Sender<Result<Micros, StoreError>>>,
+    ) -> Result<(), StoreError> {
         let job = Job {
             id: id.to_string(),
             op,
             reply,
         };
-        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+        self.jobs.send(job).map_err(|mpsc::SendError(job)| {
             // The writer is gone: a queued debit is no longer pending.
             settled(&self.state, &[(job.id, pending_of(&job.op), None)]);
-            return Err(StoreError::Unavailable("the ledger writer stopped".into()));
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("the ledger writer stopped".into())))
+            StoreError::Unavailable("the ledger writer stopped".into())
+        })
     }
 }
 
@@ -171,11 +198,8 @@ fn pending_of(op: &Op) -> Micros {
 
 /// The writer's loop: a batch of what is queued, one transaction, then the answers.
 fn writer(conn: &Mutex<Connection>, rx: &mpsc::Receiver<Job>, state: &Mutex<State>) {
-    let mut busy = false;
     while let Ok(first) = rx.recv() {
-        if busy {
-            std::thread::sleep(LINGER);
-        }
+        std::thread::sleep(LINGER);
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -183,7 +207,6 @@ fn writer(conn: &Mutex<Connection>, rx: &mpsc::Receiver<Job>, state: &Mutex<Stat
                 Err(_) => break,
             }
         }
-        busy = batch.len() > 1;
         let mut c = lock(conn);
         let results = match commit(&mut c, &batch) {
             Ok(r) => r,
@@ -206,7 +229,16 @@ fn writer(conn: &Mutex<Connection>, rx: &mpsc::Receiver<Job>, state: &Mutex<Stat
             .collect();
         settled(state, &done);
         for (j, r) in batch.into_iter().zip(results) {
-            let _ = j.reply.send(r);
+            match j.reply {
+                Some(reply) => {
+                    let _ = reply.send(r);
+                }
+                None => {
+                    if let Err(e) = r {
+                        tracing::error!(key = %j.id, error = %e, "a settled debit was not written");
+                    }
+                }
+            }
         }
     }
 }
@@ -224,7 +256,7 @@ fn commit(
                 Op::Debit { amount, charge } => rows::debit(tx, &j.id, *amount, charge),
                 Op::Record(charge) => rows::record(tx, &j.id, charge),
                 Op::TopUp { amount, note } => rows::top_up(tx, &j.id, *amount, note),
-                Op::Refresh => Ok(()),
+                Op::Refresh | Op::Barrier => Ok(()),
             };
             if let Err(StoreError::Unavailable(e)) = r {
                 return Err(StoreError::Unavailable(e));
@@ -236,6 +268,10 @@ fn commit(
         for (j, r) in batch.iter().zip(done) {
             if let Err(e) = r {
                 out.push(Err(e));
+                continue;
+            }
+            if matches!(j.op, Op::Barrier) {
+                out.push(Ok(0));
                 continue;
             }
             let b = match balances.get(j.id.as_str()) {
