@@ -103,3 +103,69 @@ async fn with_redis_gone_ptb_is_refused_and_byok_still_serves() {
         .await;
     assert!(m.contains("op=\"reserve\"} 1"), "{m}");
 }
+
+/// Poll `gw` as `key` until the answer's status is `want`; how long that took.
+async fn status_within(gw: &Gateway, key: &str, want: u16, limit: Duration) -> Duration {
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = chat_as(gw, key, &body("gpt-4o/p1")).await;
+        if r.status == want {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "still {} after {limit:?}: {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_changed_on_one_instance_is_seen_by_the_other_at_once() {
+    let redis = Redis::start().await;
+    let store = format!("{{redis: \"{}\"}}", redis.url);
+    let (p1, p2) = (mock("p1").await, mock("p2").await);
+    // Keys stay cached for ten minutes: only the announcement can make B look again.
+    let cfg = keyed(&p1, &p2, &store, "").replace(
+        "auth: {required: true}",
+        "auth: {required: true, key-cache-ttl: 600s}",
+    );
+    let (a, b) = (Gateway::start(&cfg).await, Gateway::start(&cfg).await);
+    let (id, key) = new_key(&a, json!({}), 1.0).await;
+    assert_eq!(chat_as(&b, &key, &body("gpt-4o/p1")).await.status, 200);
+    let path = format!("/admin/keys/{id}");
+    let limit = Duration::from_secs(3);
+
+    let r = admin(&a, "PATCH", &path, json!({"disabled": true})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    status_within(&b, &key, 401, limit).await;
+    let r = admin(&a, "PATCH", &path, json!({"disabled": false})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    status_within(&b, &key, 200, limit).await;
+    // A model the key may no longer use is skipped, and with nothing left, not served.
+    let r = admin(
+        &a,
+        "PATCH",
+        &path,
+        json!({"policy": {"models": ["gpt-4o-mini"]}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let calls = p1.calls();
+    let t = status_within(&b, &key, 502, limit).await;
+    assert!(
+        p1.calls() <= calls + 1,
+        "at most one request raced the announcement"
+    );
+    let r = admin(&a, "DELETE", &path, serde_json::Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = chat_as(&b, &key, &body("gpt-4o-mini/p2")).await;
+    let revoked = if r.status == 401 {
+        Duration::ZERO
+    } else {
+        status_within(&b, &key, 401, limit).await
+    };
+    eprintln!("policy change seen by B after {t:?}, revocation after {revoked:?}");
+}

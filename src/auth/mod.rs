@@ -1,8 +1,9 @@
 //! Gateway keys: who is calling, what they may do, and how each target is paid for.
 //!
 //! Runs in `request_filter` before anything is planned (`auth.required: true`): [`Keys::caller`]
-//! finds the presented key (cached for `auth.key-cache-ttl`), [`Keys::admit`] applies its rate,
-//! token and concurrency limits. Both refusals end the request (no fallback). Planning then asks
+//! finds the presented key (cached for `auth.key-cache-ttl`, or until the store announces a
+//! change made by another instance), [`Keys::admit`] applies its rate, token and concurrency
+//! limits. Both refusals end the request (no fallback). Planning then asks
 //! the caller's [`pay::CallerPayer`] which attempts each target gets (BYOK, PTB, or a skip with
 //! its reason), and the engine holds credits for each PTB attempt through an
 //! [`escrow::Tab`]. All state is in the [`crate::store::Store`].
@@ -43,7 +44,8 @@ const CACHE_MAX: usize = 100_000;
 /// How long a concurrency slot outlives a crash that did not give it back.
 const SLOT_TTL: Duration = Duration::from_secs(600);
 
-type Cached = (Option<Arc<Caller>>, Instant);
+/// A looked-up key (or `None`: no such key), when, and the store's generation then.
+type Cached = (Option<Arc<Caller>>, Instant, u64);
 
 /// Gateway keys and their limits, over the store.
 pub struct Keys {
@@ -144,7 +146,8 @@ impl Keys {
             )));
         };
         let hash = secret::hash(presented);
-        let caller = match self.cached(&hash) {
+        let generation = self.store.generation();
+        let caller = match self.cached(&hash, generation) {
             Some(c) => c,
             None => {
                 let key = self
@@ -157,7 +160,7 @@ impl Keys {
                         )
                     })?;
                 let caller = key.map(|k| Arc::new(self.open(k)));
-                self.remember(hash, caller.clone());
+                self.remember(hash, caller.clone(), generation);
                 caller
             }
         };
@@ -177,18 +180,22 @@ impl Keys {
         Ok(caller)
     }
 
-    fn cached(&self, hash: &[u8; 32]) -> Option<Option<Arc<Caller>>> {
+    /// The cached lookup of `hash`, unless it is older than the TTL or than a key change
+    /// another instance announced (`generation`).
+    fn cached(&self, hash: &[u8; 32], generation: u64) -> Option<Option<Arc<Caller>>> {
         let g = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let (c, at) = g.get(hash)?;
-        (at.elapsed() < self.cfg.key_cache_ttl).then(|| c.clone())
+        let (c, at, seen) = g.get(hash)?;
+        (*seen == generation && at.elapsed() < self.cfg.key_cache_ttl).then(|| c.clone())
     }
 
-    fn remember(&self, hash: [u8; 32], c: Option<Arc<Caller>>) {
+    /// Remember a lookup made under the store's `generation` (read before the lookup, so a
+    /// change announced during it makes the entry stale at once).
+    fn remember(&self, hash: [u8; 32], c: Option<Arc<Caller>>, generation: u64) {
         let mut g = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if g.len() >= CACHE_MAX {
             g.clear();
         }
-        g.insert(hash, (c, Instant::now()));
+        g.insert(hash, (c, Instant::now(), generation));
     }
 
     /// A stored key as a caller, its BYOK credentials opened and added to the masker.

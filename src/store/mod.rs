@@ -193,6 +193,13 @@ pub trait Store: Send + Sync {
     /// `sqlite` or `redis`, for metrics and logs.
     fn backend(&self) -> &'static str;
 
+    /// A number that changes when a key may have been changed by another instance: a key
+    /// cached under an older generation is looked up again. Constant for a store only this
+    /// process changes.
+    fn generation(&self) -> u64 {
+        0
+    }
+
     /// At start-up: release every reservation a crash left open. Returns how many.
     async fn recover(&self) -> Result<u64, StoreError>;
 

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
 
+mod changes;
 mod scripts;
 
 /// The prefix of every key this store writes.
@@ -44,10 +45,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// then debits nothing (as for any reservation already closed).
 pub const RESERVATION_LEASE: Duration = Duration::from_secs(15 * 60);
 
-/// The store on Redis. Clones share one multiplexed, self-reconnecting connection.
+/// The store on Redis. Clones share one multiplexed, self-reconnecting connection and one
+/// listener for key changes.
 #[derive(Clone)]
 pub struct RedisStore {
     con: ConnectionManager,
+    changes: std::sync::Arc<changes::Changes>,
 }
 
 impl RedisStore {
@@ -59,10 +62,22 @@ impl RedisStore {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CALL_TIMEOUT))
             .set_response_timeout(Some(CALL_TIMEOUT));
-        let con = ConnectionManager::new_with_config(client, config);
+        let con = ConnectionManager::new_with_config(client.clone(), config);
+        let con = within(CONNECT_TIMEOUT, con).await?;
         Ok(RedisStore {
-            con: within(CONNECT_TIMEOUT, con).await?,
+            con,
+            changes: changes::Changes::listen(client).await?,
         })
+    }
+
+    /// Tell every instance (this one too) that key `id` changed. The change itself is made;
+    /// when the announcement fails, other instances see it after their cache's TTL.
+    async fn announce(&self, id: &str) {
+        let mut cmd = ::redis::cmd("PUBLISH");
+        cmd.arg(changes::CHANNEL).arg(id);
+        if let Err(e) = self.query(&cmd).await {
+            tracing::warn!(error = %e, "a key change was not announced to other instances");
+        }
     }
 
     /// Run a prepared script.
@@ -306,6 +321,10 @@ fn charge_args(c: &Charge) -> (&str, &str, u64, u64, &str) {
 
 #[async_trait]
 impl Store for RedisStore {
+    fn generation(&self) -> u64 {
+        self.changes.generation()
+    }
+
     fn backend(&self) -> &'static str {
         "redis"
     }
@@ -326,7 +345,11 @@ impl Store for RedisStore {
         inv.arg((&key.id, &key.name, policy, key.created, &hash));
         let taken = || StoreError::Invalid("a key with this id or secret exists".into());
         match int(&self.run(&inv).await?) {
-            0 => Ok(()),
+            0 => {
+                // An instance may have cached this secret as unknown.
+                self.announce(&key.id).await;
+                Ok(())
+            }
             1 | 2 => Err(taken()),
             _ => Err(odd("create_key")),
         }
@@ -376,7 +399,10 @@ impl Store for RedisStore {
         inv.arg((PREFIX, id, name, policy, disabled))
             .arg((change.revoke, op, provider, sealed));
         match int(&self.run(&inv).await?) {
-            0 => Ok(()),
+            0 => {
+                self.announce(id).await;
+                Ok(())
+            }
             1 => Err(StoreError::NoSuchKey),
             _ => Err(odd("change_key")),
         }
