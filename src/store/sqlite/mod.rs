@@ -317,6 +317,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_policy_that_does_not_parse_refuses_the_key_rather_than_lift_its_limits() {
+        let path = file("policy");
+        let s = SqliteStore::open(&path).unwrap();
+        key(&s, "k").await;
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute(
+            r#"UPDATE keys SET policy = '{"rpm": 5, "from-a-newer-version": 1}'"#,
+            [],
+        )
+        .unwrap();
+        let mut hash = [0u8; 32];
+        hash[0] = b'k';
+        assert!(matches!(
+            s.key_by_hash(hash).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(s.key("k").await, Err(StoreError::Unavailable(_))));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test]
     async fn a_top_up_by_another_process_is_seen_before_a_hold_is_refused() {
         let path = file("topup");
         let gw = SqliteStore::open(&path).unwrap();

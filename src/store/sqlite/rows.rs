@@ -45,10 +45,12 @@ pub fn write<T>(
     Ok(out)
 }
 
-pub fn policy_of(text: &str) -> KeyPolicy {
-    // A row written by a newer version with fields this one does not know: refuse nothing,
-    // restrict nothing more than the fields it does know.
-    serde_json::from_str(text).unwrap_or_default()
+/// A key row's policy. One that does not parse (a newer version's field, a hand edit) fails
+/// the call, closed, as on Redis: read as the default it would lift every limit.
+pub fn policy_of(text: &str) -> rusqlite::Result<KeyPolicy> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 pub fn ledger_row(
@@ -108,7 +110,7 @@ pub fn view(c: &Connection, id: &str) -> Result<Option<KeyView>, StoreError> {
                 Ok(KeyView {
                     id: r.get(0)?,
                     name: r.get(1)?,
-                    policy: policy_of(&r.get::<_, String>(2)?),
+                    policy: policy_of(&r.get::<_, String>(2)?)?,
                     disabled: r.get(3)?,
                     revoked: r.get(4)?,
                     created: r.get(5)?,
@@ -140,7 +142,7 @@ pub fn key_by_hash(c: &Connection, hash: [u8; 32]) -> Result<Option<Key>, StoreE
                 Ok(Key {
                     id: r.get(0)?,
                     name: r.get(1)?,
-                    policy: policy_of(&r.get::<_, String>(2)?),
+                    policy: policy_of(&r.get::<_, String>(2)?)?,
                     disabled: r.get(3)?,
                     byok: Default::default(),
                 })
