@@ -1,10 +1,22 @@
-//! Small text helpers for untrusted strings: cutting them for messages, checking model ids, and
-//! encoding a value as one URL path segment or query value. A leaf module.
+//! Small text helpers for untrusted strings: cutting them for messages, checking model ids,
+//! encoding a value as one URL path segment or query value, and bytes as lowercase hex. A leaf
+//! module.
 
 use std::borrow::Cow;
 
 /// The longest model id (or deployment name) detour accepts.
 pub const MAX_MODEL_ID: usize = 256;
+
+/// Bytes as lowercase hex (ids, hashes, leases).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
 
 /// Cut a string for an error message or a log, on a char boundary.
 pub fn truncate(s: &str, max: usize) -> &str {
@@ -73,6 +85,12 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(hex(&[]), "");
+    }
 
     #[test]
     fn truncates_on_char_boundaries() {

@@ -261,7 +261,7 @@ impl Keys {
             store: self.store.clone(),
         };
         if let Some(n) = p.concurrency {
-            let lease = secret::hex(&secret::random::<8>().unwrap_or_default());
+            let lease = crate::text::hex(&secret::random::<8>().unwrap_or_default());
             let got = self.timed(
                 "acquire",
                 self.store.acquire(&caller.id, n, &lease, SLOT_TTL),

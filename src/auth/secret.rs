@@ -1,6 +1,7 @@
 //! Gateway key secrets: made from 256 random bits, shown once, stored only as a SHA-256 hash;
 //! and where a request carries one.
 
+use crate::text::hex;
 use ring::rand::SecureRandom;
 
 /// Every secret starts with this, so a leaked one is recognisable (and scanners can find it).
@@ -32,10 +33,6 @@ pub fn hash(secret: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The gateway key a request presents: `x-detour-key: KEY`, `Helicone-Auth: Bearer KEY`, or in

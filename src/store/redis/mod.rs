@@ -21,6 +21,7 @@ use super::{
     Charge, Key, KeyChange, KeyPolicy, KeyView, LedgerEntry, Micros, NewKey, Rate, Reserve, Store,
     StoreError, UsageRow,
 };
+use crate::text::hex;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Cmd, RedisError, Script, ScriptInvocation, Value};
 use async_trait::async_trait;
@@ -126,17 +127,6 @@ fn of_key<'a>(script: &'a Script, id: &str, names: &[&str]) -> ScriptInvocation<
         inv.key(k(&[name, id]));
     }
     inv
-}
-
-/// Lower-case hex of a secret's hash.
-fn hex(hash: &[u8; 32]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in hash {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    out
 }
 
 /// The error for a reply no script here gives.
