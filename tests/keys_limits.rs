@@ -175,3 +175,101 @@ async fn the_header_mode_takes_the_key_from_helicone_auth_and_counts_per_key() {
         "another key has its own count"
     );
 }
+
+/// `detour keys ARGS` against `gw`'s config and store, `input` on its stdin.
+fn keys_cli(gw: &Gateway, args: &[&str], input: &str, master_key: bool) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_detour"));
+    cmd.arg("keys")
+        .args(args)
+        .arg("-c")
+        .arg(gw.dir.join("detour.yaml"))
+        .env_remove("DETOUR_MASTER_KEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if master_key {
+        cmd.env("DETOUR_MASTER_KEY", MASTER_KEY);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_keys_given_on_the_command_lines_stdin_sign_the_callers_bedrock_requests() {
+    let bed = mock("bed").await;
+    let model = "anthropic.claude-3-7-sonnet-20250219-v1:0";
+    let gw = gateway(&format!(
+        "auth: {{required: true}}\nstore: {SQLITE}\nproviders:\n  - {{name: bed, kind: bedrock, region: us-east-1, base-url: \"http://{}\"}}\nmodels:\n  claude-3-7-sonnet-20250219: [{{provider: bed, id: \"{model}\"}}]\n",
+        bed.addr
+    ))
+    .await;
+    let out = keys_cli(&gw, &["create", "own-aws", "--no-ptb"], "", false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (id, key) = (v["id"].as_str().unwrap(), v["key"].as_str().unwrap());
+    let (own_id, own_secret) = (
+        "AKIDCALLERSOWNKEY",
+        "callers/own/secret/0123456789abcdefghij",
+    );
+    let creds = json!({"aws-access-key-id": own_id, "aws-secret-access-key": own_secret});
+    // Without the master key nothing is stored, and the CLI says why.
+    let out = keys_cli(&gw, &["byok", id, "bed"], &creds.to_string(), false);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("master key"));
+    // Not JSON on stdin: refused, with nothing of the input echoed.
+    let out = keys_cli(&gw, &["byok", id, "bed"], own_secret, true);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains(own_secret), "{said}");
+    let out = keys_cli(&gw, &["byok", id, "bed"], &creds.to_string(), true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("\"bed\"") && !shown.contains(own_secret),
+        "{shown}"
+    );
+
+    let body =
+        r#"{"model":"claude-3-7-sonnet-20250219","messages":[{"role":"user","content":"hi"}]}"#;
+    let r = chat_as(&gw, key, body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = &bed.requests()[0];
+    let auth = seen.header("authorization").unwrap();
+    assert!(
+        auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={own_id}/")),
+        "signed with the caller's keys: {auth}"
+    );
+    // The operator's session token belongs to the operator's keys: never sent with the caller's.
+    assert_eq!(seen.header("x-amz-security-token"), None);
+    assert!(!gw.stderr().contains(own_secret));
+    // --remove drops them: with PTB off, the key has nothing left to be served with.
+    let out = keys_cli(&gw, &["byok", id, "bed", "--remove"], "", false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = admin(
+        &gw,
+        "GET",
+        &format!("/admin/keys/{id}"),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(r.json()["byok_providers"], json!([]), "{}", r.text());
+}
