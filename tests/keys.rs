@@ -362,28 +362,8 @@ async fn two_hundred_concurrent_requests_against_credits_for_fifty() {
     let b = body("gpt-4o/p1");
     let hold = (b.len() as f64 * 2.5 + 1000.0).ceil() as i64;
     let (id, key) = new_key(&gw, json!({}), (50 * hold) as f64 / 1e6).await;
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let (key, b, port) = (key.clone(), b.clone(), gw.port);
-            tokio::spawn(async move {
-                let auth = format!("Bearer {key}");
-                let h = [
-                    ("content-type", "application/json"),
-                    ("authorization", auth.as_str()),
-                ];
-                request(port, "POST", "/v1/chat/completions", &h, b.as_bytes())
-                    .await
-                    .unwrap()
-                    .status
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    let short = statuses.iter().filter(|s| **s == 429).count();
+    let statuses = Box::pin(burst(&[gw.port], &key, &b, 200, 200)).await;
+    let (ok, short) = (count(&statuses, 200), count(&statuses, 429));
     assert_eq!((ok, short), (50, 150), "{statuses:?}");
     assert_eq!(p1.calls(), 50);
     let (rows, balance) = ledger_when(&gw, &id, |r| r.len() == 51).await;
@@ -539,27 +519,8 @@ async fn keys_made_on_the_command_line_work_and_a_kill_9_under_load_loses_no_set
     // Load: 16 at a time for a while, then kill -9 in the middle of it.
     let port = gw.port;
     let load = tokio::spawn(async move {
-        let mut ok = 0;
-        for _ in 0..20 {
-            let tasks: Vec<_> = (0..16)
-                .map(|_| {
-                    let auth = format!("Bearer {key}");
-                    tokio::spawn(async move {
-                        let h = [
-                            ("content-type", "application/json"),
-                            ("authorization", auth.as_str()),
-                        ];
-                        let b = body("gpt-4o/p1");
-                        let r = request(port, "POST", "/v1/chat/completions", &h, b.as_bytes());
-                        Box::pin(r).await.map(|r| r.status == 200).unwrap_or(false)
-                    })
-                })
-                .collect();
-            for t in tasks {
-                ok += usize::from(t.await.unwrap_or(false));
-            }
-        }
-        ok
+        let b = body("gpt-4o/p1");
+        count(&Box::pin(burst(&[port], &key, &b, 20 * 16, 16)).await, 200)
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut gw = gw;

@@ -40,32 +40,7 @@ async fn tokens_per_minute_concurrency_and_expiry() {
     assert_eq!(p2.calls(), 2);
     // One at a time: of three sent together to a slow target, one is served.
     let (_, key) = new_key(&gw, json!({"concurrency": 1}), 1.0).await;
-    let tasks: Vec<_> = (0..3)
-        .map(|_| {
-            let (port, auth) = (gw.port, format!("Bearer {key}"));
-            tokio::spawn(async move {
-                let h = [
-                    ("content-type", "application/json"),
-                    ("authorization", auth.as_str()),
-                ];
-                let b = body("gpt-4o/p1");
-                Box::pin(request(
-                    port,
-                    "POST",
-                    "/v1/chat/completions",
-                    &h,
-                    b.as_bytes(),
-                ))
-                .await
-                .unwrap()
-                .status
-            })
-        })
-        .collect();
-    let mut st = Vec::new();
-    for t in tasks {
-        st.push(t.await.unwrap());
-    }
+    let mut st = Box::pin(burst(&[gw.port], &key, &body("gpt-4o/p1"), 3, 3)).await;
     st.sort();
     assert_eq!(st, vec![200, 429, 429]);
     // The slot is given back: the next one is served.

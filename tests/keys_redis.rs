@@ -16,35 +16,6 @@ fn body(model: &str) -> String {
     )
 }
 
-/// Send `n` requests as `key`, spread over `ports` (`parallel` at a time); the statuses.
-async fn burst(ports: &[u16], key: &str, model: &str, n: usize, parallel: usize) -> Vec<u16> {
-    let mut out = Vec::new();
-    for round in 0..n.div_ceil(parallel) {
-        let tasks: Vec<_> = (0..parallel.min(n - round * parallel))
-            .map(|i| {
-                let port = ports[(round * parallel + i) % ports.len()];
-                let (auth, b) = (format!("Bearer {key}"), body(model));
-                tokio::spawn(async move {
-                    let h = [
-                        ("content-type", "application/json"),
-                        ("authorization", auth.as_str()),
-                    ];
-                    let r = request(port, "POST", "/v1/chat/completions", &h, b.as_bytes());
-                    Box::pin(r).await.unwrap().status
-                })
-            })
-            .collect();
-        for t in tasks {
-            out.push(t.await.unwrap());
-        }
-    }
-    out
-}
-
-fn count(v: &[u16], s: u16) -> usize {
-    v.iter().filter(|x| **x == s).count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_rate_limit_and_one_balance() {
     let redis = Redis::start().await;
@@ -61,14 +32,14 @@ async fn two_instances_share_one_rate_limit_and_one_balance() {
 
     // 60 a minute, 80 sent across both instances: exactly 60 served.
     let (_, key) = new_key(&a, json!({"rpm": 60}), 10.0).await;
-    let st = Box::pin(burst(&ports, &key, "gpt-4o/p1", 80, 8)).await;
+    let st = Box::pin(burst(&ports, &key, &body("gpt-4o/p1"), 80, 8)).await;
     assert_eq!((count(&st, 200), count(&st, 429)), (60, 20), "{st:?}");
     assert_eq!(p1.calls(), 60);
 
     // A balance that holds 20 worst cases, 60 requests in flight at once on both: 20 served.
     let hold = (body("gpt-4o/p2").len() as f64 * 2.5 + 1000.0).ceil() as i64;
     let (id, key) = new_key(&b, json!({}), (20 * hold) as f64 / 1e6).await;
-    let st = Box::pin(burst(&ports, &key, "gpt-4o/p2", 60, 60)).await;
+    let st = Box::pin(burst(&ports, &key, &body("gpt-4o/p2"), 60, 60)).await;
     assert_eq!((count(&st, 200), count(&st, 429)), (20, 40), "{st:?}");
     assert_eq!(p2.calls(), 20);
     let (rows, balance) = ledger_when(&a, &id, |r| r.len() == 21).await;

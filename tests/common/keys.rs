@@ -136,3 +136,34 @@ impl Drop for Redis {
         let _ = self.child.wait();
     }
 }
+
+/// Send `n` chat requests with `body` as `key`, spread over `ports`, `parallel` at a time; the
+/// statuses in the order sent (0: no answer, e.g. the gateway was killed).
+pub async fn burst(ports: &[u16], key: &str, body: &str, n: usize, parallel: usize) -> Vec<u16> {
+    let mut out = Vec::with_capacity(n);
+    for round in 0..n.div_ceil(parallel) {
+        let tasks: Vec<_> = (0..parallel.min(n - round * parallel))
+            .map(|i| {
+                let port = ports[(round * parallel + i) % ports.len()];
+                let (auth, b) = (format!("Bearer {key}"), body.to_string());
+                tokio::spawn(async move {
+                    let h = [
+                        ("content-type", "application/json"),
+                        ("authorization", auth.as_str()),
+                    ];
+                    let r = request(port, "POST", "/v1/chat/completions", &h, b.as_bytes());
+                    Box::pin(r).await.map_or(0, |r| r.status)
+                })
+            })
+            .collect();
+        for t in tasks {
+            out.push(t.await.unwrap_or(0));
+        }
+    }
+    out
+}
+
+/// How many of `statuses` are `s`.
+pub fn count(statuses: &[u16], s: u16) -> usize {
+    statuses.iter().filter(|x| **x == s).count()
+}
