@@ -353,7 +353,13 @@ mod tests {
             panic!("the top-up is seen")
         };
         gw.settle("k", h, &charge(25)).await.unwrap();
-        assert_eq!(cli.key("k").await.unwrap().unwrap().balance, 75);
+        // A settle does not wait for its write; the gateway's own reads do.
+        assert_eq!(gw.key("k").await.unwrap().unwrap().balance, 75);
+        assert_eq!(
+            cli.key("k").await.unwrap().unwrap().balance,
+            75,
+            "in the file"
+        );
         assert!(matches!(
             gw.reserve("k", 80, 0).await,
             Ok(Reserve::Short { available: 75 })

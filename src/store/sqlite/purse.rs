@@ -243,45 +243,57 @@ fn writer(conn: &Mutex<Connection>, rx: &mpsc::Receiver<Job>, state: &Mutex<Stat
     }
 }
 
-/// One transaction for `batch`: each write's own result (a key that does not exist fails
-/// only its write) with its key's balance read back. `Err`: the transaction failed.
+/// What `op` adds to its key's balance.
+fn delta(op: &Op) -> Micros {
+    match op {
+        Op::Debit { amount, .. } => -*amount,
+        Op::TopUp { amount, .. } => *amount,
+        Op::Record(_) | Op::Refresh | Op::Barrier => 0,
+    }
+}
+
+/// One transaction for `batch`: each key's balance changed once by the sum of its writes (and
+/// read back), then a ledger row per write. Each write's own result: a key that does not exist
+/// fails only its writes. `Err`: the transaction failed.
 fn commit(
     c: &mut Connection,
     batch: &[Job],
 ) -> Result<Vec<Result<Micros, StoreError>>, StoreError> {
     rows::write(c, |tx| {
-        let mut done = Vec::with_capacity(batch.len());
-        for j in batch {
-            let r = match &j.op {
-                Op::Debit { amount, charge } => rows::debit(tx, &j.id, *amount, charge),
-                Op::Record(charge) => rows::record(tx, &j.id, charge),
-                Op::TopUp { amount, note } => rows::top_up(tx, &j.id, *amount, note),
-                Op::Refresh | Op::Barrier => Ok(()),
-            };
-            if let Err(StoreError::Unavailable(e)) = r {
-                return Err(StoreError::Unavailable(e));
-            }
-            done.push(r);
+        let mut net: HashMap<&str, Micros> = HashMap::new();
+        for j in batch.iter().filter(|j| !matches!(j.op, Op::Barrier)) {
+            let d = net.entry(&j.id).or_default();
+            *d = d.saturating_add(delta(&j.op));
         }
-        let mut balances: HashMap<&str, Micros> = HashMap::new();
-        let mut out = Vec::with_capacity(batch.len());
-        for (j, r) in batch.iter().zip(done) {
-            if let Err(e) = r {
-                out.push(Err(e));
-                continue;
-            }
-            if matches!(j.op, Op::Barrier) {
-                out.push(Ok(0));
-                continue;
-            }
-            let b = match balances.get(j.id.as_str()) {
-                Some(b) => Some(*b),
-                None => rows::balance(tx, &j.id)?,
+        let mut balances: HashMap<&str, Option<Micros>> = HashMap::with_capacity(net.len());
+        for (id, d) in net {
+            let b = match d {
+                0 => rows::balance(tx, id)?,
+                d => rows::add_to_balance(tx, id, d)?,
             };
-            if let Some(b) = b {
-                balances.insert(&j.id, b);
+            balances.insert(id, b);
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for j in batch {
+            let balance = match balances.get(j.id.as_str()) {
+                None => Ok(0), // a barrier
+                Some(None) => Err(StoreError::NoSuchKey),
+                Some(Some(b)) => Ok(*b),
+            };
+            if balance.is_ok() {
+                let id = &j.id;
+                match &j.op {
+                    Op::Debit { amount, charge } => {
+                        rows::ledger_row(tx, id, "debit", -*amount, Some(charge), "")?
+                    }
+                    Op::Record(charge) => rows::ledger_row(tx, id, "byok", 0, Some(charge), "")?,
+                    Op::TopUp { amount, note } => {
+                        rows::ledger_row(tx, id, "top-up", *amount, None, note)?
+                    }
+                    Op::Refresh | Op::Barrier => {}
+                }
             }
-            out.push(b.ok_or(StoreError::NoSuchKey));
+            out.push(balance);
         }
         Ok(out)
     })
@@ -346,5 +358,69 @@ mod tests {
         assert_eq!(p.reserved("a"), 10);
         assert_eq!(p.close("a", h, None), None, "a release debits nothing");
         assert_eq!(p.reserved("a"), 0);
+    }
+
+    fn charge(cost: Micros) -> Charge {
+        Charge {
+            request_id: format!("r{cost}"),
+            provider: "p".into(),
+            model: "m".into(),
+            input_tokens: 1,
+            output_tokens: 1,
+            cost,
+        }
+    }
+
+    fn debit(amount: Micros) -> Op {
+        Op::Debit {
+            amount,
+            charge: charge(amount),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_nets_each_keys_writes_and_an_unknown_key_fails_only_its_own() {
+        let c = Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
+        c.execute_batch(rows::SCHEMA)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for id in ["a", "b"] {
+            c.execute(
+                "INSERT INTO keys(id, name, hash, policy, created, balance) \
+                 VALUES (?1, ?1, ?1, '{}', 0, 100)",
+                [id],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let conn = Arc::new(Mutex::new(c));
+        let p = Purse::start(conn.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let top_up = |amount| Op::TopUp {
+            amount,
+            note: "t".into(),
+        };
+        // Sent together: the writer gathers them into one transaction.
+        let (a1, nobody, b1, a2, a3) = tokio::join!(
+            p.write("a", debit(30)),
+            p.write("nobody", top_up(5)),
+            p.write("b", debit(1)),
+            p.write("a", top_up(50)),
+            p.write("a", Op::Record(charge(0))),
+        );
+        assert_eq!(nobody, Err(StoreError::NoSuchKey));
+        // Each write answers with its key's balance once the batch is committed.
+        for r in [a1, a2, a3] {
+            assert!(matches!(r, Ok(120)), "{r:?}");
+        }
+        assert_eq!(b1, Ok(99));
+        p.barrier().await.unwrap_or_else(|e| panic!("{e}"));
+        let c = lock(&conn);
+        let ledger = rows::ledger(&c, "a", 10).unwrap_or_else(|e| panic!("{e}"));
+        let kinds: Vec<(&str, Micros)> =
+            ledger.iter().map(|r| (r.kind.as_str(), r.amount)).collect();
+        assert_eq!(kinds, [("byok", 0), ("top-up", 50), ("debit", -30)]);
+        let sum: Micros = ledger.iter().map(|r| r.amount).sum();
+        assert_eq!(100 + sum, 120, "the balance is the sum of the ledger");
+        assert!(rows::ledger(&c, "nobody", 10)
+            .unwrap_or_default()
+            .is_empty());
     }
 }

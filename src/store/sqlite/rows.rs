@@ -248,45 +248,16 @@ pub fn usage(c: &Connection, id: &str, days: u32) -> Result<Vec<UsageRow>, Store
     .map_err(unavailable)
 }
 
-/// A settled hold's debit off the balance, with its ledger row.
-pub fn debit(
+/// Add `amount` (negative: take it) to a key's balance; the new balance, `None` when there is
+/// no such key.
+pub fn add_to_balance(
     tx: &rusqlite::Transaction<'_>,
     id: &str,
     amount: Micros,
-    charge: &Charge,
-) -> Result<(), StoreError> {
-    let n = tx
-        .prepare_cached("UPDATE keys SET balance = balance - ?2 WHERE id = ?1")
-        .and_then(|mut st| st.execute(params![id, amount]))
-        .map_err(unavailable)?;
-    if n == 0 {
-        return Err(StoreError::NoSuchKey);
-    }
-    ledger_row(tx, id, "debit", -amount, Some(charge), "")
-}
-
-/// A `byok` ledger row for a key that exists.
-pub fn record(tx: &rusqlite::Transaction<'_>, id: &str, charge: &Charge) -> Result<(), StoreError> {
-    if !exists(tx, id)? {
-        return Err(StoreError::NoSuchKey);
-    }
-    ledger_row(tx, id, "byok", 0, Some(charge), "")
-}
-
-pub fn top_up(
-    tx: &rusqlite::Transaction<'_>,
-    id: &str,
-    amount: Micros,
-    note: &str,
-) -> Result<(), StoreError> {
-    let n = tx
-        .prepare_cached("UPDATE keys SET balance = balance + ?2 WHERE id = ?1")
-        .and_then(|mut st| st.execute(params![id, amount]))
-        .map_err(unavailable)?;
-    if n == 0 {
-        return Err(StoreError::NoSuchKey);
-    }
-    ledger_row(tx, id, "top-up", amount, None, note)
+) -> Result<Option<Micros>, StoreError> {
+    tx.prepare_cached("UPDATE keys SET balance = balance + ?2 WHERE id = ?1 RETURNING balance")
+        .and_then(|mut st| st.query_row(params![id, amount], |r| r.get(0)).optional())
+        .map_err(unavailable)
 }
 
 pub fn balance(c: &Connection, id: &str) -> Result<Option<Micros>, StoreError> {
