@@ -538,7 +538,7 @@ async fn keys_made_on_the_command_line_work_and_a_kill_9_under_load_loses_no_set
     assert_eq!(sum, balance, "the balance is the sum of the ledger");
     let debits = rows.iter().filter(|r| r["kind"] == "debit").count();
     // Every debit is one served request. Settling does not wait for the write: an answer
-    // delivered in the last moments before the kill (the ledger thread lingers 1 ms per batch)
+    // delivered in the last moments before the kill (the ledger thread lingers 5 ms per batch)
     // may be unbilled — a few, bounded here by the 16 in flight — never the other way round.
     assert!(
         debits <= p1.calls() && debits + 16 >= served,

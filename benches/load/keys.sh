@@ -3,18 +3,22 @@
 # no auth, as detour's CPU time per request (user + system from /proc/PID/stat over the run).
 #
 #   benches/load/keys.sh            # needs target/release/detour, wrk, redis-server
-#   DURATION=5s CONC=32 benches/load/keys.sh
+#   DURATION=5s CONC=32 ROUNDS=5 benches/load/keys.sh
 #
 # Each keyed request is a PTB request: the key looked up (cached), a hold reserved before the
-# attempt and settled after it (two store transactions and a ledger row). detour runs on CPU
-# $DETOUR_CPU with one worker thread; wrk, the mock and redis-server on $LOAD_CPU. Every process
-# started here is stopped by its PID on exit. Markdown table on stdout.
+# attempt and settled after it. On SQLite the hold lives in process and the debit with its
+# ledger row is queued to the ledger thread, which commits each few milliseconds' worth in one
+# transaction (its CPU counts here: it shares detour's CPU); on Redis both are server-side
+# scripts. detour runs on CPU $DETOUR_CPU with one worker thread; wrk, the mock and
+# redis-server on $LOAD_CPU. Every process started here is stopped by its PID on exit.
+# ROUNDS (default 3) rounds of all three stores; markdown table on stdout, progress on stderr.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 BIN="${DETOUR_BIN:-$ROOT/target/release/detour}"
 DURATION="${DURATION:-10s}"
 CONC="${CONC:-32}"
+ROUNDS="${ROUNDS:-3}"
 DETOUR_CPU="${DETOUR_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 BASE="${BASE_PORT:-18300}"
@@ -45,12 +49,9 @@ PIDS+=($!)
 sleep 0.5
 
 export DETOUR_ADMIN_TOKEN=bench-admin-token
-echo "| store | requests/s (c=$CONC) | detour CPU per request | added by keys |"
-echo "|---|---|---|---|"
-BASE_US=""
-for store in none sqlite redis; do
-  port=$((BASE + 10))
-  cfg="$WORK/$store.yaml"
+# measure STORE: start detour on STORE, warm up, run wrk; prints "RPS US_PER_REQUEST".
+measure() {
+  local store=$1 port=$((BASE + 10)) cfg="$WORK/$1.yaml" header=() key gw t0 t1 out line n rps bad
   {
     echo "server: {threads: 1, pid_file: $WORK/$store.pid, upgrade_sock: $WORK/$store.sock, upstream_keepalive_pool_size: 2048}"
     echo "listen: [\"127.0.0.1:$port\"]"
@@ -63,7 +64,6 @@ for store in none sqlite redis; do
     echo "providers: [{name: mock, kind: openai, base-url: \"http://127.0.0.1:$BASE/v1\"}]"
     echo "models: {gpt-4o: [{provider: mock}]}"
   } >"$cfg"
-  header=()
   if [[ $store != none ]]; then
     key=$("$BIN" keys create bench --credits 1000000 -c "$cfg" | sed -n 's/.*"key": "\(dtr_[^"]*\)".*/\1/p')
     header=(-H "Authorization: Bearer $key")
@@ -84,9 +84,32 @@ for store in none sqlite redis; do
   rps=$(sed -n 's/.* rps=\([0-9.]*\).*/\1/p' <<<"$line")
   bad=$(sed -n 's/.* status_err=\([0-9]*\).*/\1/p' <<<"$line")
   [[ $bad == 0 ]] || { echo "keys.sh: $store: $bad error answers" >&2; exit 1; }
-  us=$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
-  [[ -n $BASE_US ]] || BASE_US=$us
-  added=$(awk -v a="$us" -v b="$BASE_US" 'BEGIN { printf "%+.1f µs", a - b }')
-  echo "| $store | $rps | $us µs | $added |"
   kill -INT "$gw"; wait "$gw" 2>/dev/null || true   # SIGINT: Pingora stops at once
+  awk -v r="$rps" -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%s %.1f\n", r, t * 1e6 / hz / n }'
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# Rounds of none, SQLite, Redis back to back: what keys add is taken within a round (this
+# machine's speed drifts between rounds), then the median over the rounds.
+declare -A RPS US ADDED
+for ((round = 1; round <= ROUNDS; round++)); do
+  for store in none sqlite redis; do
+    read -r rps us < <(measure "$store")
+    RPS[$store]+="$rps "; US[$store]+="$us "
+    [[ $store == none ]] && base=$us
+    ADDED[$store]+="$(awk -v a="$us" -v b="$base" 'BEGIN { print a - b }') "
+    echo "round $round: $store $rps req/s, $us µs per request" >&2
+  done
+done
+echo "| store | requests/s (c=$CONC, median of $ROUNDS) | detour CPU per request | added by keys (median, range) |"
+echo "|---|---:|---:|---:|"
+for store in none sqlite redis; do
+  m() { tr ' ' '\n' <<<"$1" | grep . | median; }
+  range=$(tr ' ' '\n' <<<"${ADDED[$store]}" | grep . | sort -g | sed -n '1p;$p' | paste -sd' ')
+  added=$(awk -v a="$(m "${ADDED[$store]}")" -v r="$range" 'BEGIN { split(r, x, " ");
+    printf "%+.1f µs (%+.1f … %+.1f)", a, x[1], x[2] }')
+  [[ $store == none ]] && added="—"
+  printf '| %s | %.0f | %.1f µs | %s |\n' "$store" "$(m "${RPS[$store]}")" "$(m "${US[$store]}")" "$added"
 done

@@ -6,7 +6,7 @@
 //! ledger writer: one thread that, once a write arrives, lets others gather for [`LINGER`] and
 //! commits them all in one transaction (group commit), then answers the callers that wait. A
 //! settle does not wait: its debit is pending in memory (holds count it) until committed, so
-//! a `kill -9` can leave the answers of the last millisecond or so unbilled, never a debit half
+//! a `kill -9` can leave the answers of the last few milliseconds unbilled, never a debit half
 //! written; the admin's reads wait for every write queued before them. The request path
 //! itself does no I/O.
 //!
@@ -27,7 +27,9 @@ const BATCH: usize = 512;
 /// How long the writer lets a batch gather after its first write arrives: each commit costs a
 /// WAL append of the pages it touched, whatever its size, and while the writer sleeps a queued
 /// write wakes nobody. It bounds how long a settled answer's debit stays in memory only.
-pub const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+/// Measured on the 2-core bench machine at ~10k keyed req/s: the ledger thread costs 3.5–4.2 µs
+/// of CPU per request at 5 ms, 8–10 µs at 1 ms.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A durable write for the ledger writer.
 pub enum Op {
