@@ -123,7 +123,7 @@ pub async fn serve(keys: Option<&Keys>, session: &mut ServerSession) -> Response
             .gateway()
             .providers
             .iter()
-            .map(|p| p.name.clone())
+            .map(|p| (p.name.clone(), p.kind))
             .collect(),
     };
     let parts: Vec<&str> = uri

@@ -20,8 +20,10 @@ detour keys — gateway keys in the configured store (`store:`; default SQLite .
   detour keys disable ID | enable ID | revoke ID
   detour keys top-up ID USD [--note TEXT]
   detour keys byok ID PROVIDER            the key's own credentials, JSON on stdin:
-                                          {\"api-key\": \"...\"} or {\"aws-access-key-id\": \"...\",
-                                          \"aws-secret-access-key\": \"...\"}; --remove to drop
+                                          {\"api-key\": \"...\"}, {\"aws-access-key-id\": \"...\",
+                                          \"aws-secret-access-key\": \"...\"} (bedrock) or
+                                          {\"service-account\": {KEY FILE}} (vertex); --remove
+                                          to drop
   detour keys usage ID [--days N] | ledger ID [--limit N]
 
 LIMITS: --rpm N  --tpm N  --concurrency N  --credit-limit USD  --models a,b*  --providers a,b
@@ -220,7 +222,11 @@ pub fn main(args: &[String]) {
     let m = Manager {
         store: store.as_ref(),
         sealer: sealer.as_ref(),
-        providers: gw.providers.iter().map(|p| p.name.clone()).collect(),
+        providers: gw
+            .providers
+            .iter()
+            .map(|p| (p.name.clone(), p.kind))
+            .collect(),
     };
     let out = detour::store::block_on(run(&m, &pos, &opts)).unwrap_or_else(|e| fail(e));
     match out {

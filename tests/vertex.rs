@@ -187,3 +187,105 @@ async fn a_refused_grant_falls_back_like_a_401() {
     assert_eq!(v["error"]["attempts"][0]["status"], 401);
     assert!(!r.text().contains("PRIVATE"));
 }
+
+/// The payload of the JWT in a token request's form.
+fn assertion_claims(form: &[u8]) -> Value {
+    use base64::Engine as _;
+    let form = String::from_utf8_lossy(form);
+    let jwt = form.split("assertion=").nth(1).unwrap();
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_own_service_account_gets_its_own_tokens_for_its_own_project() {
+    let m = mock_with(MockConfig {
+        name: "vtx".into(),
+        ..MockConfig::default()
+    })
+    .await;
+    let key = key_file(&m);
+    let gw = common::chains::gateway(&format!(
+        "auth: {{required: true}}\nstore: {}\nproviders:\n{}models:\n  gemini-2.0-flash: [{{provider: vertex}}]\n",
+        common::keys::SQLITE,
+        vertex_provider("vertex", &m, &key)
+    ))
+    .await;
+    let body = chat_body("gemini-2.0-flash", false);
+    // A key on the operator's account (PTB).
+    let (_, ptb) = common::keys::new_key(&gw, json!({}), 1.0).await;
+    let r = common::keys::chat_as(&gw, &ptb, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A key with its own service account: another project, and a token_uri of its own that
+    // detour must never call.
+    let (id, own) = common::keys::new_key(&gw, json!({"ptb": false}), 0.0).await;
+    let mut sa: Value = serde_json::from_str(KEY_FILE).unwrap();
+    sa["client_email"] = json!("caller@caller-project.iam.gserviceaccount.com");
+    sa["project_id"] = json!("caller-project");
+    sa["token_uri"] = json!("http://169.254.169.254/token");
+    let path = format!("/admin/keys/{id}/providers/vertex");
+    let r = common::keys::admin(&gw, "PUT", &path, json!({"service-account": sa})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains("PRIVATE"), "{}", r.text());
+    for _ in 0..2 {
+        let r = common::keys::chat_as(&gw, &own, &body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // The operator's key file again: its token was not replaced by the caller's.
+    let r = common::keys::chat_as(&gw, &ptb, &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let reqs = m.requests();
+    let tokens: Vec<Value> = reqs
+        .iter()
+        .filter(|r| r.path == "/token")
+        .map(|r| assertion_claims(&r.body))
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        2,
+        "one token per account, each cached: {tokens:?}"
+    );
+    let audience = format!("http://{}/token", m.addr);
+    assert_eq!(
+        tokens[1]["iss"],
+        "caller@caller-project.iam.gserviceaccount.com"
+    );
+    assert_eq!(
+        tokens[1]["aud"],
+        audience.as_str(),
+        "the provider's token endpoint"
+    );
+    assert_ne!(tokens[0]["iss"], tokens[1]["iss"]);
+    let calls: Vec<(String, String)> = reqs
+        .iter()
+        .filter(|r| r.path.contains("/publishers/"))
+        .map(|r| {
+            (
+                r.path.clone(),
+                r.header("authorization").unwrap().to_string(),
+            )
+        })
+        .collect();
+    let at = |project: &str| {
+        format!("/v1/projects/{project}/locations/us-east5/publishers/google/models/gemini-2.0-flash:generateContent")
+    };
+    let (operator, caller) = (at("detour-test"), at("caller-project"));
+    assert_eq!(
+        calls,
+        [
+            (operator.clone(), "Bearer ya29.mock-1".to_string()),
+            (caller.clone(), "Bearer ya29.mock-2".to_string()),
+            (caller, "Bearer ya29.mock-2".to_string()),
+            (operator, "Bearer ya29.mock-1".to_string()),
+        ]
+    );
+    let log = gw.stderr();
+    assert!(
+        !log.contains("ya29.mock") && !log.contains("PRIVATE KEY"),
+        "{log}"
+    );
+}

@@ -37,8 +37,8 @@ impl From<StoreError> for Refused {
 pub struct Manager<'a> {
     pub store: &'a dyn Store,
     pub sealer: Option<&'a Sealer>,
-    /// The configured provider names (BYOK credentials are for one of them).
-    pub providers: Vec<String>,
+    /// The configured providers' names and kinds (BYOK credentials are for one of them).
+    pub providers: Vec<(String, &'static str)>,
 }
 
 #[derive(Deserialize)]
@@ -200,14 +200,14 @@ impl Manager<'_> {
         provider: &str,
         body: Option<&[u8]>,
     ) -> Result<Value, Refused> {
-        if !self.providers.iter().any(|p| p == provider) {
+        let Some((_, kind)) = self.providers.iter().find(|(p, _)| p == provider) else {
             return Err(refused(404, "no such provider in the config"));
-        }
+        };
         let sealed = match body {
             None => None,
             Some(b) => {
                 let creds: Byok = parse(b)?;
-                creds.check().map_err(|m| refused(400, m))?;
+                creds.check(kind).map_err(|m| refused(400, m))?;
                 let sealer = self.sealer.ok_or_else(|| {
                     refused(
                         409,

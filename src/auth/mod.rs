@@ -212,7 +212,7 @@ impl Keys {
                     for s in b.secrets() {
                         self.masker.add_held(s);
                     }
-                    byok[i] = Some(b.credentials());
+                    byok[i] = Some(b.credentials(&self.gw.providers[i]));
                 }
                 Err(e) => tracing::warn!(key = %k.id, provider, error = %e, "BYOK unusable"),
             }

@@ -4,7 +4,8 @@
 
 use crate::config::Secret;
 use crate::providers::bedrock::AwsCredentials;
-use crate::providers::Credentials;
+use crate::providers::vertex::{self, ServiceAccount, TokenSource};
+use crate::providers::{Credentials, Provider};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,10 @@ pub struct Byok {
     pub aws_access_key_id: Option<String>,
     pub aws_secret_access_key: Option<String>,
     pub aws_session_token: Option<String>,
+    /// A Google service account's JSON key (the object, or the file's text as a string), for
+    /// Vertex: its tokens come from the provider's token endpoint, its requests name its
+    /// `project_id` (else the provider's project).
+    pub service_account: Option<serde_json::Value>,
 }
 
 impl std::fmt::Debug for Byok {
@@ -26,22 +31,46 @@ impl std::fmt::Debug for Byok {
     }
 }
 
+const KINDS_OF_CREDENTIAL: &str = "expected one of: `api-key`; `aws-access-key-id` with \
+                                   `aws-secret-access-key` (bedrock); `service-account` (vertex)";
+
 impl Byok {
-    /// Whether it is one complete kind of credential.
-    pub fn check(&self) -> Result<(), String> {
+    /// Whether it is one complete kind of credential, usable by a provider of `kind`.
+    pub fn check(&self, kind: &str) -> Result<(), String> {
         let aws = (&self.aws_access_key_id, &self.aws_secret_access_key);
-        match (&self.api_key, aws) {
-            (Some(k), (None, None)) if !k.trim().is_empty() => Ok(()),
-            (None, (Some(i), Some(s))) if !i.trim().is_empty() && !s.trim().is_empty() => Ok(()),
-            _ => Err(
-                "expected either `api-key`, or `aws-access-key-id` with `aws-secret-access-key`"
-                    .into(),
-            ),
+        let filled = |s: &String| !s.trim().is_empty();
+        match (&self.api_key, aws, &self.service_account) {
+            (Some(k), (None, None), None) if filled(k) => Ok(()),
+            (None, (Some(i), Some(s)), None) if filled(i) && filled(s) => match kind {
+                "bedrock" => Ok(()),
+                _ => Err(format!("AWS keys are for bedrock providers, not {kind}")),
+            },
+            (None, (None, None), Some(_)) if self.aws_session_token.is_none() => match kind {
+                "vertex" => self.account().map(|_| ()),
+                _ => Err(format!(
+                    "a service account is for vertex providers, not {kind}"
+                )),
+            },
+            _ => Err(KINDS_OF_CREDENTIAL.into()),
         }
     }
 
-    /// As the credentials of an attempt.
-    pub fn credentials(&self) -> Credentials {
+    /// The service account, parsed; its errors never quote the key.
+    fn account(&self) -> Result<ServiceAccount, String> {
+        let text = match &self.service_account {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => return Err("no service account".into()),
+        };
+        let a = ServiceAccount::from_json(&text)?;
+        match &a.project_id {
+            Some(p) if !vertex::project_ok(p) => Err("project_id is not a project id".into()),
+            _ => Ok(a),
+        }
+    }
+
+    /// As the credentials of an attempt at `provider`.
+    pub fn credentials(&self, provider: &Provider) -> Credentials {
         if let (Some(id), Some(secret)) = (&self.aws_access_key_id, &self.aws_secret_access_key) {
             return Credentials::Aws(AwsCredentials::new(
                 id.trim().to_string(),
@@ -51,6 +80,21 @@ impl Byok {
                     .map(|t| Secret::new(t.trim().to_string())),
             ));
         }
+        if self.service_account.is_some() {
+            let unusable = |reason: String| Credentials::Unusable { reason };
+            let Some(at) = &provider.token_endpoint else {
+                return unusable("the provider takes no service account".into());
+            };
+            return match self.account() {
+                Ok(a) => Credentials::ServiceAccount(std::sync::Arc::new(TokenSource::new(
+                    a,
+                    at,
+                    provider.timeouts,
+                    "vertex token (the caller's service account)",
+                ))),
+                Err(e) => unusable(format!("the caller's service account: {e}")),
+            };
+        }
         match &self.api_key {
             Some(k) => Credentials::Key(Secret::new(k.trim().to_string())),
             None => Credentials::None,
@@ -59,14 +103,20 @@ impl Byok {
 
     /// Every secret in it, for the masker.
     pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        let private_key = self
+            .service_account
+            .as_ref()
+            .and_then(|v| v.get("private_key"))
+            .and_then(serde_json::Value::as_str);
         [
-            &self.api_key,
-            &self.aws_secret_access_key,
-            &self.aws_session_token,
+            self.api_key.as_deref(),
+            self.aws_secret_access_key.as_deref(),
+            self.aws_session_token.as_deref(),
+            private_key,
         ]
         .into_iter()
         .flatten()
-        .map(|s| s.trim())
+        .map(str::trim)
     }
 }
 
@@ -180,20 +230,56 @@ mod tests {
             api_key: Some(k.into()),
             ..Byok::default()
         };
-        assert!(key("sk").check().is_ok());
-        assert!(key(" ").check().is_err());
-        assert!(Byok::default().check().is_err());
+        assert!(key("sk").check("openai").is_ok());
+        assert!(key(" ").check("openai").is_err());
+        assert!(Byok::default().check("openai").is_err());
         let aws = Byok {
             aws_access_key_id: Some("AKIA".into()),
             aws_secret_access_key: Some("s".into()),
             ..Byok::default()
         };
-        assert!(aws.check().is_ok());
-        assert!(matches!(aws.credentials(), Credentials::Aws(_)));
+        assert!(aws.check("bedrock").is_ok());
+        assert!(aws.check("openai").is_err(), "AWS keys only for bedrock");
         let both = Byok {
             api_key: Some("k".into()),
             ..aws
         };
-        assert!(both.check().is_err());
+        assert!(both.check("bedrock").is_err());
+    }
+
+    const KEY_FILE: &str = include_str!("../../tests/fixtures/vertex-test-service-account.json");
+
+    #[test]
+    fn a_service_account_is_checked_for_vertex_and_never_quoted() {
+        let sa = |v: serde_json::Value| Byok {
+            service_account: Some(v),
+            ..Byok::default()
+        };
+        let file: serde_json::Value = serde_json::from_str(KEY_FILE).expect("fixture");
+        assert!(sa(file.clone()).check("vertex").is_ok());
+        assert!(
+            sa(serde_json::Value::String(KEY_FILE.into()))
+                .check("vertex")
+                .is_ok(),
+            "as text"
+        );
+        assert!(sa(file.clone()).check("openai").is_err(), "only for vertex");
+        let mut bad = file.clone();
+        bad["private_key"] = "-----BEGIN PRIVATE KEY-----\nnot-a-key-secret-xyz\n".into();
+        let e = sa(bad).check("vertex").expect_err("not a key");
+        assert!(!e.contains("not-a-key-secret-xyz"), "{e}");
+        let mut odd = file.clone();
+        odd["project_id"] = "p/../../admin?x=".into();
+        assert!(
+            sa(odd).check("vertex").is_err(),
+            "a project id reaches a URL path"
+        );
+        let with_key = Byok {
+            api_key: Some("k".into()),
+            ..sa(file.clone())
+        };
+        assert!(with_key.check("vertex").is_err(), "one kind at a time");
+        let pem = file["private_key"].as_str().expect("pem").trim();
+        assert!(sa(file.clone()).secrets().any(|s| s == pem));
     }
 }

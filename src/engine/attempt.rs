@@ -144,14 +144,14 @@ impl Engine {
         let started = Instant::now();
         let provider = &self.gw.providers[target.route.provider];
         let req = rewritten.unwrap_or(ask.req);
-        let prepared = self.build(ask, target, req)?;
+        let credentials = self.credentials(ask, target);
+        let prepared = self.build(ask, target, req, own_project(target, credentials))?;
         let deadline = ask.deadline.min(started + provider.timeouts.total);
         let peer = self
             .peers
             .get(target.route.provider)
             .await
             .map_err(|m| Failure::new(FailClass::ConnectError, None, m))?;
-        let credentials = self.credentials(ask, target);
         let token = self.token_for(target.route.provider, credentials).await?;
         let header = self.header(ask, provider, credentials, &prepared, token.as_ref())?;
         let (up, peer) = self
@@ -190,6 +190,7 @@ impl Engine {
         ask: &Ask<'_>,
         target: &Target,
         req: &ChatRequest,
+        project: Option<&str>,
     ) -> Result<Prepared, Failure> {
         let provider = &self.gw.providers[target.route.provider];
         let r = &target.route;
@@ -214,6 +215,7 @@ impl Engine {
             req,
             stream: ask.stream,
             base_path: &provider.endpoint.base_path,
+            project,
         };
         provider
             .adapter
@@ -405,5 +407,16 @@ impl Engine {
             }
             Ok(Ok(x)) => Ok(x),
         }
+    }
+}
+
+/// The project of a caller's own service account (BYOK), which its requests name in place of
+/// the provider's configured one; `None` for the operator's credentials.
+fn own_project<'a>(target: &Target, credentials: &'a Credentials) -> Option<&'a str> {
+    match (target.pay, credentials) {
+        (crate::plan::Pay::Byok, Credentials::ServiceAccount(sa)) => {
+            sa.account.project_id.as_deref()
+        }
+        _ => None,
     }
 }

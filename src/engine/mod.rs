@@ -26,11 +26,10 @@ pub mod watch;
 pub use ledger::{AttemptLog, RequestLog};
 
 use crate::api::{ChatRequest, GatewayError};
-use crate::config::{HedgeAfter, Order, Secret};
+use crate::config::{HedgeAfter, Order};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Target};
-use crate::providers::Credentials;
 use crate::target::limit::{Limiter, MemoryLimiter};
 use attempt::{Ask, Ready};
 use classify::{classify, Decision, FailClass, Failure, Policy, Seen};
@@ -60,10 +59,9 @@ pub struct Engine {
     connector: Connector,
     peers: upstream::Peers,
     fresh_group: AtomicU64,
-    /// Per provider: the token endpoint's peer and the cached access token (service-account
-    /// credentials).
+    /// Per provider: its token endpoint's peer (service-account credentials; each account
+    /// caches its own token).
     token_peers: upstream::Peers,
-    tokens: Vec<tokio::sync::Mutex<Option<(Secret, Instant)>>>,
     /// Counts header-mode requests to unapproved hosts, per caller and host.
     pub limiter: Arc<dyn Limiter>,
 }
@@ -140,21 +138,15 @@ impl Engine {
         let token_peers = upstream::Peers::new(
             gw.providers
                 .iter()
-                .map(|p| match &p.credentials {
-                    Credentials::ServiceAccount(sa) => Some(upstream::PeerSpec {
-                        endpoint: sa.endpoint.clone(),
-                        timeouts: sa.timeouts,
+                .map(|p| {
+                    p.token_endpoint.as_ref().map(|t| upstream::PeerSpec {
+                        endpoint: t.endpoint.clone(),
+                        timeouts: p.timeouts,
                         http2: false,
-                    }),
-                    _ => None,
+                    })
                 })
                 .collect(),
         );
-        let tokens = gw
-            .providers
-            .iter()
-            .map(|_| tokio::sync::Mutex::new(None))
-            .collect();
         let health = Arc::new(Health::new(
             gw.cfg.failover.breaker.clone(),
             gw.cfg.failover.budget.clone(),
@@ -183,7 +175,6 @@ impl Engine {
             peers,
             fresh_group: AtomicU64::new(1),
             token_peers,
-            tokens,
         }
     }
 

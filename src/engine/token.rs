@@ -1,8 +1,8 @@
 //! OAuth2 access tokens for service-account credentials: minted at the account's token
-//! endpoint (the JWT bearer grant), cached per provider. Runs inside an attempt, before its
+//! endpoint (the JWT bearer grant), cached per account. Runs inside an attempt, before its
 //! request is built.
 
-use super::{bad_response, short_error, Engine, FailClass, Failure};
+use super::{short_error, Engine, FailClass, Failure};
 use crate::config::Secret;
 use crate::providers::vertex::{self, TokenSource};
 use crate::providers::wire::unix_now;
@@ -68,18 +68,16 @@ impl Engine {
         }
     }
 
-    /// Provider `i`'s access token: the cached one while it has more than
-    /// [`TOKEN_RENEW_BEFORE`] left, else a new one from the token endpoint (one request at a
-    /// time per provider; concurrent attempts wait for it). A refused grant counts as a 401.
+    /// An access token of `auth` (the operator's service account at provider `i`, or a
+    /// caller's own there): its cached one while it has more than [`TOKEN_RENEW_BEFORE`] left,
+    /// else a new one from provider `i`'s token endpoint (one request at a time per account;
+    /// concurrent attempts wait for it). A refused grant counts as a 401.
     pub(super) async fn access_token(
         &self,
         i: usize,
         auth: &TokenSource,
     ) -> Result<Secret, Failure> {
-        let Some(slot) = self.tokens.get(i) else {
-            return Err(bad_response("no token slot"));
-        };
-        let mut cached = slot.lock().await;
+        let mut cached = auth.cache.lock().await;
         if let Some((token, expires)) = &*cached {
             if *expires > crate::durations::later(Instant::now(), TOKEN_RENEW_BEFORE) {
                 return Ok(token.clone());

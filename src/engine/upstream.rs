@@ -240,6 +240,7 @@ models:
             req: &req,
             stream: false,
             base_path: &p.endpoint.base_path,
+            project: None,
         };
         let prepared = p.adapter.prepare(&call).expect("prepared");
         let h = request_header(

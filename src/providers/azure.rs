@@ -23,6 +23,7 @@ pub(super) fn build(p: &ProviderConfig, env: Env<'_>) -> Result<Built, ConfigErr
         adapter: Box::new(Azure { api_version }),
         endpoint: endpoint(p, None)?,
         credentials: Credentials::from_env(p, env),
+        token_endpoint: None,
     })
 }
 

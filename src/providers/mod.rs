@@ -41,6 +41,16 @@ pub struct Built {
     pub adapter: Box<dyn Adapter>,
     pub endpoint: Endpoint,
     pub credentials: Credentials,
+    /// Where service accounts get access tokens for this provider (Vertex), if anywhere.
+    pub token_endpoint: Option<TokenEndpoint>,
+}
+
+/// A token endpoint (OAuth2, the JWT bearer grant): its URL, which a service account's JWT
+/// names as its audience, and where it is.
+#[derive(Debug, Clone)]
+pub struct TokenEndpoint {
+    pub url: String,
+    pub endpoint: Endpoint,
 }
 
 type Build = fn(&ProviderConfig, Env<'_>) -> Result<Built, ConfigError>;
@@ -101,6 +111,8 @@ pub struct Call<'a> {
     pub stream: bool,
     /// The provider's base path (`/v1`).
     pub base_path: &'a str,
+    /// The caller's own cloud project (a BYOK service account's), for a URL that names one.
+    pub project: Option<&'a str>,
 }
 
 /// The upstream request an adapter prepared.
@@ -202,6 +214,8 @@ pub struct Provider {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The operator's credentials.
     pub credentials: Credentials,
+    /// Where service accounts (the operator's, a caller's own) get access tokens, if anywhere.
+    pub token_endpoint: Option<TokenEndpoint>,
     pub adapter: Box<dyn Adapter>,
 }
 
@@ -256,6 +270,7 @@ impl Providers {
                 http2: p.http2,
                 headers: p.headers.clone(),
                 credentials: b.credentials,
+                token_endpoint: b.token_endpoint,
                 adapter: b.adapter,
             });
         }

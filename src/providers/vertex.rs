@@ -29,7 +29,17 @@ pub struct Vertex {
     region: String,
 }
 
-/// A service account and the token endpoint its access tokens come from.
+/// Whether `project` can be a project id in a Vertex URL path (letters, digits, `-`, `.`, `:`;
+/// at most 128 bytes): nothing else reaches the path.
+pub fn project_ok(project: &str) -> bool {
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':';
+    project.len() <= 128 && project.bytes().all(ok)
+}
+
+/// Where access tokens come from when no key file names its own `token_uri`.
+pub const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+
+/// A service account, the token endpoint its access tokens come from, and its current token.
 #[derive(Debug)]
 pub struct TokenSource {
     pub account: ServiceAccount,
@@ -38,6 +48,28 @@ pub struct TokenSource {
     pub timeouts: crate::config::Timeouts,
     /// What its failures are called (`vertex token: …`).
     pub label: &'static str,
+    /// The last access token minted and when it expires; one exchange at a time.
+    pub cache: tokio::sync::Mutex<Option<(crate::config::Secret, std::time::Instant)>>,
+}
+
+impl TokenSource {
+    /// `account`'s tokens from `at` (whose URL becomes the account's `token_uri`: the JWT's
+    /// audience must be where it is sent).
+    pub fn new(
+        mut account: ServiceAccount,
+        at: &super::TokenEndpoint,
+        timeouts: crate::config::Timeouts,
+        label: &'static str,
+    ) -> TokenSource {
+        account.token_uri.clone_from(&at.url);
+        TokenSource {
+            account,
+            endpoint: at.endpoint.clone(),
+            timeouts,
+            label,
+            cache: tokio::sync::Mutex::new(None),
+        }
+    }
 }
 
 pub(super) fn build(
@@ -68,27 +100,32 @@ pub(super) fn build(
             "a vertex provider needs a project (or a key file with project_id)",
         ));
     }
-    let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':';
-    if !project.bytes().all(ok) {
+    if !project_ok(&project) {
         return Err(p.error("project", format!("`{project}` is not a project id")));
     }
-    let credentials = match account {
-        Some(account) => {
-            let endpoint = crate::config::Endpoint::parse(&account.token_uri, "")
-                .map_err(|e| p.error("credentials-file", format!("token_uri: {}", e.message)))?;
-            super::Credentials::ServiceAccount(std::sync::Arc::new(TokenSource {
-                account,
-                endpoint,
-                timeouts: p.timeouts,
-                label: "vertex token",
-            }))
-        }
-        None => credentials,
+    // The operator's key file names the token endpoint; callers' own accounts use the same
+    // one (never a URL of theirs: the gateway would send requests wherever it pointed).
+    let url = account
+        .as_ref()
+        .map_or(GOOGLE_TOKEN_URI, |a| a.token_uri.as_str())
+        .to_string();
+    let token_endpoint = super::TokenEndpoint {
+        endpoint: crate::config::Endpoint::parse(&url, "")
+            .map_err(|e| p.error("credentials-file", format!("token_uri: {}", e.message)))?,
+        url,
     };
+    let credentials =
+        match account {
+            Some(account) => super::Credentials::ServiceAccount(std::sync::Arc::new(
+                TokenSource::new(account, &token_endpoint, p.timeouts, "vertex token"),
+            )),
+            None => credentials,
+        };
     Ok(super::Built {
         endpoint: super::endpoint(p, Some(base_url(&region)))?,
         adapter: Box::new(Vertex { project, region }),
         credentials,
+        token_endpoint: Some(token_endpoint),
     })
 }
 
@@ -143,7 +180,13 @@ impl super::Adapter for Vertex {
             (b, super::Wire::Gemini(opts, id.to_string()))
         };
         Ok(super::Prepared {
-            path: path(call.base_path, &self.project, &self.region, id, call.stream),
+            path: path(
+                call.base_path,
+                call.project.unwrap_or(&self.project),
+                &self.region,
+                id,
+                call.stream,
+            ),
             body: body.into(),
             wire,
         })

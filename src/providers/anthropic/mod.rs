@@ -44,6 +44,7 @@ pub(super) fn build(
         adapter: Box::new(Anthropic { version }),
         endpoint: super::endpoint(p, None)?,
         credentials: super::Credentials::from_env(p, env),
+        token_endpoint: None,
     })
 }
 

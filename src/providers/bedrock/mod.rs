@@ -85,6 +85,7 @@ pub(super) fn build(
         endpoint: super::endpoint(p, Some(default_url))?,
         adapter: Box::new(Bedrock { region }),
         credentials,
+        token_endpoint: None,
     })
 }
 

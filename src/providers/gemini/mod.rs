@@ -32,6 +32,7 @@ pub(super) fn build(
         adapter: Box::new(GoogleAiStudio),
         endpoint: super::endpoint(p, None)?,
         credentials: super::Credentials::from_env(p, env),
+        token_endpoint: None,
     })
 }
 
