@@ -82,6 +82,26 @@ fn dash_t_names_the_yaml_path_of_a_fault() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+#[test]
+fn dash_t_warns_of_a_listener_beyond_loopback_without_keys() {
+    let dir = temp_dir();
+    let file = dir.join("open.yaml");
+    let models = "providers:\n  - {name: openai, kind: openai, base-url: \"https://api.openai.com/v1\"}\nmodels:\n  gpt-4o: [{provider: openai}]\n";
+    let warned = |head: &str| {
+        std::fs::write(&file, format!("{head}{models}")).unwrap();
+        let out = detour().arg("-t").arg("-c").arg(&file).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stderr)
+            .contains("listens beyond loopback without auth.required")
+    };
+    assert!(warned("listen: [\"127.0.0.1:8080\", \"0.0.0.0:8081\"]\n"));
+    assert!(!warned("listen: [\"127.0.0.1:8080\", \"[::1]:8081\"]\n"));
+    let store = format!("store: {{sqlite: \"{}/k.db\"}}\n", dir.display());
+    assert!(!warned(&format!(
+        "listen: [\"0.0.0.0:8081\"]\nauth: {{required: true}}\n{store}"
+    )));
+}
+
 fn config(dir: &std::path::Path, port: u16, m: &MockServer, grace: u32) -> String {
     format!(
         "server:\n  threads: 2\n  pid_file: {d}/detour.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: {grace}\n  graceful_shutdown_timeout_seconds: 1\nlisten: [\"127.0.0.1:{port}\"]\naccess-log: false\nproviders:\n{}models:\n  gpt-4o: [{{provider: p1}}]\n",
