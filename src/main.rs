@@ -12,7 +12,7 @@ use pingora_core::connectors::ConnectorOptions;
 // client connection was the largest share of RSS with many open streams (README, Performance).
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::Opt;
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::listening::Service;
 use std::process::exit;
 
@@ -130,6 +130,7 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway) -> ! {
     let options = ConnectorOptions::from_server_conf(&server.configuration);
     let gw = Arc::new(gw);
     let keys = keys::start(&gw, &metrics);
+    let store = keys.as_ref().map(|k| k.store.clone());
     let proxy = DetourProxy::new(gw, metrics.clone(), options, keys.clone());
     let health = proxy.health();
     let mut gateway =
@@ -153,7 +154,16 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway) -> ! {
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
-    server.run_forever()
+    server.run(RunArgs::default());
+    // Every service has stopped: what the store still has queued (the embedded store's last
+    // debits) is written before the process exits.
+    if let Some(store) = store {
+        match detour::store::block_on(store.flush()) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => eprintln!("detour: the store's last writes failed: {e}"),
+        }
+    }
+    exit(0)
 }
 
 fn mock_main(args: &[String]) {

@@ -248,3 +248,40 @@ async fn aws_keys_given_on_the_command_lines_stdin_sign_the_callers_bedrock_requ
     .await;
     assert_eq!(r.json()["byok_providers"], json!([]), "{}", r.text());
 }
+
+/// Stop `gw` with SIGINT (Pingora's fast stop) and wait until it has exited.
+async fn stop_fast(gw: &mut Gateway) {
+    let pid = gw.child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let t0 = std::time::Instant::now();
+    while gw.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "did not stop");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_gateway_writes_every_debit_before_it_exits() {
+    let (p1, p2) = (mock("p1").await, mock("p2").await);
+    let mut gw = Gateway::start(&keyed(&p1, &p2, SQLITE, "")).await;
+    let (id, key) = new_key(&gw, json!({}), 5.0).await;
+    let store = format!("{{sqlite: \"{}\"}}", gw.dir.join("detour.db").display());
+    // Answers that end together, then a stop at once: their debits are still queued to the
+    // ledger thread (it commits every 5 ms) when the stop begins. Whether the last ones would
+    // have been lost without the flush at exit depends on timing, so three rounds.
+    for round in 1..=3 {
+        let st = Box::pin(burst(&[gw.port], &key, &body("gpt-4o/p1"), 48, 16)).await;
+        assert_eq!(count(&st, 200), 48, "{st:?}");
+        stop_fast(&mut gw).await;
+        gw = Gateway::start(&keyed(&p1, &p2, &store, "")).await;
+        let (rows, balance) = ledger(&gw, &id).await;
+        let debits = rows.iter().filter(|r| r["kind"] == "debit").count();
+        assert_eq!(debits, 48 * round, "every answered request billed");
+        let sum: i64 = rows.iter().map(|r| r["amount"].as_i64().unwrap()).sum();
+        assert_eq!(sum, balance);
+    }
+}

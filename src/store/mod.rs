@@ -200,6 +200,11 @@ pub trait Store: Send + Sync {
         0
     }
 
+    /// Write whatever is queued; at exit, once no request is left.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// At start-up: release every reservation a crash left open. Returns how many.
     async fn recover(&self) -> Result<u64, StoreError>;
 

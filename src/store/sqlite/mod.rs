@@ -83,6 +83,11 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    /// Every debit, top-up and record queued to the ledger thread, committed.
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.purse.barrier().await
+    }
+
     /// Holds are not rows: none outlive the process. A file written by an older version may
     /// still have reservations; they are released.
     async fn recover(&self) -> Result<u64, StoreError> {

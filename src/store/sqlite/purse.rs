@@ -6,9 +6,9 @@
 //! ledger writer: one thread that, once a write arrives, lets others gather for [`LINGER`] and
 //! commits them all in one transaction (group commit), then answers the callers that wait. A
 //! settle does not wait: its debit is pending in memory (holds count it) until committed, so
-//! a `kill -9` can leave the answers of the last few milliseconds unbilled, never a debit half
-//! written; the admin's reads wait for every write queued before them. The request path
-//! itself does no I/O.
+//! a `kill -9` can leave the answers of the last few milliseconds unbilled (a stop waits for
+//! them: `Store::flush`), never a debit half written; the admin's reads wait for every write
+//! queued before them. The request path itself does no I/O.
 //!
 //! A balance here is the file's balance as of the writer's last commit for that key, less the
 //! debits queued since. Another process (the `detour keys` CLI) may top a key up in the file:
