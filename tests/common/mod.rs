@@ -412,7 +412,7 @@ pub async fn read_head_after(
             let status = resp.code.unwrap_or(0);
             return Ok((status, headers, buf[n..].to_vec()));
         }
-        let mut tmp = [0u8; 4096];
+        let mut tmp = vec![0u8; 4096];
         let n = read_some(sock, &mut tmp).await?;
         if n == 0 {
             return Err(std::io::Error::new(
@@ -425,7 +425,8 @@ pub async fn read_head_after(
 }
 
 pub async fn read_response(sock: &mut TcpStream) -> std::io::Result<Response> {
-    read_response_after(sock, Vec::new()).await
+    // Boxed: debug builds lay nested futures out inline, and tests await many of these.
+    Box::pin(read_response_after(sock, Vec::new())).await
 }
 
 /// [`read_response`] when its first bytes were already read.
@@ -492,7 +493,7 @@ impl ChunkDecoder {
     }
 
     async fn fill(&mut self, sock: &mut TcpStream) -> std::io::Result<()> {
-        let mut tmp = [0u8; 65536];
+        let mut tmp = vec![0u8; 65536];
         let n = read_some(sock, &mut tmp).await?;
         if n == 0 {
             return Err(std::io::Error::new(
