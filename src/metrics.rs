@@ -229,6 +229,11 @@ impl Metrics {
         for p in providers {
             attempts.with_label_values(&[p.as_str(), "success"]);
             upstream_ttfb.with_label_values(&[p.as_str()]);
+            stream_ttft.with_label_values(&[p.as_str()]);
+            circuit_opened.with_label_values(&[p.as_str()]);
+            for reason in ["server_error", "retry_after"] {
+                retries.with_label_values(&[p.as_str(), reason]);
+            }
         }
         requests.with_label_values(&["success"]);
         let auth = AuthMetrics::register(&registry)?;

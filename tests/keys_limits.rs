@@ -285,3 +285,102 @@ async fn a_stopped_gateway_writes_every_debit_before_it_exits() {
         assert_eq!(sum, balance);
     }
 }
+
+/// The Grafana board's queries with its variables filled in as Grafana would.
+fn grafana_queries() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/grafana/detour.json");
+    let board: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    let panels = board["panels"].as_array().unwrap();
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{} queries nothing", p["title"]);
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+            let expr = t["expr"].as_str().unwrap();
+            out.push(
+                expr.replace("$__rate_interval", "1m")
+                    .replace("$__range", "1h")
+                    .replace("$provider", ".*"),
+            );
+        }
+    }
+    out
+}
+
+/// Every metric name the Grafana board's queries use (`detour_…`, with any `_bucket` suffix).
+fn grafana_metric_names() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for expr in grafana_queries() {
+        for (at, _) in expr.match_indices("detour_") {
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_grafana_board_queries_is_exported() {
+    let p1 = mock_with(MockConfig {
+        status: 500,
+        ..mock_cfg("p1")
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = gateway(&keyed(&p1, &p2, SQLITE, "")).await;
+    let (_, key) = new_key(&gw, json!({}), 5.0).await;
+    // p1 fails, p2 serves: a fallback, credits held and settled, tokens and cost, JSON and a
+    // stream. The rest (breakers, retries, store errors) exist at zero from the start.
+    for stream in [false, true] {
+        let r = chat_as(&gw, &key, &chat_body("gpt-4o", stream)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let names = grafana_metric_names();
+    assert!(names.len() >= 19, "{names:?}");
+    let m = gw.metrics().await;
+    let exported: std::collections::BTreeSet<&str> = m
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "queried, not exported: {missing:?}");
+}
+
+#[test]
+fn the_grafana_boards_queries_are_promql_that_prometheus_accepts() {
+    // Prometheus's own parser (promtool, from Debian's prometheus package, which the test
+    // command installs): every query as a recording rule.
+    let rules: String = grafana_queries()
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let expr = serde_json::to_string(q).unwrap();
+            format!("      - record: detour:board_query_{i}\n        expr: {expr}\n")
+        })
+        .collect();
+    let file = temp_dir().join("board-rules.yml");
+    std::fs::write(
+        &file,
+        format!("groups:\n  - name: board\n    rules:\n{rules}"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool (apt-get install prometheus; scripts/test.sh does)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

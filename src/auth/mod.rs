@@ -41,6 +41,11 @@ pub struct Caller {
 
 /// The most keys (live or unknown) remembered at once; past it the cache starts over.
 const CACHE_MAX: usize = 100_000;
+/// The store calls [`Keys::timed`] counts (`op` of the store metrics), each series present
+/// from the start.
+pub const STORE_OPS: [&str; 8] = [
+    "key", "rate", "tokens", "acquire", "reserve", "settle", "release", "record",
+];
 /// How long a concurrency slot outlives a crash that did not give it back.
 const SLOT_TTL: Duration = Duration::from_secs(600);
 
@@ -73,6 +78,11 @@ impl Keys {
         metrics: Arc<Metrics>,
         sealer: Option<Sealer>,
     ) -> Keys {
+        for op in STORE_OPS {
+            let labels = [store.backend(), op];
+            metrics.auth.store_latency.with_label_values(&labels);
+            metrics.auth.store_errors.with_label_values(&labels);
+        }
         Keys {
             store,
             cfg: gw.cfg.auth.clone(),

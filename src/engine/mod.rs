@@ -156,6 +156,16 @@ impl Engine {
                 .map(|(i, p)| (p.name.clone(), gw.catalog.ids_of(i)))
                 .collect(),
         ));
+        // Every breaker starts closed: its series exist (at 0) before its first change.
+        for (model, m) in &gw.catalog.models {
+            for r in &m.routes {
+                let provider = gw.providers[r.provider].name.as_str();
+                metrics
+                    .circuit_state
+                    .with_label_values(&[provider, model.as_str()])
+                    .set(0);
+            }
+        }
         let limits = gw.cfg.header_mode.limits;
         let limiter: Arc<dyn Limiter> = match keys {
             // Day counts on the store, so they hold across restarts and instances.
