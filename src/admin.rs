@@ -1,6 +1,7 @@
 //! The admin service on its own port: `GET /metrics` (Prometheus text), `GET /health`,
 //! `GET /admin/health`: every tracked target's circuit and latency, and the retry budget (JSON);
-//! and with gateway keys, `/admin/keys…` behind the admin token (`admin_keys.rs`).
+//! behind the admin token, request records under `/admin/requests…` (`admin_records.rs`) and,
+//! with gateway keys, `/admin/keys…` (`admin_keys.rs`).
 
 use crate::engine::health::Health;
 use crate::metrics::Metrics;
@@ -15,6 +16,10 @@ pub struct AdminApp {
     pub health: Arc<Health>,
     /// Gateway keys (`auth.required`), managed under `/admin/keys`.
     pub keys: Option<Arc<crate::auth::Keys>>,
+    /// Request records, under `/admin/requests`.
+    pub recorder: Arc<crate::records::Recorder>,
+    /// The variable holding the admin token (`auth.admin-token-env`).
+    pub token_env: String,
 }
 
 pub(crate) fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -35,6 +40,9 @@ impl ServeHttp for AdminApp {
         let h = session.req_header();
         if h.uri.path() == "/admin/keys" || h.uri.path().starts_with("/admin/keys/") {
             return crate::admin_keys::serve(self.keys.as_deref(), session).await;
+        }
+        if h.uri.path() == "/admin/requests" || h.uri.path().starts_with("/admin/requests/") {
+            return crate::admin_records::serve(&self.recorder, &self.token_env, session);
         }
         match (h.method.as_str(), h.uri.path()) {
             ("GET", "/metrics") => respond(

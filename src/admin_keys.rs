@@ -20,7 +20,7 @@ use pingora_core::protocols::http::ServerSession;
 /// The largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
 
-fn error(status: u16, message: &str) -> Response<Vec<u8>> {
+pub(crate) fn error(status: u16, message: &str) -> Response<Vec<u8>> {
     let kind = match status {
         401 | 403 => "authentication_error",
         503 => "store_unavailable",
@@ -30,18 +30,12 @@ fn error(status: u16, message: &str) -> Response<Vec<u8>> {
     respond(status, "application/json", body.to_string().into_bytes())
 }
 
-/// Whether the request carries the admin token.
-fn authorized(keys: &Keys, session: &ServerSession) -> Result<(), Refused> {
-    let Some(token) = std::env::var(&keys.cfg.admin_token_env)
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-    else {
+/// Whether the request carries the admin token (from the variable `env` names).
+pub(crate) fn authorized(env: &str, session: &ServerSession) -> Result<(), Refused> {
+    let Some(token) = std::env::var(env).ok().filter(|t| !t.trim().is_empty()) else {
         return Err(Refused {
             status: 403,
-            message: format!(
-                "key management is off: set {} to an admin token",
-                keys.cfg.admin_token_env
-            ),
+            message: format!("the admin API is off: set {env} to an admin token"),
         });
     };
     let given = session
@@ -104,7 +98,7 @@ pub async fn serve(keys: Option<&Keys>, session: &mut ServerSession) -> Response
     let Some(keys) = keys else {
         return error(404, "gateway keys are off (auth.required: false)");
     };
-    if let Err(e) = authorized(keys, session) {
+    if let Err(e) = authorized(&keys.cfg.admin_token_env, session) {
         return error(e.status, &e.message);
     }
     let method = session.req_header().method.as_str().to_string();

@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod admin_keys;
+mod admin_records;
 pub mod api;
 pub mod auth;
 pub mod catalog;
@@ -22,6 +23,7 @@ pub mod mock;
 pub mod plan;
 pub mod providers;
 pub mod proxy;
+pub mod records;
 pub mod secrets;
 pub mod sse;
 pub mod store;

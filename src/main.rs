@@ -131,7 +131,15 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway) -> ! {
     let gw = Arc::new(gw);
     let keys = keys::start(&gw, &metrics);
     let store = keys.as_ref().map(|k| k.store.clone());
-    let proxy = DetourProxy::new(gw, metrics.clone(), options, keys.clone());
+    let recorder = match detour::records::Recorder::start(metrics.records_dropped.clone()) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            eprintln!("detour: cannot start the request records: {e}");
+            exit(1);
+        }
+    };
+    let token_env = gw.cfg.auth.admin_token_env.clone();
+    let proxy = DetourProxy::new(gw, metrics.clone(), options, keys.clone(), recorder.clone());
     let health = proxy.health();
     let mut gateway =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "detour");
@@ -149,6 +157,8 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway) -> ! {
                 metrics,
                 health,
                 keys,
+                recorder,
+                token_env,
             },
         );
         svc.add_tcp(&addr.to_string());

@@ -10,6 +10,8 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
+    /// Request records the full queue refused.
+    pub records_dropped: prometheus::IntCounter,
     /// Requests by outcome (success, upstream_client_error, all_failed, invalid_request, ...).
     pub requests: IntCounterVec,
     /// Upstream attempts by provider and outcome (success, a failure class, skipped).
@@ -237,9 +239,15 @@ impl Metrics {
         }
         requests.with_label_values(&["success"]);
         let auth = AuthMetrics::register(&registry)?;
+        let records_dropped = prometheus::IntCounter::new(
+            "detour_records_dropped_total",
+            "Request records dropped because their queue was full (the requests were served)",
+        )?;
+        registry.register(Box::new(records_dropped.clone()))?;
         Ok(Metrics {
             auth,
             registry,
+            records_dropped,
             requests,
             attempts,
             fallbacks,

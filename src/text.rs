@@ -7,6 +7,35 @@ use std::borrow::Cow;
 /// The longest model id (or deployment name) detour accepts.
 pub const MAX_MODEL_ID: usize = 256;
 
+/// A URL query value decoded (`%XX`, `+` as a space); `None` when it is not valid encoding or
+/// not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Bytes as lowercase hex (ids, hashes, leases).
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -85,6 +114,18 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_decode_or_are_refused() {
+        assert_eq!(
+            percent_decode("gpt-4o%2Fp1+x").as_deref(),
+            Some("gpt-4o/p1 x")
+        );
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        for bad in ["%", "%2", "%zz", "%FF", "%+1"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn hex_is_lowercase_two_digits_a_byte() {

@@ -1,7 +1,7 @@
 //! Per-attempt bookkeeping, written in one place: every attempt (sent, skipped, failed, served,
 //! broken after commit) becomes one [`AttemptLog`] and its metrics here. The response headers
 //! (`x-detour-attempts`), the all-failed error's list, the access log and the metrics all read
-//! the same [`RequestLog`]; request records will read it too.
+//! the same [`RequestLog`], and so do request records (`crate::records`).
 
 use super::classify::Failure;
 use super::{health, watch, Engine};
@@ -40,6 +40,8 @@ pub struct RequestLog {
     pub key: String,
     pub started: Option<Instant>,
     pub stream: bool,
+    /// The `model` field as the client sent it (the chain mode), cut to 512 bytes.
+    pub model: String,
     /// How the request named its targets: `chain`, `target-url` or `fallbacks`; empty for a
     /// route that is neither logged nor counted (`/health`, `/v1/models`).
     pub mode: &'static str,

@@ -78,6 +78,8 @@ pub struct DetourProxy {
     engine: Engine,
     /// Gateway keys, when `auth.required` (their store opened at start-up).
     keys: Option<Arc<crate::auth::Keys>>,
+    /// Every request's record, for `/admin/requests`.
+    recorder: Arc<crate::records::Recorder>,
     bodies: BodyBudget,
     models_json: Bytes,
     id_prefix: String,
@@ -90,6 +92,7 @@ impl DetourProxy {
         metrics: Arc<Metrics>,
         connector: pingora_core::connectors::ConnectorOptions,
         keys: Option<Arc<crate::auth::Keys>>,
+        recorder: Arc<crate::records::Recorder>,
     ) -> DetourProxy {
         let models_json = models_list(&gw);
         let seed = std::time::SystemTime::now()
@@ -105,6 +108,7 @@ impl DetourProxy {
             },
             engine: Engine::new(gw, metrics, connector, keys.as_ref()),
             keys,
+            recorder,
             models_json,
             id_prefix: format!("{seed:016x}"),
             next_id: AtomicU64::new(0),
@@ -282,6 +286,7 @@ impl DetourProxy {
             let (body, _hold) = self.read_body(session).await?;
             let req = ChatRequest::parse(body)?;
             ctx.stream = req.stream;
+            ctx.model = crate::text::truncate(&req.model, 512).to_string();
             let plan = self.plan_for(&req, who.as_ref())?;
             let tab = self.tab(&req, who.as_mut(), &ctx.request_id);
             self.engine
@@ -638,6 +643,8 @@ impl ProxyHttp for DetourProxy {
         if self.gw().cfg.access_log {
             access_log(self.gw(), ctx, elapsed);
         }
+        self.recorder
+            .submit(crate::records::Record::of(self.gw(), ctx, elapsed));
     }
 }
 

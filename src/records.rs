@@ -1,0 +1,321 @@
+//! Request records: every request's attempts, for the inspection API (`/admin/requests`).
+//!
+//! `logging()` turns the request's [`RequestLog`] into a [`Record`] and hands it to a bounded
+//! queue: when the queue is full the record is dropped and counted
+//! (`detour_records_dropped_total`), the request never waits. One thread (`detour-records`)
+//! numbers the records and keeps the last [`MEMORY`] of them in memory.
+
+use crate::engine::ledger::{RequestLog, Via};
+use crate::gateway::Gateway;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Records waiting for the keeper thread, at most.
+pub const QUEUE: usize = 4096;
+/// Records kept in memory.
+pub const MEMORY: usize = 1000;
+/// The most records one listing returns.
+pub const MAX_LIMIT: usize = 500;
+
+/// One attempt of a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    /// The provider, or a header-mode URL's approved-host label (`unapproved` otherwise).
+    pub provider: String,
+    /// The target as planned: `model/provider`, or the URL's origin in the header mode.
+    pub source: String,
+    /// `success`, `skipped`, `client_error`, `client_closed`, `stream_error`, or a failure class.
+    pub outcome: &'static str,
+    pub status: Option<u16>,
+    /// What went wrong, credentials masked.
+    pub error: Option<String>,
+    pub ms: f64,
+}
+
+/// What one request did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// Numbered as kept, from 1; the listing's cursor (`before`).
+    pub seq: u64,
+    /// `x-request-id`: the client's, or detour's.
+    pub id: String,
+    /// When it ended, Unix milliseconds.
+    pub at: i64,
+    /// The gateway key's id (never its secret).
+    pub key: Option<String>,
+    /// `chain`, `target-url` or `fallbacks`.
+    pub mode: &'static str,
+    /// The `model` field as the client sent it (the chain mode).
+    pub model: Option<String>,
+    pub stream: bool,
+    pub outcome: &'static str,
+    pub status: u16,
+    pub ms: f64,
+    pub attempts: Vec<AttemptRecord>,
+    /// The attempt that answered: its `source`.
+    pub served_by: Option<String>,
+    /// More than one target was tried.
+    pub fallback: bool,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// The client left before the answer was complete.
+    pub client_closed: bool,
+    /// An answer that broke after the client had started receiving it.
+    pub post_commit_error: Option<String>,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Record {
+    /// The record of a finished request.
+    pub fn of(gw: &Gateway, log: &RequestLog, elapsed: Duration) -> Record {
+        let attempts: Vec<AttemptRecord> = log
+            .attempts
+            .iter()
+            .map(|a| AttemptRecord {
+                provider: match &a.via {
+                    Via::Provider(p) => gw.providers[*p].name.clone(),
+                    Via::Url(label) => label.clone(),
+                },
+                source: crate::text::truncate(&a.source, 256).to_string(),
+                outcome: a.outcome,
+                status: a.status,
+                error: a.error.clone(),
+                ms: ms(a.duration),
+            })
+            .collect();
+        let tried: Vec<&str> = attempts
+            .iter()
+            .filter(|a| a.outcome != "skipped")
+            .map(|a| a.source.as_str())
+            .collect();
+        let fallback = tried.iter().any(|s| Some(s) != tried.first());
+        Record {
+            seq: 0,
+            id: log.request_id.clone(),
+            at: now_ms(),
+            key: (!log.key.is_empty()).then(|| log.key.clone()),
+            mode: log.mode,
+            model: (!log.model.is_empty()).then(|| log.model.clone()),
+            stream: log.stream,
+            outcome: if log.outcome.is_empty() {
+                "unknown"
+            } else {
+                log.outcome
+            },
+            status: log.status,
+            ms: ms(elapsed),
+            served_by: attempts
+                .iter()
+                .rfind(|a| a.outcome == "success")
+                .map(|a| a.source.clone()),
+            fallback,
+            prompt_tokens: log.usage.map(|u| u.prompt_tokens),
+            completion_tokens: log.usage.map(|u| u.completion_tokens),
+            client_closed: log.outcome == "client_closed",
+            post_commit_error: log.post_commit_error.clone(),
+            attempts,
+        }
+    }
+}
+
+/// Which records a listing wants (`GET /admin/requests?…`).
+#[derive(Debug, Default, PartialEq)]
+pub struct Filter {
+    pub key: Option<String>,
+    pub provider: Option<String>,
+    /// A model name: the client's `model` field names it, or an attempt's source is it.
+    pub model: Option<String>,
+    pub outcome: Option<String>,
+    pub fallback: Option<bool>,
+    /// Unix milliseconds, inclusive.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Only records numbered below this (the next page).
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
+impl Filter {
+    /// From a query string; a parameter that does not parse is a 400 that names it.
+    pub fn parse(query: Option<&str>) -> Result<Filter, String> {
+        let mut f = Filter {
+            limit: 50,
+            ..Filter::default()
+        };
+        for (k, v) in query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|kv| kv.split_once('='))
+        {
+            let v = crate::text::percent_decode(v).ok_or(format!("`{k}` is not URL-encoded"))?;
+            let num = |what: &str| -> Result<i64, String> {
+                v.parse::<i64>()
+                    .map_err(|_| format!("`{what}` must be a whole number"))
+            };
+            match k {
+                "key" => f.key = Some(v.clone()),
+                "provider" => f.provider = Some(v.clone()),
+                "model" => f.model = Some(v.clone()),
+                "outcome" => f.outcome = Some(v.clone()),
+                "fallback" => {
+                    f.fallback = Some(match v.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err("`fallback` must be true or false".into()),
+                    })
+                }
+                "since" => f.since = Some(num("since")?),
+                "until" => f.until = Some(num("until")?),
+                "before" => f.before = Some(u64::try_from(num("before")?).unwrap_or(0)),
+                "limit" => f.limit = usize::try_from(num("limit")?).unwrap_or(0).min(MAX_LIMIT),
+                _ => {
+                    return Err(format!(
+                        "unknown parameter `{}`",
+                        crate::text::truncate(k, 40)
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    fn wants(&self, r: &Record) -> bool {
+        let is = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
+        let model_ok = self.model.as_deref().is_none_or(|m| {
+            r.model.as_deref() == Some(m)
+                || r.attempts.iter().any(|a| {
+                    a.source == m
+                        || a.source
+                            .strip_prefix(m)
+                            .is_some_and(|rest| rest.starts_with('/'))
+                })
+        });
+        is(&self.key, r.key.as_deref())
+            && is(&self.outcome, Some(r.outcome))
+            && self
+                .provider
+                .as_deref()
+                .is_none_or(|p| r.attempts.iter().any(|a| a.provider == p))
+            && model_ok
+            && self.fallback.is_none_or(|f| r.fallback == f)
+            && self.since.is_none_or(|t| r.at >= t)
+            && self.until.is_none_or(|t| r.at <= t)
+            && self.before.is_none_or(|b| r.seq < b)
+    }
+}
+
+struct Ring {
+    records: VecDeque<Arc<Record>>,
+    next: u64,
+}
+
+/// The records queue and the ones kept.
+pub struct Recorder {
+    queue: SyncSender<Record>,
+    kept: Arc<Mutex<Ring>>,
+    dropped: prometheus::IntCounter,
+}
+
+fn lock(m: &Mutex<Ring>) -> std::sync::MutexGuard<'_, Ring> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Recorder {
+    /// Start the keeper thread; `dropped` counts records the full queue refused.
+    pub fn start(dropped: prometheus::IntCounter) -> std::io::Result<Recorder> {
+        let (queue, rx) = sync_channel(QUEUE);
+        let kept = Arc::new(Mutex::new(Ring {
+            records: VecDeque::with_capacity(MEMORY),
+            next: 1,
+        }));
+        let k = kept.clone();
+        std::thread::Builder::new()
+            .name("detour-records".into())
+            .spawn(move || keep(&rx, &k))?;
+        Ok(Recorder {
+            queue,
+            kept,
+            dropped,
+        })
+    }
+
+    /// Queue a record; never waits.
+    pub fn submit(&self, r: Record) {
+        match self.queue.try_send(r) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+
+    /// The newest records `f` wants, newest first.
+    pub fn list(&self, f: &Filter) -> Vec<Arc<Record>> {
+        let g = lock(&self.kept);
+        g.records
+            .iter()
+            .rev()
+            .filter(|r| f.wants(r))
+            .take(f.limit)
+            .cloned()
+            .collect()
+    }
+
+    /// The newest record of request `id`.
+    pub fn get(&self, id: &str) -> Option<Arc<Record>> {
+        let g = lock(&self.kept);
+        g.records.iter().rev().find(|r| r.id == id).cloned()
+    }
+}
+
+/// The keeper thread: number each record and keep the last [`MEMORY`].
+fn keep(rx: &Receiver<Record>, kept: &Mutex<Ring>) {
+    while let Ok(mut r) = rx.recv() {
+        let mut g = lock(kept);
+        r.seq = g.next;
+        g.next += 1;
+        if g.records.len() == MEMORY {
+            g.records.pop_front();
+        }
+        g.records.push_back(Arc::new(r));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_refuse_what_does_not() {
+        let f = Filter::parse(Some(
+            "provider=p1&model=gpt-4o%2Fp1&fallback=true&limit=9999",
+        ))
+        .unwrap_or_default();
+        assert_eq!(f.provider.as_deref(), Some("p1"));
+        assert_eq!(f.model.as_deref(), Some("gpt-4o/p1"));
+        assert_eq!(f.fallback, Some(true));
+        assert_eq!(f.limit, MAX_LIMIT);
+        for bad in [
+            "fallback=yes",
+            "since=soon",
+            "limit=-1x",
+            "nope=1",
+            "model=%zz",
+        ] {
+            assert!(Filter::parse(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(Filter::parse(None).map(|f| f.limit), Ok(50));
+    }
+}

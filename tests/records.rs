@@ -1,0 +1,223 @@
+//! Request records over real sockets: every attempt of a chain and of a header-mode fallback,
+//! in order with its class, read back from `/admin/requests`; no secret in them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+async fn admin_get(gw: &Gateway, path: &str) -> Response {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    Box::pin(request(
+        gw.admin_port,
+        "GET",
+        path,
+        &[("authorization", auth.as_str())],
+        b"",
+    ))
+    .await
+    .unwrap()
+}
+
+/// The record of request `id`, once the records thread has it (at most 5 s).
+async fn record(gw: &Gateway, id: &str) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let r = admin_get(gw, &format!("/admin/requests/{id}")).await;
+        if r.status == 200 {
+            return r.json();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no record: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn column<'a>(rec: &'a Value, field: &str) -> Vec<&'a Value> {
+    rec["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a[field])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_429_success_chain_is_recorded_attempt_by_attempt() {
+    let p1 = mock_with(MockConfig {
+        status: 503,
+        ..MockConfig::default()
+    })
+    .await;
+    let p2 = mock_with(MockConfig {
+        status: 429,
+        ..MockConfig::default()
+    })
+    .await;
+    let p3 = mock("p3").await;
+    let gw = Gateway::start(&format!(
+        "failover:\n  retry: {{attempts-per-target: 1}}\nproviders:\n{}{}{}models:\n  gpt-4o:\n    - {{provider: p1}}\n    - {{provider: p2}}\n    - {{provider: p3}}\n",
+        provider("p1", &p1),
+        provider("p2", &p2),
+        provider("p3", &p3)
+    ))
+    .await;
+    let r = gw
+        .chat_with(
+            &chat_body("gpt-4o", false),
+            &[
+                ("x-request-id", "rec-chain-1"),
+                ("authorization", "Bearer sk-client-secret-never-kept"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = record(&gw, "rec-chain-1").await;
+    assert_eq!(
+        column(&rec, "provider"),
+        [&json!("p1"), &json!("p2"), &json!("p3")]
+    );
+    assert_eq!(
+        column(&rec, "outcome"),
+        [
+            &json!("server_error"),
+            &json!("rate_limited"),
+            &json!("success")
+        ]
+    );
+    assert_eq!(
+        column(&rec, "status"),
+        [&json!(503), &json!(429), &json!(200)]
+    );
+    assert_eq!(rec["served_by"], "gpt-4o/p3");
+    assert_eq!(
+        (&rec["mode"], &rec["model"], &rec["outcome"], &rec["status"]),
+        (
+            &json!("chain"),
+            &json!("gpt-4o"),
+            &json!("success"),
+            &json!(200)
+        )
+    );
+    assert_eq!(rec["fallback"], true);
+    assert_eq!(rec["prompt_tokens"], 9);
+    assert!(rec["attempts"][0]["error"].is_string(), "{rec}");
+    assert!(rec["attempts"][2]["error"].is_null(), "{rec}");
+
+    // The listing and its filters.
+    let list = |q: &str| {
+        let gw = &gw;
+        let q = q.to_string();
+        async move { admin_get(gw, &format!("/admin/requests{q}")).await }
+    };
+    let ids = |r: &Response| -> Vec<String> {
+        r.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let r = list("?provider=p2&fallback=true&outcome=success&model=gpt-4o").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ids(&r), ["rec-chain-1"]);
+    for q in [
+        "?fallback=false",
+        "?provider=nobody",
+        "?outcome=all_failed",
+        "?key=key_x",
+    ] {
+        let r = list(q).await;
+        assert!(ids(&r).is_empty(), "{q}: {}", r.text());
+    }
+    // Bad input: a 400 in the error shape; no token: 401.
+    let r = list("?since=yesterday").await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("since"));
+    let r = request(gw.admin_port, "GET", "/admin/requests", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let r = admin_get(&gw, "/admin/requests/nope").await;
+    assert_eq!(r.status, 404);
+    // Nothing the client or a provider sent as a credential is kept.
+    let all = list("?limit=500").await.text();
+    assert!(
+        !all.contains("sk-client-secret") && !all.contains(PROVIDER_KEY),
+        "{all}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_mode_fallback_is_recorded_with_its_classes() {
+    let down = mock_with(MockConfig {
+        status: 500,
+        ..MockConfig::default()
+    })
+    .await;
+    let up = mock("up").await;
+    let gw = Gateway::start(
+        "providers:\n  - {name: unused, kind: openai, base-url: \"http://192.0.2.1:9/v1\"}\nheader-mode:\n  allow-networks: [127.0.0.0/8]\n  allow-ports: [\"1024-65535\"]\n  unapproved-limit: {per-second: 1000}\n",
+    )
+    .await;
+    let list = json!([
+        {"target-url": format!("http://{}", down.addr), "headers": {}, "onCodes": [500]},
+        {"target-url": format!("http://{}", up.addr), "headers": {}, "onCodes": []}
+    ]);
+    let r = request(
+        gw.port,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("helicone-fallbacks", &list.to_string()),
+            ("authorization", "Bearer sk-header-mode-secret"),
+            ("content-type", "application/json"),
+            ("x-request-id", "rec-header-1"),
+        ],
+        chat_body("gpt-4o", false).as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = record(&gw, "rec-header-1").await;
+    assert_eq!(rec["mode"], "fallbacks");
+    assert_eq!(
+        column(&rec, "outcome"),
+        [&json!("server_error"), &json!("success")]
+    );
+    assert_eq!(column(&rec, "status"), [&json!(500), &json!(200)]);
+    assert_eq!(rec["fallback"], true);
+    assert!(!rec.to_string().contains("sk-header-mode-secret"), "{rec}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_request_is_recorded_by_key_id_never_its_secret() {
+    use common::keys::*;
+    let (p1, p2) = (mock("p1").await, mock("p2").await);
+    let gw = Gateway::start(&keyed(&p1, &p2, SQLITE, "")).await;
+    let (id, key) = new_key(&gw, json!({}), 1.0).await;
+    let auth = format!("Bearer {key}");
+    let r = gw
+        .chat_with(
+            &chat_body("gpt-4o", false),
+            &[
+                ("authorization", auth.as_str()),
+                ("x-request-id", "rec-key-1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = record(&gw, "rec-key-1").await;
+    assert_eq!(rec["key"], id.as_str());
+    let r = admin_get(&gw, &format!("/admin/requests?key={id}")).await;
+    assert_eq!(r.json()["data"][0]["id"], "rec-key-1", "{}", r.text());
+    assert!(!r.text().contains(&key) && !rec.to_string().contains(&key));
+}
