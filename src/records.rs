@@ -3,7 +3,7 @@
 //! `logging()` turns the request's [`RequestLog`] into a [`Record`] and hands it to a bounded
 //! queue: when the queue is full the record is dropped and counted
 //! (`detour_records_dropped_total`), the request never waits. One thread (`detour-records`)
-//! numbers the records and keeps the last [`MEMORY`] of them in memory.
+//! takes them in batches, numbers them and keeps the last [`MEMORY`] in memory.
 
 use crate::engine::ledger::{RequestLog, Via};
 use crate::gateway::Gateway;
@@ -17,6 +17,8 @@ use std::time::Duration;
 pub const QUEUE: usize = 4096;
 /// Records kept in memory.
 pub const MEMORY: usize = 1000;
+/// How long the keeper lets records gather before it takes them.
+pub const LINGER: Duration = Duration::from_millis(10);
 /// The most records one listing returns.
 pub const MAX_LIMIT: usize = 500;
 
@@ -280,16 +282,22 @@ impl Recorder {
     }
 }
 
-/// The keeper thread: number each record and keep the last [`MEMORY`].
+/// The keeper thread: once a record arrives, let others gather for [`LINGER`] (a queued record
+/// wakes nobody while the thread sleeps, so a busy gateway pays no wake-up per request), then
+/// number them all and keep the last [`MEMORY`].
 fn keep(rx: &Receiver<Record>, kept: &Mutex<Ring>) {
-    while let Ok(mut r) = rx.recv() {
+    while let Ok(first) = rx.recv() {
+        std::thread::sleep(LINGER);
+        let batch: Vec<Record> = std::iter::once(first).chain(rx.try_iter()).collect();
         let mut g = lock(kept);
-        r.seq = g.next;
-        g.next += 1;
-        if g.records.len() == MEMORY {
-            g.records.pop_front();
+        for mut r in batch {
+            r.seq = g.next;
+            g.next += 1;
+            if g.records.len() == MEMORY {
+                g.records.pop_front();
+            }
+            g.records.push_back(Arc::new(r));
         }
-        g.records.push_back(Arc::new(r));
     }
 }
 
