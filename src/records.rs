@@ -35,6 +35,9 @@ pub struct AttemptRecord {
     /// What went wrong, credentials masked.
     pub error: Option<String>,
     pub ms: f64,
+    /// Whose credentials: `operator`, `byok` (the caller's own) or `ptb` (the operator's,
+    /// billed to the key); absent for a target not tried and in the header mode.
+    pub pay: Option<&'static str>,
 }
 
 /// What one request did.
@@ -95,6 +98,7 @@ impl Record {
                 status: a.status,
                 error: a.error.clone(),
                 ms: ms(a.duration),
+                pay: a.pay,
             })
             .collect();
         let tried: Vec<&str> = attempts

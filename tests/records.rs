@@ -94,6 +94,7 @@ async fn a_503_429_success_chain_is_recorded_attempt_by_attempt() {
         column(&rec, "status"),
         [&json!(503), &json!(429), &json!(200)]
     );
+    assert_eq!(column(&rec, "pay"), [&json!("operator"); 3]);
     assert_eq!(rec["served_by"], "gpt-4o/p3");
     assert_eq!(
         (&rec["mode"], &rec["model"], &rec["outcome"], &rec["status"]),
@@ -217,6 +218,7 @@ async fn a_keyed_request_is_recorded_by_key_id_never_its_secret() {
     assert_eq!(r.status, 200, "{}", r.text());
     let rec = record(&gw, "rec-key-1").await;
     assert_eq!(rec["key"], id.as_str());
+    assert_eq!(column(&rec, "pay"), [&json!("ptb")], "billed to the key");
     let r = admin_get(&gw, &format!("/admin/requests?key={id}")).await;
     assert_eq!(r.json()["data"][0]["id"], "rec-key-1", "{}", r.text());
     assert!(!r.text().contains(&key) && !rec.to_string().contains(&key));

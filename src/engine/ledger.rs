@@ -30,6 +30,9 @@ pub struct AttemptLog {
     /// What went wrong, credentials masked; `None` when nothing did.
     pub error: Option<String>,
     pub duration: Duration,
+    /// Whose credentials it was sent with (`operator`, `byok`, `ptb`); `None` for a target
+    /// not tried and in the header mode.
+    pub pay: Option<&'static str>,
 }
 
 /// Everything one request did, for the access log and metrics (`logging()` reads it).
@@ -112,6 +115,7 @@ impl Engine {
             status: None,
             error: Some(why),
             duration: Duration::ZERO,
+            pay: None,
         };
         self.log(log, a);
     }
@@ -128,6 +132,9 @@ impl Engine {
     ) {
         let via = Via::Provider(target.route.provider);
         self.failed_at(log, via, target.source(&self.gw), f, started, moving_on);
+        if let Some(a) = log.attempts.last_mut() {
+            a.pay = Some(target.pay.label());
+        }
     }
 
     /// An attempt at `via` (a provider or a header-mode URL) that failed before its commit
@@ -157,6 +164,7 @@ impl Engine {
             status: f.status,
             error: Some(self.masker.string(f.message)),
             duration: started.elapsed(),
+            pay: None,
         };
         self.log(log, a);
     }
@@ -179,6 +187,7 @@ impl Engine {
             status: Some(status),
             error: None,
             duration: started.elapsed(),
+            pay: Some(target.pay.label()),
         };
         self.log(log, a);
         log.status = status;
@@ -201,6 +210,7 @@ impl Engine {
             status: Some(status),
             error: Some(reason.to_string()),
             duration: started.elapsed(),
+            pay: Some(target.pay.label()),
         };
         self.log(log, a);
         log.status = status;

@@ -252,6 +252,7 @@ impl Engine {
             status: Some(status),
             error: None,
             duration: t.started.elapsed(),
+            pay: None,
         };
         self.log(log, a);
         log.status = status;

@@ -302,6 +302,7 @@ impl DetourProxy {
             status,
             error,
             duration: d.started.elapsed(),
+            pay: None,
         };
         self.engine.log(&mut ctx.log, a);
         if let Some(s) = status {
