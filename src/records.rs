@@ -3,7 +3,8 @@
 //! `logging()` turns the request's [`RequestLog`] into a [`Record`] and hands it to a bounded
 //! queue: when the queue is full the record is dropped and counted
 //! (`detour_records_dropped_total`), the request never waits. One thread (`detour-records`)
-//! takes them in batches, numbers them and keeps the last [`MEMORY`] in memory.
+//! takes them in batches, numbers them and keeps the newest in memory (`records:` in the
+//! config: how many, the queue's size, on or off).
 
 use crate::engine::ledger::{RequestLog, Via};
 use crate::gateway::Gateway;
@@ -13,10 +14,6 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Records waiting for the keeper thread, at most.
-pub const QUEUE: usize = 4096;
-/// Records kept in memory.
-pub const MEMORY: usize = 1000;
 /// How long the keeper lets records gather before it takes them.
 pub const LINGER: Duration = Duration::from_millis(10);
 /// The most records one listing returns.
@@ -227,10 +224,13 @@ impl Filter {
 struct Ring {
     records: VecDeque<Arc<Record>>,
     next: u64,
+    /// How many are kept.
+    memory: usize,
 }
 
 /// The records queue and the ones kept.
 pub struct Recorder {
+    enabled: bool,
     queue: SyncSender<Record>,
     kept: Arc<Mutex<Ring>>,
     dropped: prometheus::IntCounter,
@@ -242,21 +242,31 @@ fn lock(m: &Mutex<Ring>) -> std::sync::MutexGuard<'_, Ring> {
 
 impl Recorder {
     /// Start the keeper thread; `dropped` counts records the full queue refused.
-    pub fn start(dropped: prometheus::IntCounter) -> std::io::Result<Recorder> {
-        let (queue, rx) = sync_channel(QUEUE);
+    pub fn start(
+        cfg: crate::config::records::RecordsConfig,
+        dropped: prometheus::IntCounter,
+    ) -> std::io::Result<Recorder> {
+        let (queue, rx) = sync_channel(cfg.queue);
         let kept = Arc::new(Mutex::new(Ring {
-            records: VecDeque::with_capacity(MEMORY),
+            records: VecDeque::with_capacity(cfg.memory.min(4096)),
             next: 1,
+            memory: cfg.memory,
         }));
         let k = kept.clone();
         std::thread::Builder::new()
             .name("detour-records".into())
             .spawn(move || keep(&rx, &k))?;
         Ok(Recorder {
+            enabled: cfg.enabled,
             queue,
             kept,
             dropped,
         })
+    }
+
+    /// Whether requests are recorded (`records.enabled`).
+    pub fn enabled(&self) -> bool {
+        self.enabled
     }
 
     /// Queue a record; never waits.
@@ -288,7 +298,7 @@ impl Recorder {
 
 /// The keeper thread: once a record arrives, let others gather for [`LINGER`] (a queued record
 /// wakes nobody while the thread sleeps, so a busy gateway pays no wake-up per request), then
-/// number them all and keep the last [`MEMORY`].
+/// number them all and keep the newest.
 fn keep(rx: &Receiver<Record>, kept: &Mutex<Ring>) {
     while let Ok(first) = rx.recv() {
         std::thread::sleep(LINGER);
@@ -297,7 +307,7 @@ fn keep(rx: &Receiver<Record>, kept: &Mutex<Ring>) {
         for mut r in batch {
             r.seq = g.next;
             g.next += 1;
-            if g.records.len() == MEMORY {
+            if g.records.len() >= g.memory {
                 g.records.pop_front();
             }
             g.records.push_back(Arc::new(r));

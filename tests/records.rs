@@ -223,3 +223,53 @@ async fn a_keyed_request_is_recorded_by_key_id_never_its_secret() {
     assert_eq!(r.json()["data"][0]["id"], "rec-key-1", "{}", r.text());
     assert!(!r.text().contains(&key) && !rec.to_string().contains(&key));
 }
+
+/// `detour_records_dropped_total` as exported.
+fn dropped(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("detour_records_dropped_total "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_records_never_requests() {
+    let p1 = mock("p1").await;
+    let cfg = |records: &str| {
+        format!(
+            "records: {records}\nproviders:\n{}models:\n  gpt-4o: [{{provider: p1}}]\n",
+            provider("p1", &p1)
+        )
+    };
+    // A queue of one: the keeper takes records every 10 ms, so of 64 requests ending together
+    // most find it full.
+    let gw = Gateway::start(&cfg("{queue: 1}")).await;
+    let body = chat_body("gpt-4o", false);
+    let st = Box::pin(common::keys::burst(&[gw.port], "unused", &body, 64, 64)).await;
+    assert_eq!(
+        common::keys::count(&st, 200),
+        64,
+        "every request served: {st:?}"
+    );
+    let t0 = Instant::now();
+    let (kept, lost) = loop {
+        let kept = admin_get(&gw, "/admin/requests?limit=500").await.json()["data"]
+            .as_array()
+            .unwrap()
+            .len() as u64;
+        let lost = dropped(&gw.metrics().await);
+        if kept + lost == 64 || t0.elapsed() > Duration::from_secs(5) {
+            break (kept, lost);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(kept + lost, 64, "each record kept or counted as dropped");
+    assert!(lost >= 1 && kept >= 1, "kept {kept}, dropped {lost}");
+    // Records off: nothing kept, nothing counted.
+    let off = Gateway::start(&cfg("{enabled: false}")).await;
+    assert_eq!(off.chat(&body).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = admin_get(&off, "/admin/requests").await;
+    assert_eq!(r.json()["data"], json!([]), "{}", r.text());
+    assert_eq!(dropped(&off.metrics().await), 0);
+}

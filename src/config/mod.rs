@@ -12,6 +12,7 @@ pub mod failover;
 pub mod header_mode;
 mod provider;
 pub(crate) mod raw;
+pub mod records;
 
 pub use crate::durations::parse as parse_duration;
 pub use crate::secrets::Secret;
@@ -143,6 +144,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub store: crate::store::StoreConfig,
     pub access_log: bool,
+    /// Request records (`records:`).
+    pub records: records::RecordsConfig,
     pub providers: Vec<ProviderConfig>,
     /// Start from the built-in catalog.
     pub builtin_catalog: bool,
@@ -345,6 +348,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         auth,
         store,
         access_log: raw.access_log.unwrap_or(true),
+        records: records::validate(&raw.records)?,
         providers,
         builtin_catalog: raw.builtin_catalog.unwrap_or(true),
         models: raw.models,

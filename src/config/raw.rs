@@ -39,6 +39,9 @@ pub struct RawConfig {
     pub store: Option<super::auth::RawStore>,
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// Request records (`records.rs`).
+    #[serde(default)]
+    pub records: super::records::RawRecords,
     pub providers: Vec<RawProvider>,
     /// Start from detour's built-in catalog (`conf/catalog/builtin.yaml`). Default true.
     #[serde(default)]

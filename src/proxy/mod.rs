@@ -643,8 +643,10 @@ impl ProxyHttp for DetourProxy {
         if self.gw().cfg.access_log {
             access_log(self.gw(), ctx, elapsed);
         }
-        self.recorder
-            .submit(crate::records::Record::of(self.gw(), ctx, elapsed));
+        if self.recorder.enabled() {
+            self.recorder
+                .submit(crate::records::Record::of(self.gw(), ctx, elapsed));
+        }
     }
 }
 
