@@ -37,6 +37,9 @@ pub struct Tab {
     /// The caller's concurrency slot, free as soon as the answer is delivered (before it is
     /// billed): a client that sends its next request on the answer finds it free.
     slot: Mutex<Option<Pass>>,
+    /// The answer's tokens are already counted against the key's tokens per minute (a JSON
+    /// answer's, before it was delivered).
+    tokens_counted: std::sync::atomic::AtomicBool,
 }
 
 impl Tab {
@@ -56,7 +59,17 @@ impl Tab {
             max_tokens,
             held: Mutex::new(Vec::new()),
             slot: Mutex::new(slot),
+            tokens_counted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Count an answer's tokens against the key's tokens per minute before the answer goes to
+    /// the client (its usage is known: a whole JSON answer), so a client that sends its next
+    /// request on the answer is measured with them; [`Tab::close`] then does not count again.
+    pub async fn count_tokens_now(&self, tokens: u64) {
+        self.keys.count_tokens(&self.caller, tokens).await;
+        self.tokens_counted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The answer is delivered: the caller's concurrency slot is given back.
@@ -166,7 +179,12 @@ impl Tab {
     /// a BYOK answer's cost is recorded.
     pub async fn close(&self, t: usize, target: &Target, usage: Option<(u64, u64)>) {
         let (input, output) = usage.unwrap_or((0, 0));
-        self.keys.count_tokens(&self.caller, input + output).await;
+        if !self
+            .tokens_counted
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.keys.count_tokens(&self.caller, input + output).await;
+        }
         let [provider, model] = self.labels(target);
         let mut charge = Charge {
             request_id: self.request_id.clone(),

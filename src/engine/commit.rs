@@ -65,6 +65,12 @@ impl Engine {
             status: ready.resp.status.as_u16(),
             ttft: ready.ttft,
         };
+        if let (Some(tab), true, ReadyBody::Json { usage: Some(u), .. }) =
+            (ask.tab, served.ok, &ready.body)
+        {
+            tab.count_tokens_now(u.prompt_tokens + u.completion_tokens)
+                .await;
+        }
         // The relay's future comes boxed: it is not laid out inline in this one.
         let delivered = self
             .deliver(s, ready, Some(h), provider, None, ask.req)
