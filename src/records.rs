@@ -69,14 +69,9 @@ pub struct Record {
     pub post_commit_error: Option<String>,
 }
 
-fn ms(d: Duration) -> f64 {
+/// A duration in milliseconds, to the microsecond (records and the access log).
+pub fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Record {
@@ -107,7 +102,7 @@ impl Record {
         Record {
             seq: 0,
             id: log.request_id.clone(),
-            at: now_ms(),
+            at: crate::store::now_ms(),
             key: (!log.key.is_empty()).then(|| log.key.clone()),
             mode: log.mode,
             model: (!log.model.is_empty()).then(|| log.model.clone()),

@@ -666,7 +666,7 @@ fn access_log(gw: &Gateway, ctx: &RequestLog, elapsed: Duration) {
                 "source": crate::api::truncate(&a.source, 160),
                 "outcome": a.outcome,
                 "status": a.status,
-                "ms": (a.duration.as_secs_f64() * 1e6).round() / 1e3,
+                "ms": crate::records::ms(a.duration),
                 "error": a.error,
             })
         })
@@ -684,7 +684,7 @@ fn access_log(gw: &Gateway, ctx: &RequestLog, elapsed: Duration) {
         "status": ctx.status,
         "outcome": ctx.outcome,
         "stream": ctx.stream,
-        "ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+        "ms": crate::records::ms(elapsed),
         "attempts": attempts,
         "post_commit_error": ctx.post_commit_error,
     });
