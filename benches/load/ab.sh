@@ -19,22 +19,8 @@ DETOUR_CPU="${DETOUR_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 BASE="${BASE_PORT:-18500}"
 WORK="$(mktemp -d /tmp/detour-ab.XXXXXX)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_http() { # wait_http URL: up to 15 s for a 200
-  local i
-  for ((i = 0; i < 150; i++)); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$1") == 200 ]] && return 0
-    sleep 0.1
-  done
-  echo "ab.sh: $1 did not answer" >&2; exit 2
-}
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 
 taskset -c "$LOAD_CPU" "$A" mock --listen "127.0.0.1:$BASE" --threads 1 >/dev/null 2>&1 &
 PIDS+=($!)
@@ -49,26 +35,14 @@ YAML
 
 # measure BIN: prints "RPS US_PER_REQUEST".
 measure() {
-  local bin=$1 gw t0 t1 out line n rps
+  local bin=$1 gw
   taskset -c "$DETOUR_CPU" "$bin" -c "$cfg" >/dev/null 2>"$WORK/err" &
   gw=$!
   PIDS+=("$gw")
   wait_http "http://127.0.0.1:$((BASE + 10))/health"
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONC" -d1s -s "$HERE/chat.lua" \
-    "http://127.0.0.1:$((BASE + 10))/v1/chat/completions" -- json >/dev/null
-  t0=$(awk '{print $14 + $15}' "/proc/$gw/stat")
-  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONC" -d"$DURATION" -s "$HERE/chat.lua" \
-    "http://127.0.0.1:$((BASE + 10))/v1/chat/completions" -- json)
-  t1=$(awk '{print $14 + $15}' "/proc/$gw/stat")
+  cpu_per_request "$gw" "http://127.0.0.1:$((BASE + 10))/v1/chat/completions"
   kill -INT "$gw"; wait "$gw" 2>/dev/null || true
-  line=$(grep WRK_RESULT <<<"$out")
-  n=$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line")
-  rps=$(sed -n 's/.* rps=\([0-9.]*\).*/\1/p' <<<"$line")
-  awk -v r="$rps" -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "%s %.1f\n", r, t * 1e6 / hz / n }'
 }
-
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 US_A="" US_B="" DIFF=""
 for ((round = 1; round <= ROUNDS; round++)); do

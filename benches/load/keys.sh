@@ -23,23 +23,9 @@ DETOUR_CPU="${DETOUR_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 BASE="${BASE_PORT:-18300}"
 WORK="$(mktemp -d /tmp/detour-keys.XXXXXX)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 [[ -x $BIN ]] || { echo "keys.sh: build first: cargo build --release" >&2; exit 2; }
-
-wait_http() { # wait_http URL: up to 15 s for a 200
-  local i
-  for ((i = 0; i < 150; i++)); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$1") == 200 ]] && return 0
-    sleep 0.1
-  done
-  echo "keys.sh: $1 did not answer" >&2; exit 2
-}
 
 taskset -c "$LOAD_CPU" "$BIN" mock --listen "127.0.0.1:$BASE" --threads 1 >/dev/null 2>&1 &
 PIDS+=($!)
@@ -51,7 +37,7 @@ sleep 0.5
 export DETOUR_ADMIN_TOKEN=bench-admin-token
 # measure STORE: start detour on STORE, warm up, run wrk; prints "RPS US_PER_REQUEST".
 measure() {
-  local store=$1 port=$((BASE + 10)) cfg="$WORK/$1.yaml" header=() key gw t0 t1 out line n rps bad
+  local store=$1 port=$((BASE + 10)) cfg="$WORK/$1.yaml" header=() key gw
   {
     echo "server: {threads: 1, pid_file: $WORK/$store.pid, upgrade_sock: $WORK/$store.sock, upstream_keepalive_pool_size: 2048}"
     echo "listen: [\"127.0.0.1:$port\"]"
@@ -72,24 +58,9 @@ measure() {
   gw=$!
   PIDS+=("$gw")
   wait_http "http://127.0.0.1:$port/health"
-  # Warm-up, then the measured run.
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONC" -d1s "${header[@]}" -s "$HERE/chat.lua" \
-    "http://127.0.0.1:$port/v1/chat/completions" -- json >/dev/null
-  t0=$(awk '{print $14 + $15}' "/proc/$gw/stat")
-  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONC" -d"$DURATION" "${header[@]}" \
-    -s "$HERE/chat.lua" "http://127.0.0.1:$port/v1/chat/completions" -- json)
-  t1=$(awk '{print $14 + $15}' "/proc/$gw/stat")
-  line=$(grep WRK_RESULT <<<"$out")
-  n=$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line")
-  rps=$(sed -n 's/.* rps=\([0-9.]*\).*/\1/p' <<<"$line")
-  bad=$(sed -n 's/.* status_err=\([0-9]*\).*/\1/p' <<<"$line")
-  [[ $bad == 0 ]] || { echo "keys.sh: $store: $bad error answers" >&2; exit 1; }
+  cpu_per_request "$gw" "http://127.0.0.1:$port/v1/chat/completions" "${header[@]}"
   kill -INT "$gw"; wait "$gw" 2>/dev/null || true   # SIGINT: Pingora stops at once
-  awk -v r="$rps" -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "%s %.1f\n", r, t * 1e6 / hz / n }'
 }
-
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # Rounds of none, SQLite, Redis back to back: what keys add is taken within a round (this
 # machine's speed drifts between rounds), then the median over the rounds.
