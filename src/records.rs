@@ -6,7 +6,7 @@
 //! takes them in batches, numbers them and keeps the newest in memory (`records:` in the
 //! config: how many, the queue's size, on or off).
 
-use crate::engine::ledger::{RequestLog, Via};
+use crate::engine::ledger::{AttemptLog, RequestLog, Via};
 use crate::gateway::Gateway;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -31,7 +31,21 @@ pub struct AttemptRecord {
     pub status: Option<u16>,
     /// What went wrong, credentials masked.
     pub error: Option<String>,
+    /// The whole attempt, from its start to its end (or to the answer's end when it served).
     pub ms: f64,
+    /// Connected to the upstream, from the attempt's start (an attempt that got an answer).
+    pub connect_ms: Option<f64>,
+    /// The answer's head arrived.
+    pub first_byte_ms: Option<f64>,
+    /// A stream's first content event.
+    pub first_token_ms: Option<f64>,
+    /// The backoff or `Retry-After` wait before this attempt, and its reason.
+    pub waited_ms: Option<f64>,
+    pub wait_reason: Option<&'static str>,
+    /// The same target as the attempt tried before it (a retry, not a fallback).
+    pub retry: bool,
+    /// What its answer cost at the catalog's price.
+    pub cost_usd: Option<f64>,
     /// Whose credentials: `operator`, `byok` (the caller's own) or `ptb` (the operator's,
     /// billed to the key); absent for a target not tried and in the header mode.
     pub pay: Option<&'static str>,
@@ -63,6 +77,8 @@ pub struct Record {
     pub fallback: bool,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// What the request cost at the catalog's prices (absent for an unpriced model).
+    pub cost_usd: Option<f64>,
     /// The client left before the answer was complete.
     pub client_closed: bool,
     /// An answer that broke after the client had started receiving it.
@@ -77,20 +93,16 @@ pub fn ms(d: Duration) -> f64 {
 impl Record {
     /// The record of a finished request.
     pub fn of(gw: &Gateway, log: &RequestLog, elapsed: Duration) -> Record {
+        let mut previous: Option<&str> = None;
         let attempts: Vec<AttemptRecord> = log
             .attempts
             .iter()
-            .map(|a| AttemptRecord {
-                provider: match &a.via {
-                    Via::Provider(p) => gw.providers[*p].name.clone(),
-                    Via::Url(label) => label.clone(),
-                },
-                source: crate::text::truncate(&a.source, 256).to_string(),
-                outcome: a.outcome,
-                status: a.status,
-                error: a.error.clone(),
-                ms: ms(a.duration),
-                pay: a.pay,
+            .map(|a| {
+                let retry = a.outcome != "skipped" && previous == Some(a.source.as_str());
+                if a.outcome != "skipped" {
+                    previous = Some(a.source.as_str());
+                }
+                attempt(gw, a, retry)
             })
             .collect();
         let tried: Vec<&str> = attempts
@@ -121,10 +133,33 @@ impl Record {
             fallback,
             prompt_tokens: log.usage.map(|u| u.prompt_tokens),
             completion_tokens: log.usage.map(|u| u.completion_tokens),
+            cost_usd: log.cost_usd,
             client_closed: log.outcome == "client_closed",
             post_commit_error: log.post_commit_error.clone(),
             attempts,
         }
+    }
+}
+
+fn attempt(gw: &Gateway, a: &AttemptLog, retry: bool) -> AttemptRecord {
+    AttemptRecord {
+        provider: match &a.via {
+            Via::Provider(p) => gw.providers[*p].name.clone(),
+            Via::Url(label) => label.clone(),
+        },
+        source: crate::text::truncate(&a.source, 256).to_string(),
+        outcome: a.outcome,
+        status: a.status,
+        error: a.error.clone(),
+        ms: ms(a.duration),
+        connect_ms: a.timing.connect.map(ms),
+        first_byte_ms: a.timing.first_byte.map(ms),
+        first_token_ms: a.timing.first_token.map(ms),
+        waited_ms: a.waited.map(|(d, _)| ms(d)),
+        wait_reason: a.waited.map(|(_, why)| why),
+        retry,
+        cost_usd: a.cost_usd,
+        pay: a.pay,
     }
 }
 

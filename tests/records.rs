@@ -109,6 +109,14 @@ async fn a_503_429_success_chain_is_recorded_attempt_by_attempt() {
     assert_eq!(rec["prompt_tokens"], 9);
     assert!(rec["attempts"][0]["error"].is_string(), "{rec}");
     assert!(rec["attempts"][2]["error"].is_null(), "{rec}");
+    // The served attempt's milestones, in order, inside the attempt; a JSON answer has no
+    // first token of a stream.
+    let served = &rec["attempts"][2];
+    let at = |f: &str| served[f].as_f64().unwrap_or_else(|| panic!("{f}: {rec}"));
+    assert!(at("connect_ms") <= at("first_byte_ms"), "{rec}");
+    assert!(at("first_byte_ms") <= at("ms"), "{rec}");
+    assert!(served["first_token_ms"].is_null(), "{rec}");
+    assert_eq!(column(&rec, "retry"), [&json!(false); 3]);
 
     // The listing and its filters.
     let list = |q: &str| {
@@ -222,6 +230,62 @@ async fn a_keyed_request_is_recorded_by_key_id_never_its_secret() {
     let r = admin_get(&gw, &format!("/admin/requests?key={id}")).await;
     assert_eq!(r.json()["data"][0]["id"], "rec-key-1", "{}", r.text());
     assert!(!r.text().contains(&key) && !rec.to_string().contains(&key));
+    // 9 prompt and 3 completion tokens at gpt-4o's catalog prices ($2.50, $10 per million).
+    let cost = rec["cost_usd"].as_f64().unwrap_or_else(|| panic!("{rec}"));
+    assert!((cost - 52.5e-6).abs() < 1e-9, "{rec}");
+    assert_eq!(rec["attempts"][0]["cost_usd"], rec["cost_usd"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_recorded_with_its_wait_and_a_stream_with_its_first_token() {
+    let p1 = mock_with(MockConfig {
+        status: 503,
+        ..MockConfig::default()
+    })
+    .await;
+    let p2 = mock("p2").await;
+    let gw = Gateway::start(&format!(
+        "failover:\n  retry: {{attempts-per-target: 2, backoff-base: 30ms, backoff-max: 30ms}}\nproviders:\n{}{}models:\n  gpt-4o:\n    - {{provider: p1}}\n    - {{provider: p2}}\n",
+        provider("p1", &p1),
+        provider("p2", &p2)
+    ))
+    .await;
+    let r = gw
+        .chat_with(
+            &chat_body("gpt-4o", true),
+            &[("x-request-id", "rec-retry-1")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = record(&gw, "rec-retry-1").await;
+    assert_eq!(
+        column(&rec, "source"),
+        [
+            &json!("gpt-4o/p1"),
+            &json!("gpt-4o/p1"),
+            &json!("gpt-4o/p2")
+        ]
+    );
+    assert_eq!(
+        column(&rec, "retry"),
+        [&json!(false), &json!(true), &json!(false)]
+    );
+    // The retry waited its backoff (jittered, at most the 30 ms cap) and says why.
+    let waited = rec["attempts"][1]["waited_ms"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=31.0).contains(&waited), "{rec}");
+    assert_eq!(rec["attempts"][1]["wait_reason"], "server_error", "{rec}");
+    assert!(rec["attempts"][0]["waited_ms"].is_null(), "{rec}");
+    let served = &rec["attempts"][2];
+    let ttft = served["first_token_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{rec}"));
+    assert!(
+        served["first_byte_ms"]
+            .as_f64()
+            .is_some_and(|fb| fb <= ttft),
+        "{rec}"
+    );
+    assert_eq!(rec["stream"], true);
 }
 
 /// `detour_records_dropped_total` as exported.

@@ -49,6 +49,9 @@ pub(super) struct Ready {
     pub started: Instant,
     /// When the first content arrived (streams) or the answer was read (JSON).
     pub ttft: Duration,
+    /// Connected (a pooled connection: at once) and the response header read, from `started`.
+    pub connect: Duration,
+    pub first_byte: Duration,
     /// This attempt's own deadline (its `total`, within the request's).
     pub deadline: Instant,
 }
@@ -154,9 +157,10 @@ impl Engine {
             .map_err(|m| Failure::new(FailClass::ConnectError, None, m))?;
         let token = self.token_for(target.route.provider, credentials).await?;
         let header = self.header(ask, provider, credentials, &prepared, token.as_ref())?;
-        let (up, peer) = self
+        let (up, peer, connected) = self
             .send(&peer, &provider.timeouts, &header, &prepared.body, deadline)
             .await?;
+        let first_byte = started.elapsed();
         let resp = up
             .response_header()
             .cloned()
@@ -178,6 +182,8 @@ impl Engine {
             },
             started,
             ttft: Duration::ZERO,
+            connect: connected.saturating_duration_since(started),
+            first_byte,
             deadline,
         });
         self.read_answer(ask, provider, ready, prepared.wire).await
@@ -327,8 +333,9 @@ impl Engine {
         }
     }
 
-    /// Open a session to `peer` and send the request; returns it with the response header read.
-    /// A failure on a reused pooled connection is retried once on a fresh one.
+    /// Open a session to `peer` and send the request; returns it with the response header read,
+    /// and when it was connected. A failure on a reused pooled connection is retried once on a
+    /// fresh one.
     pub(super) async fn send(
         &self,
         peer: &HttpPeer,
@@ -336,11 +343,12 @@ impl Engine {
         header: &RequestHeader,
         body: &Bytes,
         deadline: Instant,
-    ) -> Result<(HttpSession, HttpPeer), Failure> {
+    ) -> Result<(HttpSession, HttpPeer, Instant), Failure> {
         let mut peer = peer.clone();
         let mut fresh_retry_done = false;
         loop {
             let (mut up, reused) = self.connect(&peer, timeouts, deadline).await?;
+            let connected = Instant::now();
             let exchange = async {
                 up.write_request_header(Box::new(header.clone())).await?;
                 if !body.is_empty() {
@@ -357,7 +365,7 @@ impl Engine {
                     let m = format!("no response within {} ms", budget.as_millis());
                     return Err(Failure::new(FailClass::FirstByteTimeout, None, m));
                 }
-                Ok(Ok(())) => return Ok((up, peer)),
+                Ok(Ok(())) => return Ok((up, peer, connected)),
                 Ok(Err(_)) if reused && !fresh_retry_done => {
                     // A pooled connection the upstream had closed: one more try on a new one.
                     fresh_retry_done = true;

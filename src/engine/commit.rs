@@ -4,6 +4,7 @@
 
 use super::attempt::{Ask, Ready, ReadyBody};
 use super::classify::{FailClass, Failure};
+use super::ledger::Timing;
 use super::relay::{ChunkHead, Delivered};
 use super::{health, unless_client_gone, At, Engine, RequestLog};
 use crate::api::{Capabilities, GatewayError};
@@ -35,6 +36,16 @@ async fn bill(tab: &crate::auth::escrow::Tab, at: At<'_>, ok: bool, d: &Delivere
     }
 }
 
+/// When an answer at its commit point reached its milestones.
+fn timing(ready: &Ready) -> Timing {
+    let stream = matches!(ready.body, ReadyBody::Stream { .. });
+    Timing {
+        connect: Some(ready.connect),
+        first_byte: Some(ready.first_byte),
+        first_token: stream.then_some(ready.ttft),
+    }
+}
+
 /// What a delivered answer was, for its bookkeeping.
 struct Served {
     /// A 2xx (else a provider's refusal passed back).
@@ -42,6 +53,7 @@ struct Served {
     stream: bool,
     status: u16,
     ttft: Duration,
+    timing: Timing,
 }
 
 impl Engine {
@@ -64,6 +76,7 @@ impl Engine {
             stream: matches!(ready.body, ReadyBody::Stream { .. }),
             status: ready.resp.status.as_u16(),
             ttft: ready.ttft,
+            timing: timing(&ready),
         };
         if let (Some(tab), true, ReadyBody::Json { usage: Some(u), .. }) =
             (ask.tab, served.ok, &ready.body)
@@ -85,13 +98,27 @@ impl Engine {
             Delivered::ClientGone => {
                 self.record_health(target, health::Outcome::Neutral);
                 // The attempt served: the access log says which, and that the client left.
-                self.served(log, target, "client_closed", served.status, at.started);
+                self.served(
+                    log,
+                    target,
+                    "client_closed",
+                    served.status,
+                    at.started,
+                    served.timing,
+                );
                 Err(GatewayError::ClientClosed)
             }
             Delivered::Cut { reason } => {
                 let reason = self.masker.string(reason);
                 self.record_health(target, health::Outcome::Failure);
-                self.broken(log, target, served.status, &reason, at.started);
+                self.broken(
+                    log,
+                    target,
+                    served.status,
+                    &reason,
+                    at.started,
+                    served.timing,
+                );
                 Err(GatewayError::AnswerCut)
             }
             Delivered::Done { usage, finalised } => {
@@ -105,7 +132,14 @@ impl Engine {
             } => {
                 let reason = self.masker.string(reason);
                 self.record_health(target, health::Outcome::Failure);
-                self.broken(log, target, served.status, &reason, at.started);
+                self.broken(
+                    log,
+                    target,
+                    served.status,
+                    &reason,
+                    at.started,
+                    served.timing,
+                );
                 let text = watch.text().filter(|t| !t.is_empty());
                 if let (true, Some(text), Some(head)) =
                     (self.gw.cfg.failover.continuation, text, head)
@@ -135,7 +169,14 @@ impl Engine {
     ) {
         if !served.ok {
             self.record_health(target, health::Outcome::Neutral);
-            self.served(log, target, "client_error", served.status, started);
+            self.served(
+                log,
+                target,
+                "client_error",
+                served.status,
+                started,
+                served.timing,
+            );
             log.outcome = "upstream_client_error";
             return;
         }
@@ -148,9 +189,16 @@ impl Engine {
                 .with_label_values(&[name])
                 .observe(t.as_secs_f64());
         }
-        self.account(target, usage);
+        self.account(log, target, usage);
         log.usage = usage;
-        self.served(log, target, "success", served.status, started);
+        self.served(
+            log,
+            target,
+            "success",
+            served.status,
+            started,
+            served.timing,
+        );
         if log.outcome.is_empty() {
             log.outcome = if finalised {
                 "success_finalised"
@@ -236,6 +284,7 @@ impl Engine {
             return false;
         }
         let ttft = ready.ttft;
+        let timing = timing(&ready);
         match self
             .deliver(s, ready, None, provider, Some(head), ask.req)
             .await
@@ -250,12 +299,12 @@ impl Engine {
                     .await;
                 }
                 self.record_health(t, health::Outcome::Success { ttft: Some(ttft) });
-                self.account(t, usage);
-                self.served(log, t, "success", status, started);
+                self.account(log, t, usage);
+                self.served(log, t, "success", status, started, timing);
                 true
             }
             Delivered::ClientGone => {
-                self.served(log, t, "client_closed", status, started);
+                self.served(log, t, "client_closed", status, started, timing);
                 false
             }
             Delivered::Cut { reason } | Delivered::Broken { reason, .. } => {

@@ -18,8 +18,15 @@ pub enum Via {
     Url(String),
 }
 
+impl Default for Via {
+    /// An empty label: every attempt names its own.
+    fn default() -> Via {
+        Via::Url(String::new())
+    }
+}
+
 /// One attempt as logged and counted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct AttemptLog {
     pub via: Via,
     pub source: String,
@@ -33,6 +40,22 @@ pub struct AttemptLog {
     /// Whose credentials it was sent with (`operator`, `byok`, `ptb`); `None` for a target
     /// not tried and in the header mode.
     pub pay: Option<&'static str>,
+    /// Connect, first byte and first token, from the attempt's start; known for an attempt
+    /// that reached its commit point.
+    pub timing: Timing,
+    /// The backoff or `Retry-After` wait before it, and why.
+    pub waited: Option<(Duration, &'static str)>,
+    /// What its answer cost at the catalog's price (the served attempt).
+    pub cost_usd: Option<f64>,
+}
+
+/// When an attempt reached its milestones, from its start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub connect: Option<Duration>,
+    pub first_byte: Option<Duration>,
+    /// A stream's first content event.
+    pub first_token: Option<Duration>,
 }
 
 /// Everything one request did, for the access log and metrics (`logging()` reads it).
@@ -56,6 +79,12 @@ pub struct RequestLog {
     pub post_commit_error: Option<String>,
     /// The served answer's token usage, when it reported one.
     pub usage: Option<watch::Usage>,
+    /// What the request cost at the catalog's prices (every served attempt together).
+    pub cost_usd: Option<f64>,
+    /// A wait not yet followed by its attempt.
+    pub pending_wait: Option<(Duration, &'static str)>,
+    /// A cost counted, not yet on its attempt.
+    pub pending_cost: Option<f64>,
 }
 
 impl RequestLog {
@@ -91,7 +120,10 @@ impl Engine {
     }
 
     /// Log and count one attempt.
-    pub fn log(&self, log: &mut RequestLog, a: AttemptLog) {
+    pub fn log(&self, log: &mut RequestLog, mut a: AttemptLog) {
+        if a.outcome != "skipped" {
+            a.waited = log.pending_wait.take();
+        }
         let name = self.via_name(&a.via);
         self.metrics
             .attempts
@@ -116,6 +148,7 @@ impl Engine {
             error: Some(why),
             duration: Duration::ZERO,
             pay: None,
+            ..AttemptLog::default()
         };
         self.log(log, a);
     }
@@ -165,6 +198,7 @@ impl Engine {
             error: Some(self.masker.string(f.message)),
             duration: started.elapsed(),
             pay: None,
+            ..AttemptLog::default()
         };
         self.log(log, a);
     }
@@ -178,6 +212,7 @@ impl Engine {
         outcome: &'static str,
         status: u16,
         started: Instant,
+        timing: Timing,
     ) {
         let p = target.route.provider;
         let a = AttemptLog {
@@ -188,6 +223,9 @@ impl Engine {
             error: None,
             duration: started.elapsed(),
             pay: Some(target.pay.label()),
+            timing,
+            cost_usd: log.pending_cost.take(),
+            ..AttemptLog::default()
         };
         self.log(log, a);
         log.status = status;
@@ -201,6 +239,7 @@ impl Engine {
         status: u16,
         reason: &str,
         started: Instant,
+        timing: Timing,
     ) {
         let p = target.route.provider;
         let a = AttemptLog {
@@ -211,6 +250,8 @@ impl Engine {
             error: Some(reason.to_string()),
             duration: started.elapsed(),
             pay: Some(target.pay.label()),
+            timing,
+            ..AttemptLog::default()
         };
         self.log(log, a);
         log.status = status;
@@ -275,8 +316,14 @@ impl Engine {
         }
     }
 
-    /// Token and cost metrics for a served answer, at the route's catalog price.
-    pub(super) fn account(&self, target: &Target, usage: Option<watch::Usage>) {
+    /// Count a served answer's tokens and cost at the route's catalog price; the cost goes on
+    /// the request's log and on the attempt logged next.
+    pub(super) fn account(
+        &self,
+        log: &mut RequestLog,
+        target: &Target,
+        usage: Option<watch::Usage>,
+    ) {
         let Some(u) = usage else { return };
         let name = self.gw.providers[target.route.provider].name.as_str();
         let model = self.model_label(target);
@@ -294,6 +341,8 @@ impl Engine {
                 .cost_usd
                 .with_label_values(&[name, model])
                 .inc_by(usd);
+            log.cost_usd = Some(log.cost_usd.unwrap_or(0.0) + usd);
+            log.pending_cost = Some(usd);
         }
     }
 }

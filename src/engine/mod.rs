@@ -286,6 +286,7 @@ impl Engine {
                         .retries
                         .with_label_values(&[name, reason.label()])
                         .inc();
+                    log.pending_wait = Some((after, reason.label()));
                     let wait = tokio::time::sleep(after);
                     unless_client_gone(s, wait)
                         .await

@@ -104,7 +104,7 @@ impl Engine {
                 .send(&peer, &hm.timeouts, &header, &body_i, deadline)
                 .await;
             let (up, peer) = match sent {
-                Ok(x) => x,
+                Ok((up, peer, _connected)) => (up, peer),
                 Err(f) => {
                     let on = self.moves_on_after(f.class);
                     self.failed_at(log, via, source, f, started, on && !last);
@@ -253,6 +253,7 @@ impl Engine {
             error: None,
             duration: t.started.elapsed(),
             pay: None,
+            ..AttemptLog::default()
         };
         self.log(log, a);
         log.status = status;

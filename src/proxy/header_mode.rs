@@ -303,6 +303,7 @@ impl DetourProxy {
             error,
             duration: d.started.elapsed(),
             pay: None,
+            ..AttemptLog::default()
         };
         self.engine.log(&mut ctx.log, a);
         if let Some(s) = status {
