@@ -1,6 +1,7 @@
 //! The admin service on its own port: `GET /metrics` (Prometheus text), `GET /health`,
 //! `GET /admin/health`: every tracked target's circuit and latency, and the retry budget (JSON);
-//! behind the admin token, request records under `/admin/requests…` (`admin_records.rs`) and,
+//! behind the admin token, request records under `/admin/requests…` and their sums at
+//! `/admin/stats` (`admin_records.rs`) and,
 //! with gateway keys, `/admin/keys…` (`admin_keys.rs`).
 
 use crate::engine::health::Health;
@@ -41,8 +42,18 @@ impl ServeHttp for AdminApp {
         if h.uri.path() == "/admin/keys" || h.uri.path().starts_with("/admin/keys/") {
             return crate::admin_keys::serve(self.keys.as_deref(), session).await;
         }
-        if h.uri.path() == "/admin/requests" || h.uri.path().starts_with("/admin/requests/") {
-            return crate::admin_records::serve(&self.recorder, &self.token_env, session);
+        let path = h.uri.path();
+        if path == "/admin/requests"
+            || path.starts_with("/admin/requests/")
+            || path == "/admin/stats"
+        {
+            return crate::admin_records::serve(
+                &self.recorder,
+                &self.health,
+                &self.token_env,
+                session,
+            )
+            .await;
         }
         match (h.method.as_str(), h.uri.path()) {
             ("GET", "/metrics") => respond(

@@ -131,7 +131,8 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway) -> ! {
     let gw = Arc::new(gw);
     let keys = keys::start(&gw, &metrics);
     let store = keys.as_ref().map(|k| k.store.clone());
-    let records = detour::records::Recorder::start(gw.cfg.records, metrics.records_dropped.clone());
+    let records =
+        detour::records::Recorder::start(gw.cfg.records.clone(), metrics.records_dropped.clone());
     let recorder = match records {
         Ok(r) => Arc::new(r),
         Err(e) => {

@@ -2,20 +2,21 @@
 //!
 //! `logging()` turns the request's [`RequestLog`] into a [`Record`] and hands it to a bounded
 //! queue: when the queue is full the record is dropped and counted
-//! (`detour_records_dropped_total`), the request never waits. One thread (`detour-records`)
-//! takes them in batches, numbers them and keeps the newest in memory (`records:` in the
-//! config: how many, the queue's size, on or off).
+//! (`detour_records_dropped_total`), the request never waits. One thread (`detour-records`,
+//! [`keeper`]) takes them in batches, numbers them, writes them to a SQLite file ([`db`]) and
+//! keeps the newest in memory (`records:` in the config). [`stats`] sums a window of them.
+
+mod db;
+mod keeper;
+pub mod stats;
+
+pub use keeper::Recorder;
 
 use crate::engine::ledger::{AttemptLog, RequestLog, Via};
 use crate::gateway::Gateway;
 use serde::Serialize;
-use std::collections::VecDeque;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How long the keeper lets records gather before it takes them.
-pub const LINGER: Duration = Duration::from_millis(10);
 /// The most records one listing returns.
 pub const MAX_LIMIT: usize = 500;
 
@@ -224,7 +225,7 @@ impl Filter {
         Ok(f)
     }
 
-    fn wants(&self, r: &Record) -> bool {
+    pub(crate) fn wants(&self, r: &Record) -> bool {
         let is = |want: &Option<String>, have: Option<&str>| {
             want.as_deref().is_none_or(|w| have == Some(w))
         };
@@ -248,100 +249,6 @@ impl Filter {
             && self.since.is_none_or(|t| r.at >= t)
             && self.until.is_none_or(|t| r.at <= t)
             && self.before.is_none_or(|b| r.seq < b)
-    }
-}
-
-struct Ring {
-    records: VecDeque<Arc<Record>>,
-    next: u64,
-    /// How many are kept.
-    memory: usize,
-}
-
-/// The records queue and the ones kept.
-pub struct Recorder {
-    enabled: bool,
-    queue: SyncSender<Record>,
-    kept: Arc<Mutex<Ring>>,
-    dropped: prometheus::IntCounter,
-}
-
-fn lock(m: &Mutex<Ring>) -> std::sync::MutexGuard<'_, Ring> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Recorder {
-    /// Start the keeper thread; `dropped` counts records the full queue refused.
-    pub fn start(
-        cfg: crate::config::records::RecordsConfig,
-        dropped: prometheus::IntCounter,
-    ) -> std::io::Result<Recorder> {
-        let (queue, rx) = sync_channel(cfg.queue);
-        let kept = Arc::new(Mutex::new(Ring {
-            records: VecDeque::with_capacity(cfg.memory.min(4096)),
-            next: 1,
-            memory: cfg.memory,
-        }));
-        let k = kept.clone();
-        std::thread::Builder::new()
-            .name("detour-records".into())
-            .spawn(move || keep(&rx, &k))?;
-        Ok(Recorder {
-            enabled: cfg.enabled,
-            queue,
-            kept,
-            dropped,
-        })
-    }
-
-    /// Whether requests are recorded (`records.enabled`).
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
-    /// Queue a record; never waits.
-    pub fn submit(&self, r: Record) {
-        match self.queue.try_send(r) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
-        }
-    }
-
-    /// The newest records `f` wants, newest first.
-    pub fn list(&self, f: &Filter) -> Vec<Arc<Record>> {
-        let g = lock(&self.kept);
-        g.records
-            .iter()
-            .rev()
-            .filter(|r| f.wants(r))
-            .take(f.limit)
-            .cloned()
-            .collect()
-    }
-
-    /// The newest record of request `id`.
-    pub fn get(&self, id: &str) -> Option<Arc<Record>> {
-        let g = lock(&self.kept);
-        g.records.iter().rev().find(|r| r.id == id).cloned()
-    }
-}
-
-/// The keeper thread: once a record arrives, let others gather for [`LINGER`] (a queued record
-/// wakes nobody while the thread sleeps, so a busy gateway pays no wake-up per request), then
-/// number them all and keep the newest.
-fn keep(rx: &Receiver<Record>, kept: &Mutex<Ring>) {
-    while let Ok(first) = rx.recv() {
-        std::thread::sleep(LINGER);
-        let batch: Vec<Record> = std::iter::once(first).chain(rx.try_iter()).collect();
-        let mut g = lock(kept);
-        for mut r in batch {
-            r.seq = g.next;
-            g.next += 1;
-            if g.records.len() >= g.memory {
-                g.records.pop_front();
-            }
-            g.records.push_back(Arc::new(r));
-        }
     }
 }
 

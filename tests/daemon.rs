@@ -118,6 +118,7 @@ async fn daemon_mode_writes_its_pid_file() {
     let (reserved, port) = reserved_port();
     std::fs::write(dir.join("detour.yaml"), config(&dir, port, &m, 1)).unwrap();
     let status = detour()
+        .current_dir(&dir)
         .arg("-d")
         .arg("-c")
         .arg(dir.join("detour.yaml"))

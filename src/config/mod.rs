@@ -337,6 +337,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
     let auth = auth::validate(&raw.auth, &names)?;
     let store = auth::store(&raw.store)?;
+    let records = records::validate(
+        &raw.records,
+        match &store {
+            crate::store::StoreConfig::Sqlite(p) => Some(p.as_path()),
+            crate::store::StoreConfig::Redis(_) => None,
+        },
+    )?;
     Ok(Config {
         server,
         listen,
@@ -348,7 +355,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         auth,
         store,
         access_log: raw.access_log.unwrap_or(true),
-        records: records::validate(&raw.records)?,
+        records,
         providers,
         builtin_catalog: raw.builtin_catalog.unwrap_or(true),
         models: raw.models,

@@ -1,8 +1,9 @@
 //! `records:` — request records (`crate::records`): on or off, how many are kept in memory,
-//! and how many may wait for the keeper thread.
+//! how many may wait for the keeper thread, and whether and how long they are kept on disk.
 
 use super::ConfigError;
 use serde::Deserialize;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -12,13 +13,25 @@ pub struct RawRecords {
     pub memory: Option<usize>,
     /// Records waiting for the keeper thread, at most; past it they are dropped and counted.
     pub queue: Option<usize>,
+    /// Keep them in a SQLite file too (default true).
+    pub persist: Option<bool>,
+    /// That file; absent: the store's SQLite file, or `detour-records.db` with a Redis store.
+    pub sqlite: Option<String>,
+    /// Records older than this many days are deleted.
+    pub retention_days: Option<u32>,
+    /// At most this many are kept on disk (the oldest go first).
+    pub retention_rows: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordsConfig {
     pub enabled: bool,
     pub memory: usize,
     pub queue: usize,
+    /// The SQLite file records are kept in; `None`: memory only (`persist: false`).
+    pub sqlite: Option<PathBuf>,
+    pub retention_days: u32,
+    pub retention_rows: usize,
 }
 
 impl Default for RecordsConfig {
@@ -27,6 +40,9 @@ impl Default for RecordsConfig {
             enabled: true,
             memory: 1000,
             queue: 4096,
+            sqlite: None,
+            retention_days: 7,
+            retention_rows: 1_000_000,
         }
     }
 }
@@ -34,7 +50,8 @@ impl Default for RecordsConfig {
 /// The most either count may be.
 const MAX: usize = 1_000_000;
 
-pub fn validate(raw: &RawRecords) -> Result<RecordsConfig, ConfigError> {
+/// `store` is where the store's own SQLite file is (`None` with a Redis store).
+pub fn validate(raw: &RawRecords, store: Option<&Path>) -> Result<RecordsConfig, ConfigError> {
     let d = RecordsConfig::default();
     let count = |v: Option<usize>, dflt: usize, name: &str| match v {
         None => Ok(dflt),
@@ -44,10 +61,33 @@ pub fn validate(raw: &RawRecords) -> Result<RecordsConfig, ConfigError> {
             format!("must be between 1 and {MAX}"),
         )),
     };
+    let sqlite = match (raw.persist.unwrap_or(true), &raw.sqlite) {
+        (false, _) => None,
+        (true, Some(p)) if p.trim().is_empty() || p.contains('\0') => {
+            return Err(ConfigError::new("records.sqlite", "must be a file path"))
+        }
+        (true, Some(p)) => Some(PathBuf::from(p)),
+        (true, None) => {
+            Some(store.map_or_else(|| PathBuf::from("detour-records.db"), Path::to_path_buf))
+        }
+    };
+    let retention_days = match raw.retention_days {
+        None => d.retention_days,
+        Some(n) if (1..=3650).contains(&n) => n,
+        Some(_) => {
+            return Err(ConfigError::new(
+                "records.retention-days",
+                "must be between 1 and 3650",
+            ))
+        }
+    };
     Ok(RecordsConfig {
         enabled: raw.enabled.unwrap_or(d.enabled),
         memory: count(raw.memory, d.memory, "memory")?,
         queue: count(raw.queue, d.queue, "queue")?,
+        sqlite,
+        retention_days,
+        retention_rows: count(raw.retention_rows, d.retention_rows, "retention-rows")?,
     })
 }
 
@@ -57,17 +97,28 @@ mod tests {
 
     #[test]
     fn counts_are_bounded_and_named() {
-        let ok = validate(&RawRecords::default()).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(ok, RecordsConfig::default());
+        let ok = validate(&RawRecords::default(), None).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(ok.sqlite.as_deref(), Some(Path::new("detour-records.db")));
+        let ok = validate(&RawRecords::default(), Some(Path::new("x/detour.db")))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(ok.sqlite.as_deref(), Some(Path::new("x/detour.db")));
+        let off = RawRecords {
+            persist: Some(false),
+            ..RawRecords::default()
+        };
+        assert_eq!(validate(&off, None).map(|c| c.sqlite), Ok(None));
         for (memory, queue, path) in [
             (Some(0), None, "records.memory"),
             (None, Some(MAX + 1), "records.queue"),
         ] {
-            let e = validate(&RawRecords {
-                enabled: None,
-                memory,
-                queue,
-            })
+            let e = validate(
+                &RawRecords {
+                    memory,
+                    queue,
+                    ..RawRecords::default()
+                },
+                None,
+            )
             .err()
             .unwrap_or_else(|| panic!("{path} accepted"));
             assert_eq!(e.path, path);

@@ -1,0 +1,273 @@
+//! Records on disk: one SQLite file (the store's own by default), written by the keeper thread
+//! in one transaction per batch and pruned to the retention in days and rows.
+//!
+//! `records` holds each record's JSON with the columns a listing filters on; `record_attempts`
+//! one row per attempt, for `/admin/stats`. The columns `providers` and `models` list what a
+//! record's attempts touched between unit separators (`\x1f`), so a filter is one `instr`.
+
+use super::{Filter, Record};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::time::Duration;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    key TEXT,
+    outcome TEXT NOT NULL,
+    fallback INTEGER NOT NULL,
+    ms REAL NOT NULL,
+    providers TEXT NOT NULL,
+    models TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_at ON records(at);
+CREATE INDEX IF NOT EXISTS records_id ON records(id);
+CREATE INDEX IF NOT EXISTS records_key ON records(key, seq);
+CREATE TABLE IF NOT EXISTS record_attempts (
+    seq INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    ms REAL NOT NULL,
+    first_token_ms REAL,
+    PRIMARY KEY (seq, n)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS record_attempts_at ON record_attempts(at);
+";
+
+const SEP: char = '\u{1f}';
+
+/// Open (or create) the file and its tables.
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // A missing directory shows as the open's error just below.
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// The number the next record gets.
+fn next_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    let max: Option<i64> = conn.query_row("SELECT max(seq) FROM records", [], |r| r.get(0))?;
+    Ok(max.map_or(1, |m| u64::try_from(m).unwrap_or(0) + 1))
+}
+
+/// `\x1f` + each value + `\x1f`: what `instr` looks for.
+fn joined<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut s = String::from(SEP);
+    for v in values {
+        s.extend(v.chars().map(|c| if c == SEP { '?' } else { c }));
+        s.push(SEP);
+    }
+    s
+}
+
+fn needle(v: &str) -> String {
+    joined(std::iter::once(v))
+}
+
+/// What a `model` filter matches: the client's `model` field, and every attempt's source and
+/// each of its prefixes ending before a `/` (so `gpt-4o` matches `gpt-4o/p1`).
+fn models(r: &Record) -> String {
+    let mut all: Vec<&str> = r.model.iter().map(String::as_str).collect();
+    for a in &r.attempts {
+        all.push(&a.source);
+        all.extend(a.source.match_indices('/').map(|(i, _)| &a.source[..i]));
+    }
+    joined(all.into_iter())
+}
+
+/// The model an attempt's row is counted under: its source without `/provider`.
+pub fn attempt_model<'a>(source: &'a str, provider: &str) -> &'a str {
+    source
+        .strip_suffix(provider)
+        .and_then(|s| s.strip_suffix('/'))
+        .unwrap_or(source)
+}
+
+/// Number a batch after the newest record in the file and write it, in one `IMMEDIATE`
+/// transaction: two processes on one file (a graceful upgrade's overlap) never share a number.
+pub fn write(conn: &mut Connection, batch: &mut [Record]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (seq, r) in (next_seq(&tx)?..).zip(batch.iter_mut()) {
+        r.seq = seq;
+    }
+    {
+        let mut rec = tx.prepare_cached(
+            "INSERT INTO records (seq, id, at, key, outcome, fallback, ms, providers, models, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        let mut att = tx.prepare_cached(
+            "INSERT INTO record_attempts (seq, n, at, provider, model, outcome, ms, first_token_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for r in batch.iter() {
+            let seq = i64::try_from(r.seq).unwrap_or(i64::MAX);
+            let body = serde_json::to_string(r).unwrap_or_default();
+            let providers = joined(r.attempts.iter().map(|a| a.provider.as_str()));
+            rec.execute(params![
+                seq,
+                r.id,
+                r.at,
+                r.key,
+                r.outcome,
+                r.fallback,
+                r.ms,
+                providers,
+                models(r),
+                body
+            ])?;
+            for (n, a) in r.attempts.iter().enumerate() {
+                let model = attempt_model(&a.source, &a.provider);
+                att.execute(params![
+                    seq,
+                    n,
+                    r.at,
+                    a.provider,
+                    model,
+                    a.outcome,
+                    a.ms,
+                    a.first_token_ms
+                ])?;
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// Delete what is older than `days` or past the newest `rows`.
+pub fn prune(conn: &Connection, days: u32, rows: usize, now_ms: i64) -> rusqlite::Result<()> {
+    let oldest = now_ms - i64::from(days) * 86_400_000;
+    let rows = i64::try_from(rows).unwrap_or(i64::MAX);
+    conn.execute("DELETE FROM records WHERE at < ?1", [oldest])?;
+    conn.execute(
+        "DELETE FROM records WHERE seq <= (SELECT max(seq) FROM records) - ?1",
+        [rows],
+    )?;
+    conn.execute(
+        "DELETE FROM record_attempts WHERE seq < (SELECT coalesce(min(seq), 9223372036854775807) FROM records)",
+        [],
+    )?;
+    Ok(())
+}
+
+/// The records `f` wants, newest first: `(seq, JSON)`.
+pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<(u64, String)>> {
+    let mut q = conn.prepare_cached(
+        "SELECT seq, body FROM records
+         WHERE (?1 IS NULL OR key = ?1)
+           AND (?2 IS NULL OR outcome = ?2)
+           AND (?3 IS NULL OR fallback = ?3)
+           AND (?4 IS NULL OR at >= ?4)
+           AND (?5 IS NULL OR at <= ?5)
+           AND (?6 IS NULL OR seq < ?6)
+           AND (?7 IS NULL OR instr(providers, ?7) > 0)
+           AND (?8 IS NULL OR instr(models, ?8) > 0)
+         ORDER BY seq DESC LIMIT ?9",
+    )?;
+    let before = f.before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+    let rows = q.query_map(
+        params![
+            f.key,
+            f.outcome,
+            f.fallback,
+            f.since,
+            f.until,
+            before,
+            f.provider.as_deref().map(needle),
+            f.model.as_deref().map(needle),
+            i64::try_from(f.limit).unwrap_or(0)
+        ],
+        |r| Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?)),
+    )?;
+    rows.collect()
+}
+
+/// The newest record of request `id`, as JSON.
+pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT body FROM records WHERE id = ?1 ORDER BY seq DESC LIMIT 1",
+        [id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// One request in a stats window, with its attempts.
+#[derive(Debug, Default)]
+pub struct StatRow {
+    pub outcome: String,
+    pub fallback: bool,
+    pub ms: f64,
+    pub attempts: Vec<StatAttempt>,
+}
+
+#[derive(Debug)]
+pub struct StatAttempt {
+    pub provider: String,
+    pub model: String,
+    pub outcome: String,
+    pub ms: f64,
+    pub first_token_ms: Option<f64>,
+}
+
+/// Every request that ended at or after `since` (Unix ms), with its attempts.
+pub fn window(conn: &Connection, since: i64) -> rusqlite::Result<Vec<StatRow>> {
+    let mut out: Vec<StatRow> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    let mut q =
+        conn.prepare_cached("SELECT seq, outcome, fallback, ms FROM records WHERE at >= ?1")?;
+    let mut rows = q.query([since])?;
+    while let Some(r) = rows.next()? {
+        index.insert(r.get::<_, i64>(0)?, out.len());
+        out.push(StatRow {
+            outcome: r.get(1)?,
+            fallback: r.get(2)?,
+            ms: r.get(3)?,
+            attempts: Vec::new(),
+        });
+    }
+    let mut q = conn.prepare_cached(
+        "SELECT seq, provider, model, outcome, ms, first_token_ms FROM record_attempts
+         WHERE at >= ?1 ORDER BY seq, n",
+    )?;
+    let mut rows = q.query([since])?;
+    while let Some(r) = rows.next()? {
+        let Some(&i) = index.get(&r.get::<_, i64>(0)?) else {
+            continue;
+        };
+        out[i].attempts.push(StatAttempt {
+            provider: r.get(1)?,
+            model: r.get(2)?,
+            outcome: r.get(3)?,
+            ms: r.get(4)?,
+            first_token_ms: r.get(5)?,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_filters_match_prefixes_at_slashes_only() {
+        assert_eq!(attempt_model("gpt-4o/p1", "p1"), "gpt-4o");
+        assert_eq!(attempt_model("http://h:1", "h"), "http://h:1");
+        let m = joined(["a/b/c", "x\u{1f}y"].into_iter());
+        assert!(m.contains(&needle("a/b/c")));
+        assert!(m.contains(&needle("x?y")));
+        assert!(!m.contains(&needle("a/b")));
+    }
+}
