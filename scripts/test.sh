@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what a fresh Debian machine lacks, then runs
 # every test — unit, integration over real sockets (a real SQLite file, a real redis-server on a
-# loopback port), the official OpenAI SDK client test, and Prometheus's promtool over the
-# Grafana board's queries.
+# loopback port), the official OpenAI SDK client test, Prometheus's promtool over the Grafana
+# board's queries, and the dashboard page in Debian's headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,9 @@ if ! command -v redis-server >/dev/null 2>&1; then   # the Redis store's tests s
 fi
 if ! command -v promtool >/dev/null 2>&1; then        # checks the Grafana board's PromQL
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq prometheus >/dev/null
+fi
+if ! command -v chromium >/dev/null 2>&1; then        # the dashboard's test loads it headless
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv >/dev/null

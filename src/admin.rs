@@ -1,4 +1,5 @@
-//! The admin service on its own port: `GET /metrics` (Prometheus text), `GET /health`,
+//! The admin service on its own port: the dashboard page at `/` (`src/dashboard/`, reading the
+//! API below with the admin token the user gives it), `GET /metrics` (Prometheus text), `GET /health`,
 //! `GET /admin/health`: every tracked target's circuit and latency, and the retry budget (JSON);
 //! behind the admin token, request records under `/admin/requests…` and their sums at
 //! `/admin/stats` (`admin_records.rs`) and,
@@ -35,6 +36,40 @@ pub(crate) fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Respons
     r
 }
 
+/// The dashboard's files, built into the binary (`src/dashboard/`): no CDN, works offline.
+fn dashboard(path: &str) -> Option<Response<Vec<u8>>> {
+    let (kind, body) = match path {
+        "/" | "/index.html" => (
+            "text/html; charset=utf-8",
+            include_str!("dashboard/index.html"),
+        ),
+        "/dashboard.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("dashboard/dashboard.js"),
+        ),
+        "/dashboard.css" => (
+            "text/css; charset=utf-8",
+            include_str!("dashboard/dashboard.css"),
+        ),
+        _ => return None,
+    };
+    let mut r = respond(200, kind, body.as_bytes().to_vec());
+    // Its own files only; the API's data goes into the page as text (never markup).
+    for (k, v) in [
+        (
+            "content-security-policy",
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-cache"),
+    ] {
+        r.headers_mut()
+            .insert(k, http::HeaderValue::from_static(v));
+    }
+    Some(r)
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -54,6 +89,11 @@ impl ServeHttp for AdminApp {
                 session,
             )
             .await;
+        }
+        if h.method == http::Method::GET {
+            if let Some(page) = dashboard(path) {
+                return page;
+            }
         }
         match (h.method.as_str(), h.uri.path()) {
             ("GET", "/metrics") => respond(

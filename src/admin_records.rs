@@ -2,7 +2,7 @@
 //!
 //! | method and path | does |
 //! |---|---|
-//! | `GET /admin/requests?key=&provider=&model=&outcome=&fallback=&since=&until=&before=&limit=` | the newest records that match, newest first; `next` is the `before` of the next page |
+//! | `GET /admin/requests?key=&provider=&model=&outcome=&fallback=&failed=&since=&until=&before=&limit=` | the newest records that match, newest first; `next` is the `before` of the next page |
 //! | `GET /admin/requests/{id}` | one request with all its attempts |
 //! | `GET /admin/stats?window=5m\|1h\|24h` | per provider and model: requests, rates, failure classes, attempts per request, latency and TTFT percentiles, the circuit (`records::stats`) |
 //!

@@ -173,12 +173,22 @@ pub struct Filter {
     pub model: Option<String>,
     pub outcome: Option<String>,
     pub fallback: Option<bool>,
+    /// Whether the request failed: an outcome other than `success…`.
+    pub failed: Option<bool>,
     /// Unix milliseconds, inclusive.
     pub since: Option<i64>,
     pub until: Option<i64>,
     /// Only records numbered below this (the next page).
     pub before: Option<u64>,
     pub limit: usize,
+}
+
+fn boolean(name: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("`{name}` must be true or false")),
+    }
 }
 
 impl Filter {
@@ -203,13 +213,8 @@ impl Filter {
                 "provider" => f.provider = Some(v.clone()),
                 "model" => f.model = Some(v.clone()),
                 "outcome" => f.outcome = Some(v.clone()),
-                "fallback" => {
-                    f.fallback = Some(match v.as_str() {
-                        "true" => true,
-                        "false" => false,
-                        _ => return Err("`fallback` must be true or false".into()),
-                    })
-                }
+                "fallback" => f.fallback = Some(boolean("fallback", &v)?),
+                "failed" => f.failed = Some(boolean("failed", &v)?),
                 "since" => f.since = Some(num("since")?),
                 "until" => f.until = Some(num("until")?),
                 "before" => f.before = Some(u64::try_from(num("before")?).unwrap_or(0)),
@@ -246,6 +251,9 @@ impl Filter {
                 .is_none_or(|p| r.attempts.iter().any(|a| a.provider == p))
             && model_ok
             && self.fallback.is_none_or(|f| r.fallback == f)
+            && self
+                .failed
+                .is_none_or(|f| f != r.outcome.starts_with("success"))
             && self.since.is_none_or(|t| r.at >= t)
             && self.until.is_none_or(|t| r.at <= t)
             && self.before.is_none_or(|b| r.seq < b)
@@ -268,6 +276,7 @@ mod tests {
         assert_eq!(f.limit, MAX_LIMIT);
         for bad in [
             "fallback=yes",
+            "failed=1",
             "since=soon",
             "limit=-1x",
             "nope=1",

@@ -173,6 +173,7 @@ pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<(u64, String)
            AND (?6 IS NULL OR seq < ?6)
            AND (?7 IS NULL OR instr(providers, ?7) > 0)
            AND (?8 IS NULL OR instr(models, ?8) > 0)
+           AND (?10 IS NULL OR (substr(outcome, 1, 7) != 'success') = ?10)
          ORDER BY seq DESC LIMIT ?9",
     )?;
     let before = f.before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
@@ -186,7 +187,8 @@ pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<(u64, String)
             before,
             f.provider.as_deref().map(needle),
             f.model.as_deref().map(needle),
-            i64::try_from(f.limit).unwrap_or(0)
+            i64::try_from(f.limit).unwrap_or(0),
+            f.failed
         ],
         |r| Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?)),
     )?;
