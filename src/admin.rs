@@ -5,7 +5,6 @@
 //! `/admin/stats` (`admin_records.rs`) and,
 //! with gateway keys, `/admin/keys…` (`admin_keys.rs`).
 
-use crate::engine::health::Health;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use http::Response;
@@ -15,7 +14,8 @@ use std::sync::Arc;
 
 pub struct AdminApp {
     pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
+    /// The config serving new requests: its breakers and retry budget.
+    pub current: Arc<crate::proxy::Current>,
     /// Gateway keys (`auth.required`), managed under `/admin/keys`.
     pub keys: Option<Arc<crate::auth::Keys>>,
     /// Request records, under `/admin/requests`.
@@ -84,7 +84,7 @@ impl ServeHttp for AdminApp {
         {
             return crate::admin_records::serve(
                 &self.recorder,
-                &self.health,
+                &self.current.load().health(),
                 &self.token_env,
                 session,
             )
@@ -103,7 +103,8 @@ impl ServeHttp for AdminApp {
             ),
             ("GET", "/health") => respond(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             ("GET", "/admin/health") => {
-                let (targets, budget) = self.health.snapshot(std::time::Instant::now());
+                let health = self.current.load().health();
+                let (targets, budget) = health.snapshot(std::time::Instant::now());
                 let body = serde_json::json!({"targets": targets, "retry_budget": budget});
                 respond(200, "application/json", body.to_string().into_bytes())
             }

@@ -24,6 +24,7 @@ pub mod plan;
 pub mod providers;
 pub mod proxy;
 pub mod records;
+pub mod reload;
 pub mod secrets;
 pub mod sse;
 pub mod store;

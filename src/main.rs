@@ -5,7 +5,8 @@ use detour::config::{DEFAULT_CONFIG, DEMO_CONFIG};
 use detour::gateway::Gateway;
 use detour::metrics::Metrics;
 use detour::mock::{Fault, MockConfig, MockServer};
-use detour::proxy::DetourProxy;
+use detour::proxy::{DetourProxy, Serving};
+use detour::reload::Reloader;
 use pingora_core::connectors::ConnectorOptions;
 // Accepted connections get no L4 read buffer: Pingora's HTTP/1 reader already reads headers and
 // bodies into buffers of its own, and the default 64 KiB buffer (zero-filled, so resident) per
@@ -66,14 +67,20 @@ fn init_logging() {
 
 fn gateway_main() {
     let opt = Opt::parse_args();
-    let (cfg, source) = match &opt.conf {
-        Some(path) => (Gateway::load(path), path.clone()),
+    let (text, source) = match &opt.conf {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => (t, path.clone()),
+            Err(e) => {
+                eprintln!("detour: invalid config {path}: cannot read it: {e}");
+                exit(1);
+            }
+        },
         None => (
-            Gateway::from_yaml(DEFAULT_CONFIG),
+            DEFAULT_CONFIG.to_string(),
             "built-in default (conf/detour.yaml)".to_string(),
         ),
     };
-    let cfg = match cfg {
+    let cfg = match Gateway::from_yaml(&text) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("detour: invalid config {source}: {e}");
@@ -92,7 +99,12 @@ fn gateway_main() {
         exit(0);
     }
     init_logging();
-    run_gateway(opt, cfg)
+    // Absolute: `-d` changes the working directory, and a reload reads the file again.
+    let path = opt
+        .conf
+        .as_ref()
+        .map(|p| std::path::absolute(p).map_or_else(|_| p.clone(), |a| a.display().to_string()));
+    run_gateway(opt, cfg, path, &text)
 }
 
 /// Fail fast on an address that cannot be bound: Pingora would retry, then panic in its
@@ -111,12 +123,13 @@ fn check_listeners(opt: &Opt, gw: &Gateway) {
     }
 }
 
-fn run_gateway(mut opt: Opt, mut gw: Gateway) -> ! {
+fn run_gateway(mut opt: Opt, mut gw: Gateway, path: Option<String>, text: &str) -> ! {
     check_listeners(&opt, &gw);
     opt.conf = None; // the config is already loaded; Pingora gets its part below
     let server_conf = std::mem::take(&mut gw.cfg.server);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
+    detour::reload::catch_sighup_early();
     let names: Vec<String> = gw.providers.iter().map(|p| p.name.clone()).collect();
     let metrics = match Metrics::new(&names) {
         Ok(m) => Arc::new(m),
@@ -141,8 +154,13 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway) -> ! {
         }
     };
     let token_env = gw.cfg.auth.admin_token_env.clone();
-    let proxy = DetourProxy::new(gw, metrics.clone(), options, keys.clone(), recorder.clone());
-    let health = proxy.health();
+    let serving = Serving::new(gw, metrics.clone(), options, keys.clone(), recorder.clone());
+    let proxy = DetourProxy::new(serving);
+    let current = proxy.current.clone();
+    server.add_service(pingora_core::services::background::background_service(
+        "reload",
+        Reloader::new(path, text, current.clone(), metrics.clone()),
+    ));
     let mut gateway =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "detour");
     for addr in &listen {
@@ -157,7 +175,7 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway) -> ! {
             "detour-admin".to_string(),
             AdminApp {
                 metrics,
-                health,
+                current,
                 keys,
                 recorder,
                 token_env,
@@ -348,11 +366,14 @@ The same, streaming:
   curl -N http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \
     -d '{{"model":"gpt-4o","stream":true,"messages":[{{"role":"user","content":"hi"}}]}}'
 
+The dashboard (records of every request, the breakers): start the demo with
+DETOUR_ADMIN_TOKEN=demo set, then open http://127.0.0.1:9090/#token=demo
+
 Every attempt failing gives one error listing them all:
   curl -s http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \
     -d '{{"model":"gpt-4o/flaky,gpt-4o-mini/flaky","messages":[]}}'
 "#
     );
     init_logging();
-    run_gateway(Opt::default(), cfg)
+    run_gateway(Opt::default(), cfg, None, DEMO_CONFIG)
 }

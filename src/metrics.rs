@@ -12,6 +12,10 @@ pub struct Metrics {
     registry: Registry,
     /// Request records the full queue refused.
     pub records_dropped: prometheus::IntCounter,
+    /// Config reloads by `result`: applied, refused.
+    pub reloads: IntCounterVec,
+    /// 1 for the loaded config's `hash` (the first 16 hex digits of its SHA-256).
+    pub config: IntGaugeVec,
     /// Requests by outcome (success, upstream_client_error, all_failed, invalid_request, ...).
     pub requests: IntCounterVec,
     /// Upstream attempts by provider and outcome (success, a failure class, skipped).
@@ -244,7 +248,28 @@ impl Metrics {
             "Request records dropped because their queue was full (the requests were served)",
         )?;
         registry.register(Box::new(records_dropped.clone()))?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "detour_config_reloads_total",
+                "Config reloads (SIGHUP) by result: applied, refused (the old config kept serving)",
+            ),
+            &["result"],
+        )?;
+        let config = IntGaugeVec::new(
+            Opts::new(
+                "detour_config_info",
+                "1 for the config being served, labelled with the SHA-256 of its text (16 hex digits)",
+            ),
+            &["hash"],
+        )?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(config.clone()))?;
+        for result in ["applied", "refused"] {
+            reloads.with_label_values(&[result]);
+        }
         Ok(Metrics {
+            reloads,
+            config,
             auth,
             registry,
             records_dropped,

@@ -5,6 +5,10 @@
 #
 #   benches/load/ab.sh BEFORE_BIN AFTER_BIN          # e.g. two copies of target/release/detour
 #   DURATION=10s CONC=32 ROUNDS=5 benches/load/ab.sh A B
+#   EXTRA_A='records: {enabled: false}' benches/load/ab.sh BIN BIN   # one build, two configs
+#
+# EXTRA_A and EXTRA_B are YAML lines added to A's and B's config. detour runs in a scratch
+# directory, so its records file (detour.db) is written there.
 #
 # detour runs on CPU $DETOUR_CPU with one worker thread; wrk and the mock on $LOAD_CPU. Every
 # process started here is stopped by its PID on exit. Markdown table on stdout.
@@ -24,19 +28,23 @@ source "$HERE/lib.sh"
 
 taskset -c "$LOAD_CPU" "$A" mock --listen "127.0.0.1:$BASE" --threads 1 >/dev/null 2>&1 &
 PIDS+=($!)
-cfg="$WORK/detour.yaml"
-cat >"$cfg" <<YAML
+config() {
+  cat <<YAML
 server: {threads: 1, pid_file: $WORK/detour.pid, upgrade_sock: $WORK/detour.sock, upstream_keepalive_pool_size: 2048}
 listen: ["127.0.0.1:$((BASE + 10))"]
 access-log: false
 providers: [{name: mock, kind: openai, base-url: "http://127.0.0.1:$BASE/v1"}]
 models: {gpt-4o: [{provider: mock}]}
+$1
 YAML
+}
+config "${EXTRA_A:-}" >"$WORK/a.yaml"
+config "${EXTRA_B:-}" >"$WORK/b.yaml"
 
-# measure BIN: prints "RPS US_PER_REQUEST".
+# measure BIN CONFIG: prints "RPS US_PER_REQUEST".
 measure() {
-  local bin=$1 gw
-  taskset -c "$DETOUR_CPU" "$bin" -c "$cfg" >/dev/null 2>"$WORK/err" &
+  local bin=$1 cfg=$2 gw
+  (cd "$WORK" && exec taskset -c "$DETOUR_CPU" "$bin" -c "$cfg") >/dev/null 2>"$WORK/err" &
   gw=$!
   PIDS+=("$gw")
   wait_http "http://127.0.0.1:$((BASE + 10))/health"
@@ -46,8 +54,8 @@ measure() {
 
 US_A="" US_B="" DIFF=""
 for ((round = 1; round <= ROUNDS; round++)); do
-  read -r ra ua < <(measure "$A")
-  read -r rb ub < <(measure "$B")
+  read -r ra ua < <(measure "$A" "$WORK/a.yaml")
+  read -r rb ub < <(measure "$B" "$WORK/b.yaml")
   US_A+="$ua "; US_B+="$ub "
   DIFF+="$(awk -v a="$ua" -v b="$ub" 'BEGIN { print b - a }') "
   echo "round $round: before $ra req/s $ua µs, after $rb req/s $ub µs" >&2
@@ -56,7 +64,7 @@ m() { tr ' ' '\n' <<<"$1" | grep . | median; }
 range=$(tr ' ' '\n' <<<"$DIFF" | grep . | sort -g | sed -n '1p;$p' | paste -sd' ')
 echo "| build | detour CPU per request (median of $ROUNDS) |"
 echo "|---|---:|"
-echo "| before ($A) | $(m "$US_A") µs |"
-echo "| after ($B) | $(m "$US_B") µs |"
+echo "| before ($A${EXTRA_A:+, $EXTRA_A}) | $(m "$US_A") µs |"
+echo "| after ($B${EXTRA_B:+, $EXTRA_B}) | $(m "$US_B") µs |"
 awk -v d="$(m "$DIFF")" -v r="$range" 'BEGIN { split(r, x, " ");
   printf "| **added** (median, range) | %+.1f µs (%+.1f … %+.1f) |\n", d, x[1], x[2] }'

@@ -32,8 +32,10 @@ class Unauthorized extends Error {}
 
 async function api(path) {
   const r = await fetch(path, { headers: { Authorization: "Bearer " + token }, cache: "no-store" });
-  if (r.status === 401 || r.status === 403) throw new Unauthorized("the admin token was refused");
   const body = await r.json();
+  if (r.status === 401) throw new Unauthorized("the admin token was refused");
+  // 403: the admin API is off (no token configured); the gateway says how to turn it on.
+  if (r.status === 403) throw new Unauthorized((body.error && body.error.message) || "HTTP 403");
   if (!r.ok) throw new Error((body.error && body.error.message) || "HTTP " + r.status);
   return body;
 }

@@ -64,7 +64,7 @@ pub enum Admit {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     state: State,
     /// Open: when the cool-down ends. Half-open: when the probe was let through.
@@ -214,7 +214,7 @@ pub struct TargetHealth {
 
 /// The retry budget: extra attempts (retries and fallbacks) allowed as a share of recent
 /// requests, with a floor per second so that light traffic can always fail over.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct BudgetState {
     /// Per one-tenth of the window: (slot start, requests, extra attempts).
     slots: VecDeque<(Instant, u64, u64)>,
@@ -305,6 +305,30 @@ impl Health {
                 slots: VecDeque::new(),
             }),
         }
+    }
+
+    /// After a reload: take over `old`'s breaker and latency state for every provider that
+    /// `unchanged` says kept its name and settings, and the retry budget's count.
+    pub fn inherit(&self, old: &Health, unchanged: &dyn Fn(&str) -> bool) {
+        for (i, name) in self.providers.iter().enumerate() {
+            let Some(j) = old.providers.iter().position(|n| n == name) else {
+                continue;
+            };
+            if !unchanged(name) {
+                continue;
+            }
+            let (Some(new), Some(before)) = (self.targets.get(i), old.targets.get(j)) else {
+                continue;
+            };
+            let before = lock(before).entries.clone();
+            let mut t = lock(new);
+            for (id, e) in before {
+                t.entries.entry(id).or_insert(e);
+            }
+            t.pinned = t.entries.len() - t.catalog_entries();
+        }
+        let slots = lock(&old.budget_state).clone();
+        *lock(&self.budget_state) = slots;
     }
 
     /// Whether `model` on `provider` may be sent to now. An open circuit whose cool-down has

@@ -7,7 +7,7 @@
 //! unbuffered. A fallback list needs its body replayed, so it is read (within the body limits)
 //! and served by the engine (`engine/urls.rs`).
 
-use super::{Ctx, DetourProxy};
+use super::{Ctx, Serving};
 use crate::api::GatewayError;
 use crate::engine::ledger::{AttemptLog, Via};
 use crate::engine::urls::{target_path, url_peer, UNAPPROVED};
@@ -135,7 +135,7 @@ pub fn caller(s: &Session, key: &str) -> String {
         .map_or_else(|| "unknown".into(), |a| a.ip().to_string())
 }
 
-impl DetourProxy {
+impl Serving {
     /// `Helicone-Target-Url`: vet the target and count it; `Ok(Some)` goes to Pingora's proxy
     /// path, an `Err` is written to the client and nothing is sent.
     pub(super) async fn direct(
@@ -282,7 +282,7 @@ pub fn mark(resp: &mut ResponseHeader, host: &str, request_id: &str) -> pingora_
     Ok(())
 }
 
-impl DetourProxy {
+impl Serving {
     /// Log the direct attempt once its outcome is known (`status`: the response's, or `None`
     /// when none came: `error` says why).
     pub(super) fn log_direct(&self, ctx: &mut Ctx, status: Option<u16>, error: Option<String>) {

@@ -1,7 +1,7 @@
 //! Gateway keys on the request path (`auth.required: true`): the caller and its limits before
 //! anything is read or planned, its attempts in the plan, its credits in a tab.
 
-use super::DetourProxy;
+use super::Serving;
 use crate::api::{ChatRequest, GatewayError};
 use crate::auth::escrow::Tab;
 use crate::auth::pay::CallerPayer;
@@ -18,7 +18,7 @@ pub struct Admitted {
     pass: Option<Pass>,
 }
 
-impl DetourProxy {
+impl Serving {
     /// The request's caller when keys are required (`None` when they are not): a 401 without
     /// a live key, a 429 over a limit. `chain_mode`: `Authorization` may carry the key.
     pub(super) async fn admitted(

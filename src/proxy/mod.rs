@@ -2,23 +2,25 @@
 //! and logs each request once in `logging()`. No provider-specific logic lives here.
 
 mod header_mode;
+mod hooks;
 mod keyed;
+mod live;
+
+pub use live::{Current, DetourProxy};
 
 use crate::api::{ChatRequest, GatewayError};
 use crate::engine::ledger::Via;
 use crate::engine::{Engine, RequestLog};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use header_mode::{Direct, Mode};
-use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::Session;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a client may take to send its request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -74,44 +76,82 @@ impl Drop for BodyHold<'_> {
     }
 }
 
-pub struct DetourProxy {
+/// What serves requests under one loaded config: its engine and model list, with the parts
+/// that outlive a reload (keys, records, the body budget, request ids) shared by handle.
+/// `live::DetourProxy` hands each request the one current when it arrived.
+pub struct Serving {
     engine: Engine,
     /// Gateway keys, when `auth.required` (their store opened at start-up).
     keys: Option<Arc<crate::auth::Keys>>,
     /// Every request's record, for `/admin/requests`.
     recorder: Arc<crate::records::Recorder>,
-    bodies: BodyBudget,
+    bodies: Arc<BodyBudget>,
     models_json: Bytes,
-    id_prefix: String,
-    next_id: AtomicU64,
+    id_prefix: Arc<str>,
+    next_id: Arc<AtomicU64>,
+    connector: pingora_core::connectors::ConnectorOptions,
 }
 
-impl DetourProxy {
+impl Serving {
+    /// The same service under a reloaded config: a new engine that takes over the breaker and
+    /// latency state of the providers `unchanged` names, and the header mode's counts.
+    pub fn reloaded(&self, gw: Arc<Gateway>, unchanged: &dyn Fn(&str) -> bool) -> Serving {
+        let models_json = models_list(&gw);
+        let mut engine = Engine::new(
+            gw,
+            self.engine.metrics.clone(),
+            self.connector.clone(),
+            self.keys.as_ref(),
+        );
+        engine.health.inherit(&self.engine.health, unchanged);
+        engine.limiter = self.engine.limiter.clone();
+        Serving {
+            engine,
+            keys: self.keys.clone(),
+            recorder: self.recorder.clone(),
+            bodies: self.bodies.clone(),
+            models_json,
+            id_prefix: self.id_prefix.clone(),
+            next_id: self.next_id.clone(),
+            connector: self.connector.clone(),
+        }
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.engine.gw
+    }
+
+    /// Whether gateway keys are on (`auth.required`).
+    pub fn has_keys(&self) -> bool {
+        self.keys.is_some()
+    }
+
     pub fn new(
         gw: Arc<Gateway>,
         metrics: Arc<Metrics>,
         connector: pingora_core::connectors::ConnectorOptions,
         keys: Option<Arc<crate::auth::Keys>>,
         recorder: Arc<crate::records::Recorder>,
-    ) -> DetourProxy {
+    ) -> Serving {
         let models_json = models_list(&gw);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ (u64::from(std::process::id()) << 32);
-        DetourProxy {
-            bodies: BodyBudget {
+        Serving {
+            bodies: Arc::new(BodyBudget {
                 held: AtomicUsize::new(0),
                 cap: gw.cfg.limits.max_total_body_bytes,
                 gauge: metrics.body_bytes_held.clone(),
-            },
-            engine: Engine::new(gw, metrics, connector, keys.as_ref()),
+            }),
+            engine: Engine::new(gw, metrics, connector.clone(), keys.as_ref()),
             keys,
             recorder,
             models_json,
-            id_prefix: format!("{seed:016x}"),
-            next_id: AtomicU64::new(0),
+            id_prefix: format!("{seed:016x}").into(),
+            next_id: Arc::new(AtomicU64::new(0)),
+            connector,
         }
     }
 
@@ -354,6 +394,9 @@ impl DetourProxy {
 /// its count in the in-flight gauge while Pingora proxies it).
 #[derive(Default)]
 pub struct Ctx {
+    /// What serves this request: the config current when it arrived (a reload does not
+    /// change it midway).
+    serving: Option<Arc<Serving>>,
     pub log: RequestLog,
     pub direct: Option<Box<Direct>>,
     in_flight: Option<Counted>,
@@ -378,7 +421,7 @@ impl Drop for Counted {
     }
 }
 
-impl DetourProxy {
+impl Serving {
     /// detour's own routes: the chain endpoint, the model list, health.
     async fn route(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<()> {
         let method = session.req_header().method.clone();
@@ -503,151 +546,6 @@ fn models_list(gw: &Gateway) -> Bytes {
         serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
             .unwrap_or_default(),
     )
-}
-
-#[async_trait]
-impl ProxyHttp for DetourProxy {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx::default()
-    }
-
-    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
-        // No response compression module: detour relays provider bytes as they are.
-    }
-
-    /// Every route is answered here (`Ok(true)` skips Pingora's proxy path), except a single
-    /// header-mode target (`Helicone-Target-Url`), which goes on to `upstream_peer`.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.log.started = Some(Instant::now());
-        ctx.log.request_id = self.request_id(session);
-        if self.gw().cfg.header_mode.enabled {
-            let max = self.gw().cfg.limits.max_chain_length;
-            match header_mode::mode(session.req_header(), max) {
-                Ok(None) => {}
-                // Boxed: a fallback list's future (its sends, its relay) must not be laid out
-                // in every request's future, chain requests included.
-                Ok(Some(mode)) => return Box::pin(self.header_mode(session, ctx, mode)).await,
-                Err(e) => {
-                    ctx.log.mode = "header";
-                    Self::write_error(session, &mut ctx.log, &e).await?;
-                    return Ok(true);
-                }
-            }
-        }
-        self.route(session, &mut ctx.log).await?;
-        Ok(true)
-    }
-
-    /// A single header-mode target: the peer `request_filter` vetted (its address pinned).
-    async fn upstream_peer(&self, _s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        match &ctx.direct {
-            Some(d) => Ok(Box::new(d.peer.clone())),
-            None => pingora_error::Error::e_explain(
-                pingora_error::ErrorType::InternalError,
-                "no upstream path",
-            ),
-        }
-    }
-
-    /// The single target's request: its path prefix, host, and the client's headers minus
-    /// hop-by-hop and steering ones.
-    async fn upstream_request_filter(
-        &self,
-        _s: &mut Session,
-        up: &mut pingora_http::RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        match &ctx.direct {
-            Some(d) => header_mode::rewrite(up, d, &ctx.log.request_id),
-            None => Ok(()),
-        }
-    }
-
-    /// The single target's response header, before it goes to the client.
-    async fn response_filter(
-        &self,
-        _s: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        // Interim responses (100, 103) are relayed as they are; only the final one is the answer.
-        if ctx.direct.is_some() && !resp.status.is_informational() {
-            let host = ctx.direct.as_ref().map_or("", |d| d.url.host.as_str());
-            header_mode::mark(resp, host, &ctx.log.request_id)?;
-            self.log_direct(ctx, Some(resp.status.as_u16()), None);
-        }
-        Ok(())
-    }
-
-    /// Reached through an `Err` from `request_filter` (a cut answer: the connection is dropped
-    /// without a clean end; a failed write to the client), or a single header-mode target
-    /// that failed (answered with the all-failed error listing it, if nothing was written).
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &pingora_error::Error,
-        ctx: &mut Ctx,
-    ) -> pingora_proxy::FailToProxy {
-        use pingora_error::{ErrorSource, ErrorType};
-        if ctx.direct.is_some() && e.esource() == &ErrorSource::Upstream {
-            return self.direct_failed(session, e, ctx).await;
-        }
-        let code = match (e.etype(), e.esource()) {
-            (t, _) if *t == ANSWER_CUT => 0,
-            (ErrorType::HTTPStatus(c), _) => *c,
-            (ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed, _) => 0,
-            (_, ErrorSource::Downstream) => 400,
-            _ => 500,
-        };
-        if code > 0 && session.response_written().is_none() {
-            let _ = session.respond_error(code).await;
-        }
-        pingora_proxy::FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
-    }
-
-    /// A cut answer is recorded in the access log; it is not an error of detour's.
-    fn suppress_error_log(&self, _s: &Session, _ctx: &Ctx, e: &pingora_error::Error) -> bool {
-        *e.etype() == ANSWER_CUT
-    }
-
-    /// Runs once per request after the response: metrics and the access log line.
-    async fn logging(&self, _s: &mut Session, e: Option<&pingora_error::Error>, ctx: &mut Ctx) {
-        if let (Some(e), Some(_)) = (e, &ctx.direct) {
-            if ctx.log.attempts.is_empty() {
-                self.log_direct(ctx, None, Some(e.etype().as_str().to_string()));
-            } else if ctx.log.post_commit_error.is_none() {
-                ctx.log.post_commit_error = Some(e.etype().as_str().to_string());
-            }
-        }
-        let ctx = &ctx.log;
-        if ctx.mode.is_empty() {
-            return;
-        }
-        let m = self.metrics();
-        let outcome = if ctx.outcome.is_empty() {
-            "unknown"
-        } else {
-            ctx.outcome
-        };
-        m.requests.with_label_values(&[outcome]).inc();
-        let elapsed = ctx.started.map(|t| t.elapsed()).unwrap_or_default();
-        m.duration
-            .with_label_values(&[if ctx.stream { "true" } else { "false" }])
-            .observe(elapsed.as_secs_f64());
-        m.attempts_per_request.observe(ctx.attempts_made() as f64);
-        if self.gw().cfg.access_log {
-            access_log(self.gw(), ctx, elapsed);
-        }
-        if self.recorder.enabled() {
-            self.recorder
-                .submit(crate::records::Record::of(self.gw(), ctx, elapsed));
-        }
-    }
 }
 
 /// One JSON line per request on stderr. Holds no header or body content from the client:
