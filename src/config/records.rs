@@ -15,7 +15,8 @@ pub struct RawRecords {
     pub queue: Option<usize>,
     /// Keep them in a SQLite file too (default true).
     pub persist: Option<bool>,
-    /// That file; absent: the store's SQLite file, or `detour-records.db` with a Redis store.
+    /// That file; absent: `detour-records.db` beside the store's SQLite file (in the working
+    /// directory with a Redis store).
     pub sqlite: Option<String>,
     /// Records older than this many days are deleted.
     pub retention_days: Option<u32>,
@@ -68,7 +69,13 @@ pub fn validate(raw: &RawRecords, store: Option<&Path>) -> Result<RecordsConfig,
         }
         (true, Some(p)) => Some(PathBuf::from(p)),
         (true, None) => {
-            Some(store.map_or_else(|| PathBuf::from("detour-records.db"), Path::to_path_buf))
+            // Its own file: its writes never wait for the store's ledger, nor hold it up.
+            Some(
+                store
+                    .and_then(Path::parent)
+                    .unwrap_or(Path::new(""))
+                    .join("detour-records.db"),
+            )
         }
     };
     let retention_days = match raw.retention_days {
@@ -101,7 +108,7 @@ mod tests {
         assert_eq!(ok.sqlite.as_deref(), Some(Path::new("detour-records.db")));
         let ok = validate(&RawRecords::default(), Some(Path::new("x/detour.db")))
             .unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(ok.sqlite.as_deref(), Some(Path::new("x/detour.db")));
+        assert_eq!(ok.sqlite.as_deref(), Some(Path::new("x/detour-records.db")));
         let off = RawRecords {
             persist: Some(false),
             ..RawRecords::default()

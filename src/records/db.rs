@@ -1,8 +1,9 @@
-//! Records on disk: one SQLite file (the store's own by default), written by the keeper thread
+//! Records on disk: one SQLite file (`detour-records.db` by default), written by the keeper thread
 //! in one transaction per batch and pruned to the retention in days and rows.
 //!
-//! `records` holds each record's JSON with the columns a listing filters on; `record_attempts`
-//! one row per attempt, for `/admin/stats`. The columns `providers` and `models` list what a
+//! `records` holds each record's JSON with the columns a listing filters on, and its attempts
+//! in a compact text column for `/admin/stats` (one row per record: each row and index entry
+//! written costs CPU on a busy gateway). The columns `providers` and `models` list what a
 //! record's attempts touched between unit separators (`\x1f`), so a filter is one `instr`.
 
 use super::{Filter, Record};
@@ -21,26 +22,18 @@ CREATE TABLE IF NOT EXISTS records (
     ms REAL NOT NULL,
     providers TEXT NOT NULL,
     models TEXT NOT NULL,
+    attempts TEXT NOT NULL,
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_at ON records(at);
 CREATE INDEX IF NOT EXISTS records_id ON records(id);
-CREATE INDEX IF NOT EXISTS records_key ON records(key, seq);
-CREATE TABLE IF NOT EXISTS record_attempts (
-    seq INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    at INTEGER NOT NULL,
-    provider TEXT NOT NULL,
-    model TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    ms REAL NOT NULL,
-    first_token_ms REAL,
-    PRIMARY KEY (seq, n)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS record_attempts_at ON record_attempts(at);
+CREATE INDEX IF NOT EXISTS records_key ON records(key, seq) WHERE key IS NOT NULL;
 ";
 
+/// Between values.
 const SEP: char = '\u{1f}';
+/// Between attempts in the `attempts` column.
+const RS: char = '\u{1e}';
 
 /// Open (or create) the file and its tables.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -64,12 +57,61 @@ fn next_seq(conn: &Connection) -> rusqlite::Result<u64> {
 
 /// `\x1f` + each value + `\x1f`: what `instr` looks for.
 fn joined<'a>(values: impl Iterator<Item = &'a str>) -> String {
-    let mut s = String::from(SEP);
+    let mut s = String::new();
+    join_into(&mut s, values);
+    s
+}
+
+/// [`joined`] into `s` (cleared first): a batch reuses its buffers.
+fn join_into<'a>(s: &mut String, values: impl Iterator<Item = &'a str>) {
+    s.clear();
+    s.push(SEP);
     for v in values {
-        s.extend(v.chars().map(|c| if c == SEP { '?' } else { c }));
+        push_clean(s, v);
         s.push(SEP);
     }
-    s
+}
+
+/// `v` with the separators replaced.
+fn push_clean(s: &mut String, v: &str) {
+    s.extend(v.chars().map(|c| if c == SEP || c == RS { '?' } else { c }));
+}
+
+/// The attempts as stats read them: `provider SEP model SEP outcome SEP ms SEP ttft` each,
+/// `RS` between them.
+fn compact_into(s: &mut String, r: &Record) {
+    use std::fmt::Write;
+    s.clear();
+    for (i, a) in r.attempts.iter().enumerate() {
+        if i > 0 {
+            s.push(RS);
+        }
+        push_clean(s, &a.provider);
+        s.push(SEP);
+        push_clean(s, attempt_model(&a.source, &a.provider));
+        s.push(SEP);
+        s.push_str(a.outcome);
+        let _ = write!(s, "{SEP}{}{SEP}", a.ms);
+        if let Some(t) = a.first_token_ms {
+            let _ = write!(s, "{t}");
+        }
+    }
+}
+
+fn uncompact(s: &str) -> Vec<StatAttempt> {
+    s.split(RS)
+        .filter(|a| !a.is_empty())
+        .filter_map(|a| {
+            let mut f = a.split(SEP);
+            Some(StatAttempt {
+                provider: f.next()?.to_string(),
+                model: f.next()?.to_string(),
+                outcome: f.next()?.to_string(),
+                ms: f.next()?.parse().ok()?,
+                first_token_ms: f.next().and_then(|t| t.parse().ok()),
+            })
+        })
+        .collect()
 }
 
 fn needle(v: &str) -> String {
@@ -78,13 +120,12 @@ fn needle(v: &str) -> String {
 
 /// What a `model` filter matches: the client's `model` field, and every attempt's source and
 /// each of its prefixes ending before a `/` (so `gpt-4o` matches `gpt-4o/p1`).
-fn models(r: &Record) -> String {
-    let mut all: Vec<&str> = r.model.iter().map(String::as_str).collect();
-    for a in &r.attempts {
-        all.push(&a.source);
-        all.extend(a.source.match_indices('/').map(|(i, _)| &a.source[..i]));
-    }
-    joined(all.into_iter())
+fn models_into(s: &mut String, r: &Record) {
+    let prefixes = r.attempts.iter().flat_map(|a| {
+        let cuts = a.source.match_indices('/').map(|(i, _)| &a.source[..i]);
+        std::iter::once(a.source.as_str()).chain(cuts)
+    });
+    join_into(s, r.model.iter().map(String::as_str).chain(prefixes));
 }
 
 /// The model an attempt's row is counted under: its source without `/provider`.
@@ -104,42 +145,29 @@ pub fn write(conn: &mut Connection, batch: &mut [Record]) -> rusqlite::Result<()
     }
     {
         let mut rec = tx.prepare_cached(
-            "INSERT INTO records (seq, id, at, key, outcome, fallback, ms, providers, models, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO records (seq, id, at, key, outcome, fallback, ms, providers, models, attempts, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
-        let mut att = tx.prepare_cached(
-            "INSERT INTO record_attempts (seq, n, at, provider, model, outcome, ms, first_token_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
+        // Reused for every record of the batch: no allocation per record once they have grown.
+        let (mut body, mut providers) = (Vec::with_capacity(1024), String::new());
+        let (mut models, mut attempts) = (String::new(), String::new());
         for r in batch.iter() {
             let seq = i64::try_from(r.seq).unwrap_or(i64::MAX);
-            let body = serde_json::to_string(r).unwrap_or_default();
-            let providers = joined(r.attempts.iter().map(|a| a.provider.as_str()));
+            body.clear();
+            if serde_json::to_writer(&mut body, r).is_err() {
+                continue;
+            }
+            let body = std::str::from_utf8(&body).unwrap_or_default();
+            join_into(
+                &mut providers,
+                r.attempts.iter().map(|a| a.provider.as_str()),
+            );
+            models_into(&mut models, r);
+            compact_into(&mut attempts, r);
             rec.execute(params![
-                seq,
-                r.id,
-                r.at,
-                r.key,
-                r.outcome,
-                r.fallback,
-                r.ms,
-                providers,
-                models(r),
+                seq, r.id, r.at, r.key, r.outcome, r.fallback, r.ms, providers, models, attempts,
                 body
             ])?;
-            for (n, a) in r.attempts.iter().enumerate() {
-                let model = attempt_model(&a.source, &a.provider);
-                att.execute(params![
-                    seq,
-                    n,
-                    r.at,
-                    a.provider,
-                    model,
-                    a.outcome,
-                    a.ms,
-                    a.first_token_ms
-                ])?;
-            }
         }
     }
     tx.commit()
@@ -153,10 +181,6 @@ pub fn prune(conn: &Connection, days: u32, rows: usize, now_ms: i64) -> rusqlite
     conn.execute(
         "DELETE FROM records WHERE seq <= (SELECT max(seq) FROM records) - ?1",
         [rows],
-    )?;
-    conn.execute(
-        "DELETE FROM record_attempts WHERE seq < (SELECT coalesce(min(seq), 9223372036854775807) FROM records)",
-        [],
     )?;
     Ok(())
 }
@@ -225,38 +249,17 @@ pub struct StatAttempt {
 
 /// Every request that ended at or after `since` (Unix ms), with its attempts.
 pub fn window(conn: &Connection, since: i64) -> rusqlite::Result<Vec<StatRow>> {
-    let mut out: Vec<StatRow> = Vec::new();
-    let mut index = std::collections::HashMap::new();
     let mut q =
-        conn.prepare_cached("SELECT seq, outcome, fallback, ms FROM records WHERE at >= ?1")?;
-    let mut rows = q.query([since])?;
-    while let Some(r) = rows.next()? {
-        index.insert(r.get::<_, i64>(0)?, out.len());
-        out.push(StatRow {
-            outcome: r.get(1)?,
-            fallback: r.get(2)?,
-            ms: r.get(3)?,
-            attempts: Vec::new(),
-        });
-    }
-    let mut q = conn.prepare_cached(
-        "SELECT seq, provider, model, outcome, ms, first_token_ms FROM record_attempts
-         WHERE at >= ?1 ORDER BY seq, n",
-    )?;
-    let mut rows = q.query([since])?;
-    while let Some(r) = rows.next()? {
-        let Some(&i) = index.get(&r.get::<_, i64>(0)?) else {
-            continue;
-        };
-        out[i].attempts.push(StatAttempt {
-            provider: r.get(1)?,
-            model: r.get(2)?,
-            outcome: r.get(3)?,
-            ms: r.get(4)?,
-            first_token_ms: r.get(5)?,
-        });
-    }
-    Ok(out)
+        conn.prepare_cached("SELECT outcome, fallback, ms, attempts FROM records WHERE at >= ?1")?;
+    let rows = q.query_map([since], |r| {
+        Ok(StatRow {
+            outcome: r.get(0)?,
+            fallback: r.get(1)?,
+            ms: r.get(2)?,
+            attempts: uncompact(&r.get::<_, String>(3)?),
+        })
+    })?;
+    rows.collect()
 }
 
 #[cfg(test)]
@@ -271,5 +274,14 @@ mod tests {
         assert!(m.contains(&needle("a/b/c")));
         assert!(m.contains(&needle("x?y")));
         assert!(!m.contains(&needle("a/b")));
+        let back = uncompact(
+            "p\u{1f}m\u{1f}success\u{1f}1.5\u{1f}0.7\u{1e}q\u{1f}m\u{1f}server_error\u{1f}2\u{1f}",
+        );
+        assert_eq!(back.len(), 2);
+        assert_eq!((back[0].ms, back[0].first_token_ms), (1.5, Some(0.7)));
+        assert_eq!(
+            (back[1].outcome.as_str(), back[1].first_token_ms),
+            ("server_error", None)
+        );
     }
 }

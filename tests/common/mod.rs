@@ -174,7 +174,7 @@ impl Gateway {
             .open(dir.join("stderr.log"))
             .unwrap();
         Command::new(env!("CARGO_BIN_EXE_detour"))
-            .current_dir(dir) // the records file (`detour.db`) lands beside the config
+            .current_dir(dir) // the records file (`detour-records.db`) lands beside the config
             .arg("-c")
             .arg(dir.join("detour.yaml"))
             .args(extra)
