@@ -110,19 +110,47 @@ fn config(dir: &std::path::Path, port: u16, m: &MockServer, grace: u32) -> Strin
     )
 }
 
+/// `detour keys ARGS -c FILE`: its JSON answer.
+fn keys_cli(cfg: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = detour()
+        .arg("keys")
+        .args(args)
+        .arg("-c")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A daemon (`-d` forks after start-up: no thread started before survives it) writes its pid
+/// file, debits its keys' credits, keeps its request records, and stops on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemon_mode_writes_its_pid_file() {
+async fn daemon_mode_writes_its_pid_file_debits_keys_and_keeps_records() {
     let m = mock("m").await;
     let dir = temp_dir();
-    // The port stays reserved for this test until detour listens on it.
+    // The ports stay reserved for this test until detour listens on them.
     let (reserved, port) = reserved_port();
-    std::fs::write(dir.join("detour.yaml"), config(&dir, port, &m, 1)).unwrap();
+    let (reserved_admin, admin) = reserved_port();
+    let cfg = dir.join("detour.yaml");
+    let keyed = format!(
+        "{}admin: {{listen: \"127.0.0.1:{admin}\"}}\nauth: {{required: true}}\nstore: {{sqlite: {d}/detour.db}}\n",
+        config(&dir, port, &m, 1),
+        d = dir.display()
+    );
+    std::fs::write(&cfg, keyed).unwrap();
+    let key = keys_cli(&cfg, &["create", "daemon", "--credits", "5"]);
+    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
     let status = detour()
         .current_dir(&dir)
         .arg("-d")
         .arg("-c")
-        .arg(dir.join("detour.yaml"))
+        .arg(&cfg)
         .env("DETOUR_TEST_KEY", PROVIDER_KEY)
+        .env("DETOUR_ADMIN_TOKEN", ADMIN_TOKEN)
+        // Not the test's own pipes: a daemon left behind must not hold them open.
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(
@@ -143,17 +171,62 @@ async fn daemon_mode_writes_its_pid_file() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pid = pid.expect("daemon up with a pid file");
-    drop(reserved);
-    let r = request(
+    drop((reserved, reserved_admin));
+    let auth = format!("Bearer {secret}");
+    let body = chat_body("gpt-4o", false);
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-request-id", "daemon-1"),
+    ];
+    let keyed = request(
         port,
         "POST",
         "/v1/chat/completions",
-        &[],
-        chat_body("gpt-4o", false).as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200);
+        &headers,
+        body.as_bytes(),
+    );
+    // Bounded: a daemon without its ledger writer would leave the request waiting forever.
+    let r = tokio::time::timeout(Duration::from_secs(10), keyed)
+        .await
+        .unwrap_or_else(|_| {
+            signal(pid, "-KILL");
+            panic!("the keyed request was never answered")
+        })
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The debit reaches the file (the ledger writer runs in the daemon).
+    let t = Instant::now();
+    while keys_cli(&cfg, &["show", id])["balance"] == 5_000_000 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the answer was never debited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And its record is kept (the records thread runs in the daemon).
+    let admin_auth = format!("Bearer {ADMIN_TOKEN}");
+    let t = Instant::now();
+    loop {
+        let r = request(
+            admin,
+            "GET",
+            "/admin/requests/daemon-1",
+            &[("authorization", &admin_auth)],
+            b"",
+        )
+        .await
+        .unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no record: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dir.join("detour-records.db").exists());
     signal(pid, "-TERM");
     assert!(wait_gone(pid, Duration::from_secs(10)).await < Duration::from_secs(10));
 }

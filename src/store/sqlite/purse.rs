@@ -74,9 +74,19 @@ struct State {
     next: u64,
 }
 
+/// The writer thread's start, kept until the first write: `-d` forks after start-up, and a
+/// thread started before the fork does not exist in the daemon (its debits would never be
+/// written).
+type Idle = (
+    Arc<Mutex<Connection>>,
+    mpsc::Receiver<Job>,
+    Arc<Mutex<State>>,
+);
+
 pub struct Purse {
     state: Arc<Mutex<State>>,
     jobs: mpsc::Sender<Job>,
+    idle: Mutex<Option<Idle>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,16 +94,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Purse {
-    /// The purse, and its ledger writer on a thread of its own over `conn`.
+    /// The purse; its ledger writer, on a thread of its own over `conn`, starts at the first
+    /// write.
     pub fn start(conn: Arc<Mutex<Connection>>) -> Result<Purse, StoreError> {
         let state = Arc::new(Mutex::new(State::default()));
         let (jobs, rx) = mpsc::channel();
-        let shared = state.clone();
+        Ok(Purse {
+            idle: Mutex::new(Some((conn, rx, state.clone()))),
+            state,
+            jobs,
+        })
+    }
+
+    /// Start the writer thread, once.
+    fn wake(&self) -> Result<(), StoreError> {
+        let Some((conn, rx, shared)) = lock(&self.idle).take() else {
+            return Ok(());
+        };
         std::thread::Builder::new()
             .name("detour-ledger".into())
             .spawn(move || writer(&conn, &rx, &shared))
-            .map_err(|e| StoreError::Unavailable(format!("ledger writer: {e}")))?;
-        Ok(Purse { state, jobs })
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(format!("ledger writer: {e}")))
     }
 
     pub fn knows(&self, id: &str) -> bool {
@@ -178,6 +200,7 @@ impl Purse {
         op: Op,
         reply: Option<oneshot::Sender<Result<Micros, StoreError>>>,
     ) -> Result<(), StoreError> {
+        self.wake()?;
         let job = Job {
             id: id.to_string(),
             op,
