@@ -28,28 +28,72 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Lazy>,
+    /// The file, for work done before the fork on a connection of its own (`recover`).
+    path: std::path::PathBuf,
     local: Local,
     purse: Purse,
 }
 
-impl SqliteStore {
-    /// Open (or create) the database file and its tables.
-    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(unavailable)?;
+/// The store's connection, opened at its first use: `-d` forks after start-up, and a SQLite
+/// connection must not cross a fork (its locks stay with the parent; another process can then
+/// take the file's WAL from under it). A connection given ready-made (tests) is used as it is.
+pub struct Lazy {
+    path: Option<std::path::PathBuf>,
+    conn: std::sync::OnceLock<Result<Mutex<Connection>, String>>,
+}
+
+impl Lazy {
+    pub fn at(path: &Path) -> Lazy {
+        Lazy {
+            path: Some(path.to_path_buf()),
+            conn: std::sync::OnceLock::new(),
         }
-        let conn = Connection::open(path).map_err(unavailable)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(unavailable)?;
-        conn.execute_batch(rows::SCHEMA).map_err(unavailable)?;
-        let conn = Arc::new(Mutex::new(conn));
+    }
+
+    pub fn ready(c: Connection) -> Lazy {
+        let l = Lazy {
+            path: None,
+            conn: std::sync::OnceLock::new(),
+        };
+        let _ = l.conn.set(Ok(Mutex::new(c)));
+        l
+    }
+
+    pub fn get(&self) -> Result<&Mutex<Connection>, StoreError> {
+        let c = self.conn.get_or_init(|| match &self.path {
+            Some(p) => connect(p).map(Mutex::new).map_err(|e| e.to_string()),
+            None => Err("no database".into()),
+        });
+        c.as_ref().map_err(|e| StoreError::Unavailable(e.clone()))
+    }
+}
+
+/// Open (or create) the database file and its tables.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(unavailable)?;
+    }
+    let conn = Connection::open(path).map_err(unavailable)?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(unavailable)?;
+    conn.execute_batch(rows::SCHEMA).map_err(unavailable)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Open (or create) the database file and its tables; the connection that serves is
+    /// opened at first use ([`Lazy`]).
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        drop(connect(path)?);
+        let conn = Arc::new(Lazy::at(path));
         Ok(SqliteStore {
             purse: Purse::start(conn.clone())?,
+            path: path.to_path_buf(),
             conn,
             local: Local::default(),
         })
@@ -69,7 +113,7 @@ impl SqliteStore {
     {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut g = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = conn.get()?.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut g)
         })
         .await
@@ -90,9 +134,12 @@ impl Store for SqliteStore {
 
     /// Holds are not rows: none outlive the process. A file written by an older version may
     /// still have reservations; they are released.
+    /// At start-up, before `-d`'s fork: on a connection of its own, closed before it returns.
     async fn recover(&self) -> Result<u64, StoreError> {
-        self.call(|c| {
-            write(c, |tx| {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = connect(&path)?;
+            write(&mut c, |tx| {
                 let n = tx
                     .execute("DELETE FROM reservations", [])
                     .map_err(unavailable)?;
@@ -102,6 +149,7 @@ impl Store for SqliteStore {
             })
         })
         .await
+        .map_err(unavailable)?
     }
 
     async fn create_key(&self, key: NewKey) -> Result<(), StoreError> {

@@ -77,11 +77,7 @@ struct State {
 /// The writer thread's start, kept until the first write: `-d` forks after start-up, and a
 /// thread started before the fork does not exist in the daemon (its debits would never be
 /// written).
-type Idle = (
-    Arc<Mutex<Connection>>,
-    mpsc::Receiver<Job>,
-    Arc<Mutex<State>>,
-);
+type Idle = (Arc<super::Lazy>, mpsc::Receiver<Job>, Arc<Mutex<State>>);
 
 pub struct Purse {
     state: Arc<Mutex<State>>,
@@ -96,7 +92,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Purse {
     /// The purse; its ledger writer, on a thread of its own over `conn`, starts at the first
     /// write.
-    pub fn start(conn: Arc<Mutex<Connection>>) -> Result<Purse, StoreError> {
+    pub fn start(conn: Arc<super::Lazy>) -> Result<Purse, StoreError> {
         let state = Arc::new(Mutex::new(State::default()));
         let (jobs, rx) = mpsc::channel();
         Ok(Purse {
@@ -222,7 +218,7 @@ fn pending_of(op: &Op) -> Micros {
 }
 
 /// The writer's loop: a batch of what is queued, one transaction, then the answers.
-fn writer(conn: &Mutex<Connection>, rx: &mpsc::Receiver<Job>, state: &Mutex<State>) {
+fn writer(lazy: &super::Lazy, rx: &mpsc::Receiver<Job>, state: &Mutex<State>) {
     while let Ok(first) = rx.recv() {
         std::thread::sleep(LINGER);
         let mut batch = vec![first];
@@ -232,6 +228,13 @@ fn writer(conn: &Mutex<Connection>, rx: &mpsc::Receiver<Job>, state: &Mutex<Stat
                 Err(_) => break,
             }
         }
+        let conn = match lazy.get() {
+            Ok(c) => c,
+            Err(e) => {
+                fail(batch, state, &e);
+                continue;
+            }
+        };
         let mut c = lock(conn);
         let results = match commit(&mut c, &batch) {
             Ok(r) => r,
@@ -264,6 +267,23 @@ fn writer(conn: &Mutex<Connection>, rx: &mpsc::Receiver<Job>, state: &Mutex<Stat
                     }
                 }
             }
+        }
+    }
+}
+
+/// Answer a batch that could not be written (its connection did not open).
+fn fail(batch: Vec<Job>, state: &Mutex<State>, e: &StoreError) {
+    let done: Vec<_> = batch
+        .iter()
+        .map(|j| (j.id.clone(), pending_of(&j.op), None))
+        .collect();
+    settled(state, &done);
+    for j in batch {
+        match j.reply {
+            Some(reply) => {
+                let _ = reply.send(Err(e.clone()));
+            }
+            None => tracing::error!(key = %j.id, error = %e, "a settled debit was not written"),
         }
     }
 }
@@ -346,7 +366,7 @@ mod tests {
         let c = Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
         c.execute_batch(rows::SCHEMA)
             .unwrap_or_else(|e| panic!("{e}"));
-        Purse::start(Arc::new(Mutex::new(c))).unwrap_or_else(|e| panic!("{e}"))
+        Purse::start(Arc::new(super::super::Lazy::ready(c))).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -416,7 +436,7 @@ mod tests {
             )
             .unwrap_or_else(|e| panic!("{e}"));
         }
-        let conn = Arc::new(Mutex::new(c));
+        let conn = Arc::new(super::super::Lazy::ready(c));
         let p = Purse::start(conn.clone()).unwrap_or_else(|e| panic!("{e}"));
         let top_up = |amount| Op::TopUp {
             amount,
@@ -437,7 +457,7 @@ mod tests {
         }
         assert_eq!(b1, Ok(99));
         p.barrier().await.unwrap_or_else(|e| panic!("{e}"));
-        let c = lock(&conn);
+        let c = lock(conn.get().unwrap_or_else(|e| panic!("{e}")));
         let ledger = rows::ledger(&c, "a", 10).unwrap_or_else(|e| panic!("{e}"));
         let kinds: Vec<(&str, Micros)> =
             ledger.iter().map(|r| (r.kind.as_str(), r.amount)).collect();
