@@ -101,11 +101,7 @@ async fn serve_stats(
     query: Option<&str>,
 ) -> Response<Vec<u8>> {
     let mut window = None;
-    for (k, v) in query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(|kv| kv.split_once('='))
-    {
+    for (k, v) in crate::records::query_pairs(query) {
         match k {
             "window" => window = Some(v),
             _ => {

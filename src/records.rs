@@ -183,6 +183,14 @@ pub struct Filter {
     pub limit: usize,
 }
 
+/// A query string's `key=value` pairs, as they are (not decoded).
+pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|kv| kv.split_once('='))
+}
+
 fn boolean(name: &str, v: &str) -> Result<bool, String> {
     match v {
         "true" => Ok(true),
@@ -198,11 +206,7 @@ impl Filter {
             limit: 50,
             ..Filter::default()
         };
-        for (k, v) in query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter_map(|kv| kv.split_once('='))
-        {
+        for (k, v) in query_pairs(query) {
             let v = crate::text::percent_decode(v).ok_or(format!("`{k}` is not URL-encoded"))?;
             let num = |what: &str| -> Result<i64, String> {
                 v.parse::<i64>()

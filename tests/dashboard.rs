@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::records::admin_get;
 use common::*;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -103,17 +104,9 @@ fn same_number(dom: &str, marker: &str, want: &Value) {
     }
 }
 
+/// `GET path` on the admin port: its JSON, which must be a 200.
 async fn admin_json(gw: &Gateway, path: &str) -> Value {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let r = request(
-        gw.admin_port,
-        "GET",
-        path,
-        &[("authorization", auth.as_str())],
-        b"",
-    )
-    .await
-    .unwrap();
+    let r = admin_get(gw, path).await;
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     r.json()
 }

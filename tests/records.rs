@@ -4,39 +4,10 @@
 
 mod common;
 
+use common::records::{admin_get, recorded as record};
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-async fn admin_get(gw: &Gateway, path: &str) -> Response {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    Box::pin(request(
-        gw.admin_port,
-        "GET",
-        path,
-        &[("authorization", auth.as_str())],
-        b"",
-    ))
-    .await
-    .unwrap()
-}
-
-/// The record of request `id`, once the records thread has it (at most 5 s).
-async fn record(gw: &Gateway, id: &str) -> Value {
-    let t0 = Instant::now();
-    loop {
-        let r = admin_get(gw, &format!("/admin/requests/{id}")).await;
-        if r.status == 200 {
-            return r.json();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "no record: {}",
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn column<'a>(rec: &'a Value, field: &str) -> Vec<&'a Value> {
     rec["attempts"]

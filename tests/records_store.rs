@@ -4,35 +4,9 @@
 
 mod common;
 
+use common::records::{admin_get, recorded};
 use common::*;
-use serde_json::{json, Value};
-use std::time::{Duration, Instant};
-
-async fn admin_get(gw: &Gateway, path: &str) -> Response {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    Box::pin(request(
-        gw.admin_port,
-        "GET",
-        path,
-        &[("authorization", auth.as_str())],
-        b"",
-    ))
-    .await
-    .unwrap()
-}
-
-/// Wait (at most 5 s) until request `id` is on record.
-async fn recorded(gw: &Gateway, id: &str) -> Value {
-    let t0 = Instant::now();
-    loop {
-        let r = admin_get(gw, &format!("/admin/requests/{id}")).await;
-        if r.status == 200 {
-            return r.json();
-        }
-        assert!(t0.elapsed() < Duration::from_secs(5), "no record of {id}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use serde_json::json;
 
 async fn chat_as(gw: &Gateway, model: &str, id: &str) {
     let r = gw

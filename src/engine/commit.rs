@@ -12,7 +12,7 @@ use crate::plan::Target;
 use crate::providers::Provider;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// An answer at its commit point with the client's header for it.
 pub(super) struct Committed {
@@ -50,9 +50,8 @@ fn timing(ready: &Ready) -> Timing {
 struct Served {
     /// A 2xx (else a provider's refusal passed back).
     ok: bool,
-    stream: bool,
     status: u16,
-    ttft: Duration,
+    /// Its milestones; a stream's first token is its TTFT.
     timing: Timing,
 }
 
@@ -73,9 +72,7 @@ impl Engine {
         let provider = &self.gw.providers[target.route.provider];
         let served = Served {
             ok: ready.resp.status.is_success(),
-            stream: matches!(ready.body, ReadyBody::Stream { .. }),
             status: ready.resp.status.as_u16(),
-            ttft: ready.ttft,
             timing: timing(&ready),
         };
         if let (Some(tab), true, ReadyBody::Json { usage: Some(u), .. }) =
@@ -109,16 +106,7 @@ impl Engine {
                 Err(GatewayError::ClientClosed)
             }
             Delivered::Cut { reason } => {
-                let reason = self.masker.string(reason);
-                self.record_health(target, health::Outcome::Failure);
-                self.broken(
-                    log,
-                    target,
-                    served.status,
-                    &reason,
-                    at.started,
-                    served.timing,
-                );
+                self.failed_after_commit(log, target, &served, reason, at.started);
                 Err(GatewayError::AnswerCut)
             }
             Delivered::Done { usage, finalised } => {
@@ -130,16 +118,7 @@ impl Engine {
                 watch,
                 head,
             } => {
-                let reason = self.masker.string(reason);
-                self.record_health(target, health::Outcome::Failure);
-                self.broken(
-                    log,
-                    target,
-                    served.status,
-                    &reason,
-                    at.started,
-                    served.timing,
-                );
+                let reason = self.failed_after_commit(log, target, &served, reason, at.started);
                 let text = watch.text().filter(|t| !t.is_empty());
                 if let (true, Some(text), Some(head)) =
                     (self.gw.cfg.failover.continuation, text, head)
@@ -155,6 +134,22 @@ impl Engine {
                 Ok(())
             }
         }
+    }
+
+    /// An answer that broke after the client began to receive it: the target's health told,
+    /// the attempt logged with its milestones; the reason, masked.
+    fn failed_after_commit(
+        &self,
+        log: &mut RequestLog,
+        target: &Target,
+        served: &Served,
+        reason: String,
+        started: Instant,
+    ) -> String {
+        let reason = self.masker.string(reason);
+        self.record_health(target, health::Outcome::Failure);
+        self.broken(log, target, served.status, &reason, started, served.timing);
+        reason
     }
 
     /// An answer written to its end.
@@ -180,7 +175,7 @@ impl Engine {
             log.outcome = "upstream_client_error";
             return;
         }
-        let ttft = served.stream.then_some(served.ttft);
+        let ttft = served.timing.first_token;
         self.record_health(target, health::Outcome::Success { ttft });
         if let Some(t) = ttft {
             let name = self.gw.providers[target.route.provider].name.as_str();

@@ -20,6 +20,7 @@ pub use detour::mock::{Fault, MockConfig, MockServer};
 pub mod chains;
 pub mod keys;
 mod raw;
+pub mod records;
 pub use raw::*;
 
 static N: AtomicUsize = AtomicUsize::new(0);
