@@ -20,7 +20,8 @@ use std::time::Duration;
 /// The most records one listing returns.
 pub const MAX_LIMIT: usize = 500;
 
-/// One attempt of a request.
+/// One attempt of a request. In a record's JSON, what is not known (an `Option` that is
+/// `None`) is left out rather than written as `null`: records are written by the million.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptRecord {
     /// The provider, or a header-mode URL's approved-host label (`unapproved` otherwise).
@@ -29,26 +30,35 @@ pub struct AttemptRecord {
     pub source: String,
     /// `success`, `skipped`, `client_error`, `client_closed`, `stream_error`, or a failure class.
     pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// What went wrong, credentials masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The whole attempt, from its start to its end (or to the answer's end when it served).
     pub ms: f64,
     /// Connected to the upstream, from the attempt's start (an attempt that got an answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_ms: Option<f64>,
     /// The answer's head arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub first_byte_ms: Option<f64>,
     /// A stream's first content event.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub first_token_ms: Option<f64>,
     /// The backoff or `Retry-After` wait before this attempt, and its reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub waited_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub wait_reason: Option<&'static str>,
     /// The same target as the attempt tried before it (a retry, not a fallback).
     pub retry: bool,
     /// What its answer cost at the catalog's price.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
     /// Whose credentials: `operator`, `byok` (the caller's own) or `ptb` (the operator's,
     /// billed to the key); absent for a target not tried and in the header mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pay: Option<&'static str>,
 }
 
@@ -62,10 +72,12 @@ pub struct Record {
     /// When it ended, Unix milliseconds.
     pub at: i64,
     /// The gateway key's id (never its secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// `chain`, `target-url` or `fallbacks`.
     pub mode: &'static str,
     /// The `model` field as the client sent it (the chain mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub stream: bool,
     pub outcome: &'static str,
@@ -73,16 +85,21 @@ pub struct Record {
     pub ms: f64,
     pub attempts: Vec<AttemptRecord>,
     /// The attempt that answered: its `source`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
     /// More than one target was tried.
     pub fallback: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub completion_tokens: Option<u64>,
     /// What the request cost at the catalog's prices (absent for an unpriced model).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
     /// The client left before the answer was complete.
     pub client_closed: bool,
     /// An answer that broke after the client had started receiving it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub post_commit_error: Option<String>,
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::records::{admin_get, recorded};
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 async fn chat_as(gw: &Gateway, model: &str, id: &str) {
     let r = gw
@@ -60,6 +60,7 @@ async fn records_outlive_a_restart_and_memory_and_are_pruned_to_the_retention() 
         "a filter matches whole names: {}",
         r.text()
     );
+    time_ranges_match_every_record_s_time(&gw, &all).await;
     drop(gw); // SIGKILL: what was on record was on disk
 
     // A new process on the same file: the old records are there, numbering goes on, and
@@ -77,6 +78,37 @@ async fn records_outlive_a_restart_and_memory_and_are_pruned_to_the_retention() 
     assert_eq!(ids(&all), ["disk-5", "disk-4", "disk-3"]);
     let r = admin_get(&gw, "/admin/requests/disk-0").await;
     assert_eq!(r.status, 404, "{}", r.text());
+}
+
+/// `since` and `until` (bounds on `seq` inside, found by a search) give exactly the records
+/// whose `at` is in range, at the extremes too.
+async fn time_ranges_match_every_record_s_time(gw: &Gateway, all: &Response) {
+    let records = all.json()["data"].as_array().cloned().unwrap_or_default();
+    let at = |r: &Value| r["at"].as_i64().unwrap();
+    let (min, max) = (i64::MIN, i64::MAX);
+    let middle = at(&records[2]);
+    for (since, until) in [
+        (middle, max),
+        (min, middle),
+        (middle, middle),
+        (min, max),
+        (max, max),
+        (min, min),
+        (max, min),
+    ] {
+        let r = admin_get(
+            gw,
+            &format!("/admin/requests?limit=10&since={since}&until={until}"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let want: Vec<&str> = records
+            .iter()
+            .filter(|x| (since..=until).contains(&at(x)))
+            .map(|x| x["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids(&r), want, "since {since} until {until}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

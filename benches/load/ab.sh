@@ -6,6 +6,7 @@
 #   benches/load/ab.sh BEFORE_BIN AFTER_BIN          # e.g. two copies of target/release/detour
 #   DURATION=10s CONC=32 ROUNDS=5 benches/load/ab.sh A B
 #   EXTRA_A='records: {enabled: false}' benches/load/ab.sh BIN BIN   # one build, two configs
+#   THREAD=detour-records EXTRA_A=… ab.sh BIN BIN   # and that thread's own CPU per request
 #
 # EXTRA_A and EXTRA_B are YAML lines added to A's and B's config. detour runs in a scratch
 # directory, so its records file (detour.db) is written there.
@@ -52,11 +53,12 @@ measure() {
   kill -INT "$gw"; wait "$gw" 2>/dev/null || true
 }
 
-US_A="" US_B="" DIFF=""
+US_A="" US_B="" DIFF="" TH_A="" TH_B=""
 for ((round = 1; round <= ROUNDS; round++)); do
-  read -r ra ua < <(measure "$A" "$WORK/a.yaml")
-  read -r rb ub < <(measure "$B" "$WORK/b.yaml")
-  US_A+="$ua "; US_B+="$ub "
+  # $(…) waits for measure to end, so each detour has stopped before the next one starts.
+  read -r ra ua ta <<<"$(measure "$A" "$WORK/a.yaml")"
+  read -r rb ub tb <<<"$(measure "$B" "$WORK/b.yaml")"
+  US_A+="$ua "; US_B+="$ub "; TH_A+="$ta "; TH_B+="$tb "
   DIFF+="$(awk -v a="$ua" -v b="$ub" 'BEGIN { print b - a }') "
   echo "round $round: before $ra req/s $ua µs, after $rb req/s $ub µs" >&2
 done
@@ -66,5 +68,8 @@ echo "| build | detour CPU per request (median of $ROUNDS) |"
 echo "|---|---:|"
 echo "| before ($A${EXTRA_A:+, $EXTRA_A}) | $(m "$US_A") µs |"
 echo "| after ($B${EXTRA_B:+, $EXTRA_B}) | $(m "$US_B") µs |"
+if [[ -n ${THREAD:-} ]]; then
+  echo "| its \`$THREAD\` threads: before, after (median) | $(m "$TH_A") µs, $(m "$TH_B") µs |"
+fi
 awk -v d="$(m "$DIFF")" -v r="$range" 'BEGIN { split(r, x, " ");
   printf "| **added** (median, range) | %+.1f µs (%+.1f … %+.1f) |\n", d, x[1], x[2] }'

@@ -67,7 +67,7 @@ measure() {
 declare -A RPS US ADDED
 for ((round = 1; round <= ROUNDS; round++)); do
   for store in none sqlite redis; do
-    read -r rps us < <(measure "$store")
+    read -r rps us _ <<<"$(measure "$store")"
     RPS[$store]+="$rps "; US[$store]+="$us "
     [[ $store == none ]] && base=$us
     ADDED[$store]+="$(awk -v a="$us" -v b="$base" 'BEGIN { print a - b }') "

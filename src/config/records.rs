@@ -40,7 +40,7 @@ impl Default for RecordsConfig {
         RecordsConfig {
             enabled: true,
             memory: 1000,
-            queue: 4096,
+            queue: 16_384,
             sqlite: None,
             retention_days: 7,
             retention_rows: 1_000_000,

@@ -203,7 +203,7 @@ async function showDetail() {
   $("detail-summary").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
   const rows = r.attempts.map((a, i) => {
     const tr = el("tr", null, { "data-attempt": String(i) });
-    const waited = a.waited_ms === null ? "—" : fmt.ms(a.waited_ms) + " (" + a.wait_reason + ")";
+    const waited = a.waited_ms == null ? "—" : fmt.ms(a.waited_ms) + " (" + a.wait_reason + ")";
     tr.append(
       cell(i + 1, "n"), cell(a.provider), cell(a.source), cell(a.pay || "—"),
       cell(a.outcome + (a.retry ? " (retry)" : ""), a.outcome === "success" ? "ok" : "bad"),

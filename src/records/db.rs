@@ -5,6 +5,12 @@
 //! in a compact text column for `/admin/stats` (one row per record: each row and index entry
 //! written costs CPU on a busy gateway). The columns `providers` and `models` list what a
 //! record's attempts touched between unit separators (`\x1f`), so a filter is one `instr`.
+//!
+//! The only index is the gateway key's (its inserts land at the end of each key's range).
+//! There is none on `at` (time bounds become `seq` bounds, [`seq_from`]) nor on `id`: a
+//! client's request ids are random, and a random insert into a large index rewrites a page per
+//! record. A request looked up by id that is no longer in memory is found by a scan, about
+//! 0.1 s per million records.
 
 use super::{Filter, Record};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -25,10 +31,19 @@ CREATE TABLE IF NOT EXISTS records (
     attempts TEXT NOT NULL,
     body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_at ON records(at);
-CREATE INDEX IF NOT EXISTS records_id ON records(id);
 CREATE INDEX IF NOT EXISTS records_key ON records(key, seq) WHERE key IS NOT NULL;
+DROP INDEX IF EXISTS records_at;
+DROP INDEX IF EXISTS records_id;
 ";
+
+/// How far out of order two records' `at` may be in `seq` order. Records are numbered as
+/// written, so `at` follows `seq` but for a batch's linger and, with two processes on one file,
+/// the other's write; a time bound is first turned into a `seq` bound widened by this much
+/// ([`seq_from`]), then checked against `at` exactly.
+const SLACK_MS: i64 = 60_000;
+
+/// The page size of a new records file.
+const PAGE_SIZE: u32 = 65_536;
 
 /// Between values.
 const SEP: char = '\u{1f}';
@@ -43,8 +58,13 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     }
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    // Before the first table: a new file gets 64 KiB pages (an existing one keeps its own).
+    // Records are appended in batches, and large pages cost fewer writes per record.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // A checkpoint every 256 pages (16 MiB) keeps the WAL file from growing to 64 MiB.
+    conn.pragma_update(None, "wal_autocheckpoint", 256)?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
@@ -175,9 +195,13 @@ pub fn write(conn: &mut Connection, batch: &mut [Record]) -> rusqlite::Result<()
 
 /// Delete what is older than `days` or past the newest `rows`.
 pub fn prune(conn: &Connection, days: u32, rows: usize, now_ms: i64) -> rusqlite::Result<()> {
-    let oldest = now_ms - i64::from(days) * 86_400_000;
+    let oldest = now_ms.saturating_sub(i64::from(days) * 86_400_000);
     let rows = i64::try_from(rows).unwrap_or(i64::MAX);
-    conn.execute("DELETE FROM records WHERE at < ?1", [oldest])?;
+    let end = seq_from(conn, oldest.saturating_add(SLACK_MS))?;
+    conn.execute(
+        "DELETE FROM records WHERE seq < ?1 AND at < ?2",
+        [end, oldest],
+    )?;
     conn.execute(
         "DELETE FROM records WHERE seq <= (SELECT max(seq) FROM records) - ?1",
         [rows],
@@ -198,9 +222,22 @@ pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<(u64, String)
            AND (?7 IS NULL OR instr(providers, ?7) > 0)
            AND (?8 IS NULL OR instr(models, ?8) > 0)
            AND (?10 IS NULL OR (substr(outcome, 1, 7) != 'success') = ?10)
+           AND (?11 IS NULL OR seq >= ?11)
          ORDER BY seq DESC LIMIT ?9",
     )?;
+    let from = f
+        .since
+        .map(|t| seq_from(conn, t.saturating_sub(SLACK_MS)))
+        .transpose()?;
+    let to = f
+        .until
+        .map(|t| seq_from(conn, t.saturating_add(SLACK_MS + 1)))
+        .transpose()?;
     let before = f.before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+    let before = match (before, to) {
+        (Some(b), Some(t)) => Some(b.min(t)),
+        (b, t) => b.or(t),
+    };
     let rows = q.query_map(
         params![
             f.key,
@@ -212,11 +249,35 @@ pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<(u64, String)
             f.provider.as_deref().map(needle),
             f.model.as_deref().map(needle),
             i64::try_from(f.limit).unwrap_or(0),
-            f.failed
+            f.failed,
+            from
         ],
         |r| Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?)),
     )?;
     rows.collect()
+}
+
+/// The first `seq` from which every record ended at or after `at` (Unix ms), as far as `at`
+/// follows `seq`: a binary search over `seq`, each probe one primary-key lookup.
+fn seq_from(conn: &Connection, at: i64) -> rusqlite::Result<i64> {
+    let (mut lo, mut hi): (i64, i64) = conn.query_row(
+        "SELECT coalesce(min(seq), 1), coalesce(max(seq), 0) + 1 FROM records",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut probe =
+        conn.prepare_cached("SELECT seq, at FROM records WHERE seq >= ?1 ORDER BY seq LIMIT 1")?;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let first = probe
+            .query_row([mid], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .optional()?;
+        match first {
+            Some((seq, ended)) if ended < at => lo = seq + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
 }
 
 /// The newest record of request `id`, as JSON.
@@ -249,9 +310,11 @@ pub struct StatAttempt {
 
 /// Every request that ended at or after `since` (Unix ms), with its attempts.
 pub fn window(conn: &Connection, since: i64) -> rusqlite::Result<Vec<StatRow>> {
-    let mut q =
-        conn.prepare_cached("SELECT outcome, fallback, ms, attempts FROM records WHERE at >= ?1")?;
-    let rows = q.query_map([since], |r| {
+    let from = seq_from(conn, since.saturating_sub(SLACK_MS))?;
+    let mut q = conn.prepare_cached(
+        "SELECT outcome, fallback, ms, attempts FROM records WHERE seq >= ?1 AND at >= ?2",
+    )?;
+    let rows = q.query_map([from, since], |r| {
         Ok(StatRow {
             outcome: r.get(0)?,
             fallback: r.get(1)?,
@@ -265,6 +328,60 @@ pub fn window(conn: &Connection, since: i64) -> rusqlite::Result<Vec<StatRow>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_bounds_become_seq_bounds() {
+        // seq 1..=40 with gaps (every third missing), `at` = 100 × seq; then two out of order.
+        for disorder in [0, 150] {
+            let conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            assert_eq!(seq_from(&conn, 5).unwrap(), 1, "an empty file");
+            let mut rows: Vec<(i64, i64)> = (1..=40)
+                .filter(|s| s % 3 != 0)
+                .map(|s| (s, 100 * s))
+                .collect();
+            rows[10].1 += disorder;
+            rows[20].1 -= disorder;
+            for (seq, at) in &rows {
+                conn.execute(
+                    "INSERT INTO records (seq, id, at, outcome, fallback, ms, providers, models,
+                     attempts, body) VALUES (?1, 'r', ?2, 'success', 0, 1, '', '', '', '{}')",
+                    [seq, at],
+                )
+                .unwrap();
+            }
+            for at in [
+                i64::MIN,
+                0,
+                100,
+                101,
+                950,
+                1_600,
+                1_700,
+                3_000,
+                4_000,
+                4_001,
+                i64::MAX,
+            ] {
+                let got = seq_from(&conn, at).unwrap();
+                let (below, from): (Vec<&(i64, i64)>, Vec<_>) =
+                    rows.iter().partition(|r| r.0 < got);
+                assert!(
+                    below.iter().all(|r| r.1 < at.saturating_add(disorder)),
+                    "{at}: {got}"
+                );
+                assert!(
+                    from.iter().all(|r| r.1 >= at.saturating_sub(disorder)),
+                    "{at}: {got}"
+                );
+                if disorder == 0 {
+                    let want = rows.iter().find(|r| r.1 >= at).map_or(41, |r| r.0);
+                    let first = from.first().map_or(41, |r| r.0);
+                    assert_eq!(first, want, "at {at}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn model_filters_match_prefixes_at_slashes_only() {

@@ -11,8 +11,10 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long the keeper lets records gather before it takes them.
-pub const LINGER: Duration = Duration::from_millis(10);
+/// How long the keeper lets records gather before it takes them: a busy gateway's batch is
+/// about a thousand records, and the per-transaction writes (each index's last pages) are
+/// shared by them all.
+pub const LINGER: Duration = Duration::from_millis(50);
 /// How often the keeper deletes what is past the retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
