@@ -3,6 +3,7 @@
 
 mod anthropic;
 mod caps;
+pub mod messages;
 mod request;
 
 pub use anthropic::error_type as anthropic_error_type;
