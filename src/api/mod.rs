@@ -4,6 +4,7 @@
 mod anthropic;
 mod caps;
 pub mod messages;
+pub mod messages_answer;
 mod request;
 
 pub use anthropic::error_type as anthropic_error_type;
