@@ -20,7 +20,7 @@ pub fn stop_reason(finish: Option<&str>) -> &'static str {
     }
 }
 
-/// The `message` for a `chat.completion`; `model` is the model the client is told.
+/// The `message` for a `chat.completion`; its `model` is the answer's, else `model`.
 pub fn to_message(chat: &Value, model: &str) -> Result<Value, String> {
     let choice = chat["choices"].get(0).ok_or("the answer has no choices")?;
     let msg = &choice["message"];
@@ -42,7 +42,7 @@ pub fn to_message(chat: &Value, model: &str) -> Result<Value, String> {
         "id": message_id(chat["id"].as_str()),
         "type": "message",
         "role": "assistant",
-        "model": model,
+        "model": chat["model"].as_str().unwrap_or(model),
         "content": content,
         "stop_reason": stop_reason(choice["finish_reason"].as_str()),
         "stop_sequence": null,
@@ -93,6 +93,8 @@ pub struct StreamToMessages {
     stop: Option<String>,
     input_tokens: u64,
     output_tokens: u64,
+    /// `message_stop` or an `error` event was written: nothing may follow.
+    ended: bool,
 }
 
 fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
@@ -113,7 +115,13 @@ impl StreamToMessages {
             stop: None,
             input_tokens: 0,
             output_tokens: 0,
+            ended: false,
         }
+    }
+
+    /// Whether the stream was ended, whole (`message_stop`) or failed (`error`).
+    pub fn ended(&self) -> bool {
+        self.ended
     }
 
     /// One chunk's `data:` payload (`[DONE]` ends the stream); the events it makes go to `out`.
@@ -124,7 +132,20 @@ impl StreamToMessages {
         }
         let chunk: Value =
             serde_json::from_str(data).map_err(|e| format!("a chunk is not JSON: {e}"))?;
-        self.start(chunk["id"].as_str(), out);
+        if let Some(e) = chunk.get("error").filter(|e| e.is_object()) {
+            // An in-band error, or detour's end of a broken stream.
+            let text = |k: &str| e[k].as_str().unwrap_or_default().to_ascii_lowercase();
+            let overloaded = text("code").contains("overload") || text("type").contains("overload");
+            let kind = if overloaded {
+                "overloaded_error"
+            } else {
+                "api_error"
+            };
+            let message = e["message"].as_str().unwrap_or("the answer broke off");
+            self.fail(kind, message, out);
+            return Ok(());
+        }
+        self.start(&chunk, out);
         if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
             self.input_tokens = u["prompt_tokens"].as_u64().unwrap_or(self.input_tokens);
             self.output_tokens = u["completion_tokens"]
@@ -149,13 +170,15 @@ impl StreamToMessages {
         Ok(())
     }
 
-    fn start(&mut self, id: Option<&str>, out: &mut Vec<u8>) {
+    /// `message_start` (with the first chunk's id and model) and a `ping`, once.
+    fn start(&mut self, first: &Value, out: &mut Vec<u8>) {
         if self.started {
             return;
         }
         self.started = true;
+        let model = first["model"].as_str().unwrap_or(&self.model);
         let message = json!({
-            "id": message_id(id), "type": "message", "role": "assistant", "model": self.model,
+            "id": message_id(first["id"].as_str()), "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": null, "stop_sequence": null,
             "usage": {"input_tokens": 0, "output_tokens": 0},
         });
@@ -164,6 +187,7 @@ impl StreamToMessages {
             "message_start",
             &json!({"type": "message_start", "message": message}),
         );
+        event(out, "ping", &json!({"type": "ping"}));
     }
 
     /// The index of the open block of kind `kind`, opening it (and closing another) if needed.
@@ -215,7 +239,11 @@ impl StreamToMessages {
     /// The end of a whole stream: the open block closed, the stop reason and usage, and
     /// `message_stop`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        self.start(None, out);
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.start(&Value::Null, out);
         self.close(out);
         let stop = self.stop.as_deref().unwrap_or("end_turn");
         let usage = json!({"input_tokens": self.input_tokens, "output_tokens": self.output_tokens});
@@ -226,6 +254,10 @@ impl StreamToMessages {
 
     /// A failure after the stream began: Anthropic's `event: error`, and no `message_stop`.
     pub fn fail(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
         let e = json!({"type": "error", "error": {"type": kind, "message": message}});
         event(out, "error", &e);
     }

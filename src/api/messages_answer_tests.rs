@@ -19,6 +19,13 @@ fn events(bytes: &[u8]) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The events but the one `ping`, which must follow `message_start`.
+fn without_ping(ev: Vec<(String, Value)>) -> Vec<(String, Value)> {
+    assert_eq!(ev[1].0, "ping", "a ping follows message_start");
+    assert_eq!(ev.iter().filter(|(n, _)| n == "ping").count(), 1);
+    ev.into_iter().filter(|(n, _)| n != "ping").collect()
+}
+
 #[test]
 fn a_completion_with_text_and_a_tool_call() {
     let chat = json!({
@@ -77,7 +84,7 @@ fn a_stream_of_text_then_two_tool_calls() {
     for c in &chunks {
         t.push(c, &mut out).unwrap();
     }
-    let ev = events(&out);
+    let ev = without_ping(events(&out));
     let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -134,7 +141,7 @@ fn a_failure_after_commit_ends_with_an_error_event_and_no_message_stop() {
     t.push(&chunk(json!({"content": "par"}), None), &mut out)
         .unwrap();
     t.fail("overloaded_error", "the provider's stream broke", &mut out);
-    let ev = events(&out);
+    let ev = without_ping(events(&out));
     let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -147,6 +154,17 @@ fn a_failure_after_commit_ends_with_an_error_event_and_no_message_stop() {
     );
     assert_eq!(ev[3].1["error"]["type"], "overloaded_error");
     assert!(t.push("{not json", &mut Vec::new()).is_err());
+    // Nothing after the end; detour's own end of a broken stream is an error event too.
+    t.finish(&mut out);
+    assert_eq!(events(&out).len(), 5);
+    let mut t = StreamToMessages::new("m");
+    let mut out = Vec::new();
+    t.push(&chunk(json!({"content": "x"}), None), &mut out)
+        .unwrap();
+    let broken = r#"{"error":{"message":"cut; the answer is incomplete","type":"upstream_error","param":null,"code":"stream_interrupted"}}"#;
+    t.push(broken, &mut out).unwrap();
+    assert!(t.ended());
+    assert_eq!(events(&out).last().unwrap().1["error"]["type"], "api_error");
 }
 
 #[test]
@@ -155,5 +173,8 @@ fn an_empty_stream_still_makes_a_whole_message() {
     let mut out = Vec::new();
     t.push("[DONE]", &mut out).unwrap();
     let names: Vec<String> = events(&out).into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["message_start", "message_delta", "message_stop"]);
+    assert_eq!(
+        names,
+        ["message_start", "ping", "message_delta", "message_stop"]
+    );
 }

@@ -146,7 +146,7 @@ impl Keys {
         chain_mode: bool,
     ) -> Result<Arc<Caller>, GatewayError> {
         let where_ = if chain_mode {
-            "`Authorization: Bearer KEY` or `x-detour-key: KEY`"
+            "`Authorization: Bearer KEY`, `x-api-key: KEY` or `x-detour-key: KEY`"
         } else {
             "`Helicone-Auth: Bearer KEY` or `x-detour-key: KEY`"
         };

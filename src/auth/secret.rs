@@ -36,7 +36,8 @@ pub fn hash(secret: &str) -> [u8; 32] {
 }
 
 /// The gateway key a request presents: `x-detour-key: KEY`, `Helicone-Auth: Bearer KEY`, or in
-/// the chain mode (where `Authorization` is not a provider's key) `Authorization: Bearer KEY`.
+/// the chain mode (where `Authorization` is not a provider's key) `Authorization: Bearer KEY`
+/// or `x-api-key: KEY`.
 /// `None` when there is none; a value that is not visible ASCII counts as none.
 pub fn presented(h: &http::HeaderMap, chain_mode: bool) -> Option<&str> {
     let bearer = |name: &str| {
@@ -51,7 +52,8 @@ pub fn presented(h: &http::HeaderMap, chain_mode: bool) -> Option<&str> {
         .or_else(|| bearer("helicone-auth"))
         .or_else(|| {
             if chain_mode {
-                bearer("authorization")
+                // `x-api-key`: what clients of Anthropic's Messages API send.
+                bearer("authorization").or_else(|| h.get("x-api-key")?.to_str().ok().map(str::trim))
             } else {
                 None
             }
@@ -93,5 +95,15 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("authorization", "Basic abc".parse().expect("v"));
         assert_eq!(presented(&h, true), None);
+        let mut h = http::HeaderMap::new();
+        h.insert("x-api-key", " dtr_d ".parse().expect("v"));
+        assert_eq!(
+            presented(&h, true),
+            Some("dtr_d"),
+            "a Messages client's header"
+        );
+        assert_eq!(presented(&h, false), None, "header mode: a provider's key");
+        h.insert("authorization", "Bearer dtr_e".parse().expect("v"));
+        assert_eq!(presented(&h, true), Some("dtr_e"));
     }
 }

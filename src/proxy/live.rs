@@ -56,8 +56,10 @@ impl ProxyHttp for DetourProxy {
         }
     }
 
-    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
-        // No response compression module: detour relays provider bytes as they are.
+    fn init_downstream_modules(&self, modules: &mut pingora_core::modules::http::HttpModules) {
+        // No response compression module: detour relays provider bytes as they are. The
+        // Messages module rewrites the output of `/v1/messages` requests only.
+        super::messages::install(modules);
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {

@@ -5,6 +5,7 @@ mod header_mode;
 mod hooks;
 mod keyed;
 mod live;
+mod messages;
 
 pub use live::{Current, DetourProxy};
 
@@ -315,7 +316,14 @@ impl Serving {
         session.write_response_body(Some(e.to_json()), true).await
     }
 
-    async fn chat(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<()> {
+    /// A chain-mode request: a chat request, or (`messages`) an Anthropic Messages request,
+    /// translated to one here and its answer back by the `messages` module.
+    async fn chat(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestLog,
+        messages: bool,
+    ) -> Result<()> {
         ctx.mode = "chain";
         // Decremented when this scope ends, whichever way it ends.
         let _in_flight = Counted::enter(&self.metrics().in_flight);
@@ -324,7 +332,15 @@ impl Serving {
             let mut who = self.admitted(session, ctx, true).await?;
             // The hold counts the body in the total until the request is over.
             let (body, _hold) = self.read_body(session).await?;
+            let body = if messages {
+                messages::to_chat_body(&body)?
+            } else {
+                body
+            };
             let req = ChatRequest::parse(body)?;
+            if messages {
+                messages::activate(session, &req.model);
+            }
             ctx.stream = req.stream;
             ctx.model = crate::text::truncate(&req.model, 512).to_string();
             let plan = self.plan_for(&req, who.as_ref())?;
@@ -428,12 +444,17 @@ impl Serving {
         let path = session.req_header().uri.path().to_string();
         let route = match path.as_str() {
             "/v1/chat/completions" | "/chat/completions" => "chat",
+            "/v1/messages" => "messages",
             "/v1/models" | "/models" => "models",
             "/health" | "/v1/health" => "health",
             _ => "",
         };
         match (route, method.as_str()) {
-            ("chat", "POST") => self.chat(session, ctx).await,
+            ("chat", "POST") => self.chat(session, ctx, false).await,
+            ("messages", "POST") => {
+                messages::activate(session, "");
+                self.chat(session, ctx, true).await
+            }
             ("models", "GET") => {
                 ctx.status = 200;
                 Self::write_json(session, 200, self.models_json.clone(), &ctx.request_id).await

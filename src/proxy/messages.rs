@@ -1,0 +1,275 @@
+//! `POST /v1/messages`: clients of Anthropic's Messages API get the chain mode.
+//!
+//! The request is translated to a chat request (`api::messages`) and served by the engine like
+//! any other; what the engine writes to the client (an answer, a stream, an error, in OpenAI's
+//! shape) passes through [`MessagesOut`], a Pingora downstream module, which rewrites it into
+//! Anthropic's shape as it goes: a JSON answer whole (`api::messages_answer::to_message`), a
+//! stream event by event (`StreamToMessages`), an error as `{"type":"error",…}`. The module is
+//! installed for every request and does nothing until `activate` turns it on.
+
+use crate::api::messages_answer::{to_message, StreamToMessages};
+use crate::sse::SseDecoder;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::modules::http::{HttpModule, HttpModuleBuilder, HttpModules, Module};
+use pingora_http::ResponseHeader;
+use serde_json::{json, Value};
+use std::any::Any;
+
+/// What the client is being written, once the answer's head has gone.
+enum Body {
+    /// A JSON answer or error, gathered whole: `(status, bytes)`.
+    Json(u16, Vec<u8>),
+    Stream(SseDecoder, StreamToMessages),
+}
+
+/// The downstream module that turns detour's OpenAI-shaped output into Anthropic's.
+#[derive(Default)]
+pub struct MessagesOut {
+    /// `None`: not a Messages request (the module passes everything through).
+    on: Option<On>,
+}
+
+struct On {
+    /// The chain as the client sent it: the `model` of an answer that names none.
+    model: String,
+    body: Option<Body>,
+}
+
+/// Installs [`MessagesOut`] on every request (off).
+pub struct Builder;
+
+impl HttpModuleBuilder for Builder {
+    fn init(&self) -> Module {
+        Box::new(MessagesOut::default())
+    }
+}
+
+/// Add the module to a service's downstream modules.
+pub fn install(modules: &mut HttpModules) {
+    modules.add_module(Box::new(Builder));
+}
+
+/// Turn the module on for this request: everything written to the client from now on is
+/// rewritten into Anthropic's shape.
+pub fn activate(session: &mut pingora_proxy::Session, model: &str) {
+    if let Some(m) = session.downstream_modules_ctx.get_mut::<MessagesOut>() {
+        m.on = Some(On {
+            model: crate::text::truncate(model, 512).to_string(),
+            body: None,
+        });
+    }
+}
+
+/// A Messages request body as the chat request the engine serves; a field that cannot be
+/// carried is a 400 naming it.
+pub fn to_chat_body(body: &[u8]) -> Result<Bytes, crate::api::GatewayError> {
+    use crate::api::GatewayError;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    let chat =
+        crate::api::messages::to_chat(&v).map_err(|message| GatewayError::InvalidRequest {
+            message,
+            param: None,
+        })?;
+    Ok(Bytes::from(serde_json::to_vec(&chat).unwrap_or_default()))
+}
+
+/// An OpenAI-shaped error body as Anthropic's: the message kept (and `attempts`, the
+/// all-failed error's list), the type from the status.
+fn error_body(status: u16, raw: &[u8]) -> Vec<u8> {
+    let v: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+    let e = &v["error"];
+    let fallback = String::from_utf8_lossy(&raw[..raw.len().min(500)]).into_owned();
+    let message = e["message"].as_str().map_or(fallback, str::to_string);
+    let mut inner = json!({"type": crate::api::anthropic_error_type(status), "message": message});
+    if let Some(a) = e.get("attempts") {
+        inner["attempts"] = a.clone();
+    }
+    json!({"type": "error", "error": inner})
+        .to_string()
+        .into_bytes()
+}
+
+impl On {
+    fn json_done(&self, status: u16, raw: &[u8]) -> Vec<u8> {
+        if !(200..300).contains(&status) {
+            return error_body(status, raw);
+        }
+        let answer = serde_json::from_slice::<Value>(raw)
+            .map_err(|e| e.to_string())
+            .and_then(|v| to_message(&v, &self.model));
+        match answer {
+            Ok(m) => m.to_string().into_bytes(),
+            Err(e) => error_body(
+                502,
+                format!("the answer could not be translated: {e}").as_bytes(),
+            ),
+        }
+    }
+
+    fn stream_bytes(
+        dec: &mut SseDecoder,
+        tr: &mut StreamToMessages,
+        bytes: &[u8],
+        end: bool,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        for ev in dec.push(bytes) {
+            if tr.ended() {
+                break;
+            }
+            if let Err(e) = tr.push(&ev.data, &mut out) {
+                tr.fail("api_error", &e, &mut out);
+            }
+        }
+        if end && !tr.ended() {
+            tr.fail(
+                "api_error",
+                "the answer ended before it was complete",
+                &mut out,
+            );
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl HttpModule for MessagesOut {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    async fn response_header_filter(
+        &mut self,
+        resp: &mut ResponseHeader,
+        end_of_stream: bool,
+    ) -> pingora_error::Result<()> {
+        let Some(on) = &mut self.on else {
+            return Ok(());
+        };
+        let status = resp.status.as_u16();
+        let stream = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/event-stream"));
+        on.body = Some(if stream {
+            Body::Stream(SseDecoder::default(), StreamToMessages::new(&on.model))
+        } else {
+            Body::Json(status, Vec::new())
+        });
+        if !end_of_stream {
+            // The body changes length: it goes chunked.
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> pingora_error::Result<()> {
+        let Some(on) = &mut self.on else {
+            return Ok(());
+        };
+        let bytes = body.take().unwrap_or_default();
+        let out = match &mut on.body {
+            None => return Ok(()),
+            Some(Body::Json(status, buf)) => {
+                buf.extend_from_slice(&bytes);
+                if !end_of_stream {
+                    return Ok(());
+                }
+                let (status, raw) = (*status, std::mem::take(buf));
+                on.json_done(status, &raw)
+            }
+            Some(Body::Stream(dec, tr)) => On::stream_bytes(dec, tr, &bytes, end_of_stream),
+        };
+        if !out.is_empty() {
+            *body = Some(Bytes::from(out));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The module's output for `input` written in pieces cut at `cuts`.
+    fn through(input: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut m = MessagesOut {
+            on: Some(On {
+                model: "m".into(),
+                body: Some(Body::Stream(
+                    SseDecoder::default(),
+                    StreamToMessages::new("m"),
+                )),
+            }),
+        };
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &to in cuts.iter().chain(std::iter::once(&input.len())) {
+            let mut b = Some(Bytes::copy_from_slice(&input[from..to]));
+            m.response_body_filter(&mut b, to == input.len()).unwrap();
+            out.extend_from_slice(&b.unwrap_or_default());
+            from = to;
+        }
+        out
+    }
+
+    #[test]
+    fn a_stream_split_at_every_byte_gives_the_same_events() {
+        let input = concat!(
+            "data: {\"id\":\"c1\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hé \"}}]}\r\n\r\n",
+            ": a comment\n\n",
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"t\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n",
+            "data: [DONE]\n\n"
+        )
+        .as_bytes();
+        let whole = through(input, &[]);
+        let text = String::from_utf8(whole.clone()).unwrap();
+        assert!(text.starts_with("event: message_start\n"), "{text}");
+        assert!(
+            text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+            "{text}"
+        );
+        assert!(text.contains("\"text\":\"Hé \""), "{text}");
+        assert!(text.contains("\"stop_reason\":\"tool_use\""), "{text}");
+        for i in 1..input.len() {
+            assert_eq!(through(input, &[i]), whole, "split at {i}");
+        }
+        let every: Vec<usize> = (1..input.len()).collect();
+        assert_eq!(through(input, &every), whole, "a byte at a time");
+        // Cut before [DONE]: an error event ends it.
+        let cut = &input[..input.len() - "data: [DONE]\n\n".len()];
+        let text = String::from_utf8(through(cut, &[])).unwrap();
+        assert!(
+            text.ends_with("\n\n") && text.contains("event: error\n"),
+            "{text}"
+        );
+        assert!(!text.contains("message_stop"), "{text}");
+    }
+
+    #[test]
+    fn errors_keep_their_message_and_attempts() {
+        let raw = br#"{"error":{"message":"All fallback attempts failed","type":"all_attempts_failed","attempts":[{"source":"a/b","error":"x","status":529}]}}"#;
+        let v: Value = serde_json::from_slice(&error_body(529, raw)).unwrap_or_default();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "overloaded_error");
+        assert_eq!(v["error"]["message"], "All fallback attempts failed");
+        assert_eq!(v["error"]["attempts"][0]["status"], 529);
+        let v: Value = serde_json::from_slice(&error_body(400, b"not json")).unwrap_or_default();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["message"], "not json");
+    }
+}
