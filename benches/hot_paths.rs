@@ -311,5 +311,70 @@ fn bedrock(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(hot, benches, anthropic, gemini, bedrock);
+/// Clients of Anthropic's Messages API served by a chat-completions target: their request to a
+/// chat request (tree parsed in the bench), the chat answer to a message, and a 24-event chunk
+/// stream to Anthropic's events (decoded from SSE, as the output module does).
+fn messages(c: &mut Criterion) {
+    use detour::api::{messages, messages_answer};
+    let request = br#"{"model":"claude-sonnet-4/anthropic,gpt-4o/openai","max_tokens":1024,"temperature":0.2,"stream":true,
+      "system":"You are a concise assistant. Answer in one sentence unless asked otherwise.",
+      "tools":[{"name":"get_weather","description":"Current weather for a city","input_schema":{"type":"object","properties":{"city":{"type":"string"},"unit":{"type":"string","enum":["c","f"]}},"required":["city"]}}],
+      "messages":[{"role":"user","content":"What is the weather in Paris and should I take an umbrella?"},
+        {"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{"city":"Paris","unit":"c"}}]},
+        {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"{\"temp\":18,\"rain_probability\":0.7}"}]},
+        {"role":"assistant","content":"Take an umbrella."},
+        {"role":"user","content":"Thanks. And tomorrow?"}]}"#;
+    let answer = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-2024-08-06",
+      "choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":"It is 18C with a 70% chance of rain: take an umbrella. Let me check tomorrow.",
+        "tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\",\"unit\":\"c\",\"day\":\"tomorrow\"}"}}]}}],
+      "usage":{"prompt_tokens":412,"completion_tokens":58,"total_tokens":470}}"#;
+    let mut stream = vec![
+        "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n".to_string(),
+    ];
+    for i in 0..21 {
+        stream.push(format!("data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" word{i}\"}},\"finish_reason\":null}}]}}\n\n"));
+    }
+    stream.push("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":21}}\n\n".to_string());
+    stream.push("data: [DONE]\n\n".to_string());
+    // The fixtures must take the translating path, not an early error.
+    let tree = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap_or_default();
+    let ok = messages::to_chat(&tree(request)).is_ok()
+        && messages_answer::to_message(&tree(answer), "gpt-4o").is_ok();
+    if !ok {
+        eprintln!("messages: a bench fixture does not translate; not measured");
+        return;
+    }
+    let mut g = c.benchmark_group("messages");
+    g.bench_function("request", |b| {
+        b.iter(|| {
+            let v: serde_json::Value =
+                serde_json::from_slice(black_box(request)).unwrap_or_default();
+            messages::to_chat(&v).map(|c| serde_json::to_vec(&c))
+        })
+    });
+    g.bench_function("response", |b| {
+        b.iter(|| {
+            let v: serde_json::Value =
+                serde_json::from_slice(black_box(answer)).unwrap_or_default();
+            messages_answer::to_message(&v, "gpt-4o").map(|m| m.to_string())
+        })
+    });
+    g.throughput(Throughput::Elements(stream.len() as u64));
+    g.bench_function("stream-24-events", |b| {
+        b.iter(|| {
+            let mut dec = detour::sse::SseDecoder::default();
+            let mut t = messages_answer::StreamToMessages::new("gpt-4o");
+            let mut out = Vec::new();
+            for chunk in &stream {
+                for ev in dec.push(black_box(chunk.as_bytes())) {
+                    let _ = t.push(&ev.data, &mut out);
+                }
+            }
+            out
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(hot, benches, anthropic, gemini, bedrock, messages);
 criterion_main!(hot);
