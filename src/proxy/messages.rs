@@ -16,6 +16,10 @@ use pingora_http::ResponseHeader;
 use serde_json::{json, Value};
 use std::any::Any;
 
+/// The largest JSON answer translated: a larger one (an upstream's, relayed as it came) is
+/// replaced by an error rather than held in memory whole.
+const MAX_ANSWER: usize = 32 << 20;
+
 /// What the client is being written, once the answer's head has gone.
 enum Body {
     /// A JSON answer or error, gathered whole: `(status, bytes)`.
@@ -183,12 +187,25 @@ impl HttpModule for MessagesOut {
         let out = match &mut on.body {
             None => return Ok(()),
             Some(Body::Json(status, buf)) => {
-                buf.extend_from_slice(&bytes);
+                if buf.len() + bytes.len() > MAX_ANSWER {
+                    // Past the cap: kept no more; what it was becomes an error at the end.
+                    *status = 0;
+                    buf.clear();
+                } else if *status != 0 {
+                    buf.extend_from_slice(&bytes);
+                }
                 if !end_of_stream {
                     return Ok(());
                 }
                 let (status, raw) = (*status, std::mem::take(buf));
-                on.json_done(status, &raw)
+                if status == 0 {
+                    let e = format!(
+                        "the answer is larger than the {MAX_ANSWER} bytes detour translates"
+                    );
+                    error_body(502, e.as_bytes())
+                } else {
+                    on.json_done(status, &raw)
+                }
             }
             Some(Body::Stream(dec, tr)) => On::stream_bytes(dec, tr, &bytes, end_of_stream),
         };
@@ -258,6 +275,37 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("message_stop"), "{text}");
+    }
+
+    #[test]
+    fn an_answer_past_the_cap_becomes_an_error_not_memory() {
+        let mut m = MessagesOut {
+            on: Some(On {
+                model: "m".into(),
+                body: Some(Body::Json(200, Vec::new())),
+            }),
+        };
+        let piece = Bytes::from(vec![b' '; 1 << 20]);
+        for _ in 0..40 {
+            let mut b = Some(piece.clone());
+            m.response_body_filter(&mut b, false).unwrap();
+            assert!(b.is_none(), "held until the end");
+        }
+        if let Some(On {
+            body: Some(Body::Json(_, buf)),
+            ..
+        }) = &m.on
+        {
+            assert!(buf.len() <= MAX_ANSWER, "{}", buf.len());
+        }
+        let mut end = None;
+        m.response_body_filter(&mut end, true).unwrap();
+        let v: Value = serde_json::from_slice(&end.unwrap_or_default()).unwrap_or_default();
+        assert_eq!(v["error"]["type"], "api_error", "{v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("larger"));
     }
 
     #[test]
