@@ -19,11 +19,7 @@ fn providers(flaky: &MockServer, steady: &MockServer, anth: &MockServer) -> Stri
 }
 
 async fn messages(gw: &Gateway, body: &str, headers: &[(&str, &str)]) -> Response {
-    let mut h = vec![("content-type", "application/json")];
-    h.extend_from_slice(headers);
-    request(gw.port, "POST", "/v1/messages", &h, body.as_bytes())
-        .await
-        .unwrap()
+    gw.post_json("/v1/messages", body, headers).await
 }
 
 /// `(event, data)` of an Anthropic event stream.

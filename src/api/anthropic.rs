@@ -1,8 +1,8 @@
-//! Anthropic's Messages wire, as detour answers its clients (`POST /v1/messages`): detour's own
-//! errors in Anthropic's shape, `{"type":"error","error":{"type":…,"message":…}}`.
+//! Anthropic's Messages wire, as detour answers its clients (`POST /v1/messages`): an error in
+//! Anthropic's shape, `{"type":"error","error":{"type":…,"message":…}}`, made from the OpenAI-
+//! shaped error detour (or a translated provider answer) wrote.
 
-use super::{AttemptReport, GatewayError};
-use bytes::Bytes;
+use serde_json::{json, Value};
 
 /// Anthropic's error `type` for an HTTP status, as its API documents them.
 pub fn error_type(status: u16) -> &'static str {
@@ -19,61 +19,32 @@ pub fn error_type(status: u16) -> &'static str {
     }
 }
 
-impl GatewayError {
-    /// The error in Anthropic's shape, with the same status and message as the OpenAI shape;
-    /// the all-failed error keeps its `attempts` list beside `type` and `message`.
-    pub fn to_anthropic_json(&self) -> Bytes {
-        #[derive(serde::Serialize)]
-        struct Envelope<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            error: Inner<'a>,
-        }
-        #[derive(serde::Serialize)]
-        struct Inner<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            message: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            attempts: Option<&'a [AttemptReport]>,
-        }
-        let (message, _, _) = self.plain_parts();
-        let attempts = match self {
-            GatewayError::AllFailed { attempts, .. } => Some(attempts.as_slice()),
-            _ => None,
-        };
-        let kind = match self {
-            // Not by status: detour's own overload is 503, its store's fault too, a cut answer 502.
-            GatewayError::Overloaded { .. } => "overloaded_error",
-            GatewayError::StoreUnavailable(_) | GatewayError::AnswerCut => "api_error",
-            other => error_type(other.status()),
-        };
-        let body = Envelope {
-            kind: "error",
-            error: Inner {
-                kind,
-                message: &message,
-                attempts,
-            },
-        };
-        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+/// An OpenAI-shaped error body as Anthropic's: the message kept (and `attempts`, the
+/// all-failed error's list), the type from the status; a body that is not one keeps its
+/// first 500 bytes as the message.
+pub fn error_from_openai(status: u16, raw: &[u8]) -> Vec<u8> {
+    let v: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+    let e = &v["error"];
+    let fallback = String::from_utf8_lossy(&raw[..raw.len().min(500)]).into_owned();
+    let message = e["message"].as_str().map_or(fallback, str::to_string);
+    let mut inner = json!({"type": error_type(status), "message": message});
+    if let Some(a) = e.get("attempts") {
+        inner["attempts"] = a.clone();
     }
+    json!({"type": "error", "error": inner})
+        .to_string()
+        .into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
+    use crate::api::{AttemptReport, GatewayError};
 
-    fn shape(e: &GatewayError) -> (String, String) {
-        let v: Value = serde_json::from_slice(&e.to_anthropic_json()).unwrap_or_default();
+    fn shape(status: u16, raw: &[u8]) -> Value {
+        let v: Value = serde_json::from_slice(&error_from_openai(status, raw)).unwrap_or_default();
         assert_eq!(v["type"], "error", "{v}");
-        let kind = v["error"]["type"].as_str().unwrap_or_default().to_string();
-        let message = v["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        (kind, message)
+        v
     }
 
     #[test]
@@ -109,13 +80,19 @@ mod tests {
                 GatewayError::Overloaded { retry_after: 1 },
                 "overloaded_error",
             ),
-            (GatewayError::StoreUnavailable("down".into()), "api_error"),
+            (
+                GatewayError::StoreUnavailable("down".into()),
+                "overloaded_error",
+            ),
         ];
         for (e, want) in cases {
-            let (kind, message) = shape(&e);
-            assert_eq!(kind, want, "{e:?}");
-            assert_eq!(message, e.plain_parts().0, "{e:?}");
+            let v = shape(e.status(), &e.to_json());
+            assert_eq!(v["error"]["type"], want, "{e:?}");
+            assert_eq!(v["error"]["message"], e.plain_parts().0, "{e:?}");
         }
+        let v = shape(400, b"not json");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["message"], "not json");
     }
 
     #[test]
@@ -135,8 +112,9 @@ mod tests {
                 status,
                 attempts: attempts.clone(),
             };
-            let v: Value = serde_json::from_slice(&e.to_anthropic_json()).unwrap_or_default();
+            let v = shape(e.status(), &e.to_json());
             assert_eq!(v["error"]["type"], want);
+            assert_eq!(v["error"]["message"], "All fallback attempts failed");
             assert_eq!(v["error"]["attempts"][0]["status"], 529);
             assert_eq!(
                 v["error"]["attempts"][0]["source"],

@@ -1,13 +1,12 @@
 //! OpenAI wire shapes detour accepts and emits: the chat request ([`ChatRequest`], read once),
 //! the capabilities a request needs ([`Capabilities`]), and the error JSON ([`GatewayError`]).
 
-mod anthropic;
+pub mod anthropic;
 mod caps;
 pub mod messages;
 pub mod messages_answer;
 mod request;
 
-pub use anthropic::error_type as anthropic_error_type;
 pub use caps::Capabilities;
 pub use request::ChatRequest;
 

@@ -7,13 +7,14 @@
 //! stream event by event (`StreamToMessages`), an error as `{"type":"error",…}`. The module is
 //! installed for every request and does nothing until `activate` turns it on.
 
+use crate::api::anthropic::error_from_openai;
 use crate::api::messages_answer::{to_message, StreamToMessages};
 use crate::sse::SseDecoder;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::modules::http::{HttpModule, HttpModuleBuilder, HttpModules, Module};
 use pingora_http::ResponseHeader;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::any::Any;
 
 /// The largest JSON answer translated: a larger one (an upstream's, relayed as it came) is
@@ -79,33 +80,17 @@ pub fn to_chat_body(body: &[u8]) -> Result<Bytes, crate::api::GatewayError> {
     Ok(Bytes::from(serde_json::to_vec(&chat).unwrap_or_default()))
 }
 
-/// An OpenAI-shaped error body as Anthropic's: the message kept (and `attempts`, the
-/// all-failed error's list), the type from the status.
-fn error_body(status: u16, raw: &[u8]) -> Vec<u8> {
-    let v: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
-    let e = &v["error"];
-    let fallback = String::from_utf8_lossy(&raw[..raw.len().min(500)]).into_owned();
-    let message = e["message"].as_str().map_or(fallback, str::to_string);
-    let mut inner = json!({"type": crate::api::anthropic_error_type(status), "message": message});
-    if let Some(a) = e.get("attempts") {
-        inner["attempts"] = a.clone();
-    }
-    json!({"type": "error", "error": inner})
-        .to_string()
-        .into_bytes()
-}
-
 impl On {
     fn json_done(&self, status: u16, raw: &[u8]) -> Vec<u8> {
         if !(200..300).contains(&status) {
-            return error_body(status, raw);
+            return error_from_openai(status, raw);
         }
         let answer = serde_json::from_slice::<Value>(raw)
             .map_err(|e| e.to_string())
             .and_then(|v| to_message(&v, &self.model));
         match answer {
             Ok(m) => m.to_string().into_bytes(),
-            Err(e) => error_body(
+            Err(e) => error_from_openai(
                 502,
                 format!("the answer could not be translated: {e}").as_bytes(),
             ),
@@ -202,7 +187,7 @@ impl HttpModule for MessagesOut {
                     let e = format!(
                         "the answer is larger than the {MAX_ANSWER} bytes detour translates"
                     );
-                    error_body(502, e.as_bytes())
+                    error_from_openai(502, e.as_bytes())
                 } else {
                     on.json_done(status, &raw)
                 }
@@ -306,18 +291,5 @@ mod tests {
             .as_str()
             .unwrap_or_default()
             .contains("larger"));
-    }
-
-    #[test]
-    fn errors_keep_their_message_and_attempts() {
-        let raw = br#"{"error":{"message":"All fallback attempts failed","type":"all_attempts_failed","attempts":[{"source":"a/b","error":"x","status":529}]}}"#;
-        let v: Value = serde_json::from_slice(&error_body(529, raw)).unwrap_or_default();
-        assert_eq!(v["type"], "error");
-        assert_eq!(v["error"]["type"], "overloaded_error");
-        assert_eq!(v["error"]["message"], "All fallback attempts failed");
-        assert_eq!(v["error"]["attempts"][0]["status"], 529);
-        let v: Value = serde_json::from_slice(&error_body(400, b"not json")).unwrap_or_default();
-        assert_eq!(v["error"]["type"], "invalid_request_error");
-        assert_eq!(v["error"]["message"], "not json");
     }
 }

@@ -232,17 +232,16 @@ impl Gateway {
     }
 
     pub async fn chat_with(&self, body: &str, headers: &[(&str, &str)]) -> Response {
+        self.post_json("/v1/chat/completions", body, headers).await
+    }
+
+    /// `POST path` with a JSON body and `headers`.
+    pub async fn post_json(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Response {
         let mut h = vec![("content-type", "application/json")];
         h.extend_from_slice(headers);
-        request(
-            self.port,
-            "POST",
-            "/v1/chat/completions",
-            &h,
-            body.as_bytes(),
-        )
-        .await
-        .unwrap()
+        request(self.port, "POST", path, &h, body.as_bytes())
+            .await
+            .unwrap()
     }
 
     /// The metrics text once it contains every line of `lines` (at most 2 s). Request-level
