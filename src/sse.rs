@@ -83,6 +83,10 @@ impl EventAligner {
     }
 }
 
+/// The keep-alive detour writes into a quiet committed stream: an SSE comment, which clients
+/// ignore (the Messages module turns it into Anthropic's `ping` event).
+pub const KEEP_ALIVE: &[u8] = b": ping\n\n";
+
 /// The value of a `data:` line (one leading space and a trailing `\r` removed); `None` for any
 /// other line.
 pub fn data_line(line: &[u8]) -> Option<&[u8]> {

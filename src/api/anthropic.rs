@@ -36,6 +36,25 @@ pub fn error_from_openai(status: u16, raw: &[u8]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The end of a broken Messages stream: Anthropic's `event: error` (no `message_stop`
+/// follows), `overloaded_error` when the reason says the provider was, else `api_error`.
+pub fn broken_stream_event(reason: &str) -> Vec<u8> {
+    let kind = if reason.contains("overloaded") {
+        "overloaded_error"
+    } else {
+        "api_error"
+    };
+    let e = json!({"type": "error", "error": {"type": kind, "message": reason}});
+    format!("event: error\ndata: {e}\n\n").into_bytes()
+}
+
+/// Anthropic's keep-alive event.
+pub const PING: &[u8] = b"event: ping\ndata: {\"type\":\"ping\"}\n\n";
+
+/// The event that ends a Messages stream whose upstream finished its answer (its stop reason
+/// and usage sent) but closed before `message_stop`.
+pub const MESSAGE_STOP: &[u8] = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,21 +16,90 @@
 //! completions does not know. Refused (400): `document` and other block types, images inside a
 //! `tool_result`, server tools (a `type` other than `custom`).
 
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
+use std::ops::Range;
+
+/// Ends the message of every refusal that is about the target, not the request: such a request
+/// still goes to the chain's Anthropic-family targets, which take it as sent.
+pub const NOT_CARRIED: &str = "cannot be sent to this target";
+
+/// Whether `to_chat`'s error is about chat-completions targets only (the request is valid).
+pub fn only_not_carried(e: &str) -> bool {
+    e.ends_with(NOT_CARRIED)
+}
+
+/// A Messages request as the client sent it, for the targets that speak the Messages API:
+/// Anthropic gets it with only `model` replaced, Claude on Bedrock and Vertex in their envelope.
+#[derive(Debug)]
+pub struct Native {
+    pub body: Bytes,
+    /// Byte span of the `model` string literal (quotes included) in `body`.
+    pub model_span: Range<usize>,
+    /// `POST /v1/messages/count_tokens`, not a message.
+    pub count_tokens: bool,
+    /// Why chat-completions targets cannot take it (`to_chat`'s refusal), if they cannot.
+    pub not_chat: Option<String>,
+}
+
+impl Native {
+    /// The client's body and the span of its `model` string; `None` if it names none.
+    pub fn new(body: Bytes, count_tokens: bool, not_chat: Option<String>) -> Option<Native> {
+        #[derive(serde::Deserialize)]
+        struct Probe<'a> {
+            #[serde(borrow)]
+            model: &'a serde_json::value::RawValue,
+        }
+        let p: Probe<'_> = serde_json::from_slice(&body).ok()?;
+        let start = p.model.get().as_ptr() as usize - body.as_ptr() as usize;
+        let model_span = start..start + p.model.get().len();
+        Some(Native {
+            model_span,
+            body,
+            count_tokens,
+            not_chat,
+        })
+    }
+
+    /// The body with `model_id` in place of the client's `model`, the rest byte for byte.
+    pub fn body_for_model(&self, model_id: &str) -> Bytes {
+        super::request::splice_model(&self.body, &self.model_span, model_id)
+    }
+
+    /// The body as a JSON object without the `remove` fields, with `extra` fields added:
+    /// Claude on Bedrock and Vertex (the model is in the URL, the API version in the body).
+    pub fn enveloped(&self, remove: &[&str], extra: &[(&str, Value)]) -> Result<Vec<u8>, String> {
+        let mut v: Map<String, Value> =
+            serde_json::from_slice(&self.body).map_err(|e| e.to_string())?;
+        for k in remove {
+            v.remove(*k);
+        }
+        for (k, x) in extra {
+            v.insert((*k).into(), x.clone());
+        }
+        serde_json::to_vec(&v).map_err(|e| e.to_string())
+    }
+}
 
 /// The chat request for a Messages request `m`.
 pub fn to_chat(m: &Value) -> Result<Value, String> {
+    to_chat_for(m, false)
+}
+
+/// The same, for a message or (`count_tokens`, which takes no `max_tokens`) a token count.
+pub fn to_chat_for(m: &Value, count_tokens: bool) -> Result<Value, String> {
     let m = m.as_object().ok_or("the body must be a JSON object")?;
     let mut out = Map::new();
     if let Some(model) = m.get("model") {
         out.insert("model".into(), model.clone());
     }
-    let max = m.get("max_tokens").and_then(Value::as_u64);
-    out.insert(
-        "max_tokens".into(),
-        max.ok_or("max_tokens: a positive integer is required")?
-            .into(),
-    );
+    match (m.get("max_tokens").and_then(Value::as_u64), count_tokens) {
+        (Some(max), _) => {
+            out.insert("max_tokens".into(), max.into());
+        }
+        (None, true) => {}
+        (None, false) => return Err("max_tokens: a positive integer is required".into()),
+    }
     let mut messages = Vec::new();
     if let Some(system) = m.get("system") {
         messages.push(json!({"role": "system", "content": system_text(system)?}));
@@ -92,7 +161,7 @@ fn system_text(system: &Value) -> Result<String, String> {
                     Some("text") => b["text"]
                         .as_str()
                         .ok_or("system: a text block needs text".into()),
-                    _ => Err("system: only text blocks are supported".into()),
+                    _ => Err(format!("system: only text blocks {NOT_CARRIED}")),
                 })
                 .collect();
             Ok(texts?.join("\n"))
@@ -126,7 +195,7 @@ fn push_turn(messages: &mut Vec<Value>, turn: &Value) -> Result<(), String> {
             ("user", "tool_result") => messages.push(tool_message(b).map_err(at)?),
             ("assistant", "tool_use") => calls.push(tool_call(b).map_err(at)?),
             ("assistant", "thinking" | "redacted_thinking") => {}
-            _ => return Err(at(format!("a {role} block of type `{kind}` cannot be sent to this target"))),
+            _ => return Err(at(format!("a {role} block of type `{kind}` {NOT_CARRIED}"))),
         }
     }
     if role == "assistant" {
@@ -170,7 +239,9 @@ fn tool_message(b: &Value) -> Result<Value, String> {
                 .map(|p| (p["type"] == "text").then(|| p["text"].as_str()).flatten())
                 .collect();
             texts
-                .ok_or("a tool_result may hold text blocks only for this target")?
+                .ok_or(format!(
+                    "a tool_result's blocks other than text {NOT_CARRIED}"
+                ))?
                 .join("")
         }
         _ => return Err("a tool_result's content must be a string or blocks".into()),
@@ -194,7 +265,7 @@ fn tools_of(tools: &Value) -> Result<Value, String> {
         .enumerate()
         .map(|(i, t)| {
             if t.get("type").is_some_and(|k| k != "custom") {
-                return Err(format!("tools[{i}]: server tools cannot be sent to this target"));
+                return Err(format!("tools[{i}]: server tools {NOT_CARRIED}"));
             }
             let name = t["name"].as_str().ok_or(format!("tools[{i}]: name is required"))?;
             let mut f = json!({"name": name, "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"}))});
@@ -306,7 +377,7 @@ mod tests {
             ),
             (
                 json!({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]}]}]}),
-                "text blocks only",
+                "other than text",
             ),
             (json!({"system": [{"type": "image"}]}), "system"),
             (
@@ -320,6 +391,14 @@ mod tests {
         for (extra, names) in bad {
             let e = base(extra.clone()).unwrap_err();
             assert!(e.contains(names), "{extra}: {e}");
+            // Blocks and tools an Anthropic target still takes; every other fault is the
+            // request's own.
+            let anthropic_only = ["content[0]", "other than text", "system", "tools[0]"];
+            assert_eq!(
+                only_not_carried(&e),
+                anthropic_only.contains(&names),
+                "{extra}: {e}"
+            );
         }
         assert!(to_chat(&json!([1])).is_err());
     }

@@ -8,9 +8,20 @@ pub mod messages_answer;
 mod request;
 
 pub use caps::Capabilities;
-pub use request::ChatRequest;
+pub use messages::Native;
+pub use request::{ChatRequest, BYTES_PER_TOKEN};
 
 use bytes::Bytes;
+
+/// The API an answer is written in. A client gets its own: an Anthropic-family target's answer
+/// to a Messages client is `Anthropic` (passed through, marked so on the client's response
+/// header as an extension); every other answer the engine writes is `OpenAi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    #[default]
+    OpenAi,
+    Anthropic,
+}
 
 /// Every error detour itself returns. The client always gets OpenAI-shaped JSON.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,6 +9,7 @@
 //! translate the request read its JSON tree, [`ChatRequest::tree`], built at most once per
 //! request however many targets translate it.
 
+use super::messages::Native;
 use super::{Capabilities, GatewayError};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -18,6 +19,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::OnceLock;
 
 /// What detour reads of a chat completion request; the rest is forwarded untouched.
@@ -41,6 +43,22 @@ pub struct ChatRequest {
     /// `max_completion_tokens`, else `max_tokens`, when a non-negative integer.
     pub max_tokens: Option<u64>,
     tree: OnceLock<Result<Value, String>>,
+    /// A Messages client's request as sent (`POST /v1/messages`), for Anthropic-family targets.
+    pub native: Option<Arc<Native>>,
+}
+
+/// About how many bytes of text make a token (OpenAI's rule of thumb for English; UTF-8 text
+/// in other scripts has more bytes per character and about as many per token).
+pub const BYTES_PER_TOKEN: usize = 4;
+
+/// `body` with the JSON string at `span` replaced by `model_id`: one copy.
+pub(crate) fn splice_model(body: &Bytes, span: &Range<usize>, model_id: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + model_id.len() + 8);
+    out.put_slice(&body[..span.start]);
+    let quoted = serde_json::to_string(model_id).unwrap_or_else(|_| "\"\"".into());
+    out.put_slice(quoted.as_bytes());
+    out.put_slice(&body[span.end..]);
+    out.freeze()
 }
 
 #[derive(Deserialize)]
@@ -287,6 +305,7 @@ impl ChatRequest {
                 .flatten()
                 .find_map(|v| v.get().parse::<u64>().ok()),
             tree: OnceLock::new(),
+            native: None,
             body: Bytes::new(),
         };
         Ok(ChatRequest { body, ..req })
@@ -294,6 +313,7 @@ impl ChatRequest {
 
     /// The request as a JSON tree, for adapters that translate it: parsed on first use, once.
     pub fn tree(&self) -> Result<&Value, String> {
+        self.chat()?;
         self.tree
             .get_or_init(|| serde_json::from_slice(&self.body).map_err(|e| e.to_string()))
             .as_ref()
@@ -306,13 +326,23 @@ impl ChatRequest {
         if self.model == model_id {
             return self.body.clone();
         }
-        let body = &self.body;
-        let mut out = BytesMut::with_capacity(body.len() + model_id.len() + 8);
-        out.put_slice(&body[..self.model_span.start]);
-        let quoted = serde_json::to_string(model_id).unwrap_or_else(|_| "\"\"".into());
-        out.put_slice(quoted.as_bytes());
-        out.put_slice(&body[self.model_span.end..]);
-        out.freeze()
+        splice_model(&self.body, &self.model_span, model_id)
+    }
+
+    /// The prompt's tokens, estimated: about [`BYTES_PER_TOKEN`] bytes a token of its
+    /// messages' contents and tools as JSON, plus OpenAI's 3 tokens a message and 3 for the
+    /// reply.
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        self.prompt_bytes.div_ceil(BYTES_PER_TOKEN) as u64 + 3 * self.messages as u64 + 3
+    }
+
+    /// `Err`: a Messages request chat-completions targets cannot take (they refuse it; its
+    /// Anthropic-family targets take it as sent).
+    pub fn chat(&self) -> Result<(), String> {
+        match self.native.as_deref().and_then(|n| n.not_chat.as_ref()) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
     }
 
     /// This request with `text` appended as a trailing assistant message (a prefill, for a

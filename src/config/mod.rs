@@ -73,6 +73,9 @@ pub struct Timeouts {
     pub idle: Duration,
     /// The whole attempt, body included.
     pub total: Duration,
+    /// A committed stream quiet this long gets a keep-alive (a `: ping` comment; for Messages
+    /// clients `event: ping`), so the client and the proxies between do not give up on it.
+    pub keep_alive: Duration,
 }
 
 impl Default for Timeouts {
@@ -83,6 +86,7 @@ impl Default for Timeouts {
             first_token: Duration::from_secs(120),
             idle: Duration::from_secs(60),
             total: Duration::from_secs(600),
+            keep_alive: Duration::from_secs(15),
         }
     }
 }
@@ -188,6 +192,7 @@ pub(crate) fn timeouts(
         first_token: one(&raw.first_token, "first-token", base.first_token)?,
         idle: one(&raw.idle, "idle", base.idle)?,
         total: one(&raw.total, "total", base.total)?,
+        keep_alive: one(&raw.keep_alive, "keep-alive", base.keep_alive)?,
     })
 }
 

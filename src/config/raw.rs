@@ -88,6 +88,7 @@ pub struct RawTimeouts {
     pub first_token: Option<String>,
     pub idle: Option<String>,
     pub total: Option<String>,
+    pub keep_alive: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

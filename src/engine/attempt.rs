@@ -299,6 +299,10 @@ impl Engine {
         wire: Wire,
     ) -> Result<Box<Ready>, Failure> {
         let status = ready.resp.status;
+        if status.is_success() && wire.dialect() != crate::api::Dialect::OpenAi {
+            // Tells the client's side (the Messages module) this answer is in its dialect.
+            ready.resp.extensions_mut().insert(wire.dialect());
+        }
         let is_stream = ready
             .resp
             .headers

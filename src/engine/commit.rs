@@ -130,7 +130,7 @@ impl Engine {
                         return Ok(());
                     }
                 }
-                self.end_broken(s, &reason).await;
+                self.end_broken(s, &reason, watch.dialect()).await;
                 Ok(())
             }
         }
@@ -323,6 +323,9 @@ impl Engine {
         index: usize,
     ) -> pingora_core::Result<ResponseHeader> {
         let mut h = ResponseHeader::build(resp.status, Some(12))?;
+        if let Some(d) = resp.extensions.get::<crate::api::Dialect>() {
+            h.extensions_mut().insert(*d);
+        }
         for (name, value) in resp.headers.iter() {
             let n = name.as_str();
             let passed = n == "content-type"

@@ -140,7 +140,7 @@ impl Engine {
             w.chunks = vec![Bytes::from(self.masked_body(&w.chunks.concat()))];
             w.total = w.chunks[0].len();
         }
-        if wire.translated() {
+        if wire.translated(ok) {
             self.translate_answer(&mut w, &wire, ok, status)?;
         }
         if !ok {
@@ -213,9 +213,10 @@ impl Engine {
                 .insert_header(http::header::CONTENT_TYPE, ct)
                 .map_err(|_| bad_response("unusable response header"))?;
         }
+        let watch = Watch::new(self.gw.cfg.failover.continuation).for_dialect(wire.dialect());
         let mut s = Start {
             relay: wire.relay(),
-            watch: Watch::new(self.gw.cfg.failover.continuation),
+            watch,
             held: BytesMut::new(),
             cap: self.gw.cfg.limits.max_event_bytes,
         };
@@ -285,7 +286,7 @@ impl Start {
         if let Some(tail) = self.relay.finish() {
             self.take(tail)?;
         }
-        if self.relay.complete() {
+        if self.relay.complete(self.watch.done()) {
             return Ok(());
         }
         Err(bad_response("upstream ended the stream before any content"))

@@ -8,6 +8,7 @@ use super::read::{read_until, Read};
 use super::stream::StreamState;
 use super::watch::{Usage, Watch};
 use super::{unless_client_gone, Engine};
+use crate::api::Dialect;
 use crate::providers::Provider;
 use bytes::Bytes;
 use pingora_core::protocols::http::client::HttpSession;
@@ -94,6 +95,8 @@ pub(super) struct Upstream {
     pub deadline: Instant,
     /// The longest gap between two chunks.
     pub idle: Duration,
+    /// A committed stream's keep-alive interval (`timeouts.keep-alive`).
+    pub keep_alive: Duration,
 }
 
 impl Upstream {
@@ -102,6 +105,23 @@ impl Upstream {
     pub async fn next(&mut self, s: &mut Session) -> Option<Read> {
         let until = self.deadline.min(Instant::now() + self.idle);
         unless_client_gone(s, read_until(&mut self.up, until)).await
+    }
+
+    /// The next chunk of a committed stream, as [`Upstream::next`]; while the upstream is
+    /// quiet, `ping` is written to the client every `keep_alive` (the idle timeout still counts
+    /// from the call).
+    pub async fn next_in_stream(&mut self, s: &mut Session, ping: &[u8]) -> Option<Read> {
+        let until = self.deadline.min(Instant::now() + self.idle);
+        loop {
+            let wake = until.min(Instant::now() + self.keep_alive);
+            match unless_client_gone(s, read_until(&mut self.up, wake)).await? {
+                Read::Timeout if Instant::now() < until => {
+                    let ping = Bytes::copy_from_slice(ping);
+                    s.write_response_body(Some(ping), false).await.ok()?;
+                }
+                r => return Some(r),
+            }
+        }
     }
 }
 
@@ -155,6 +175,7 @@ impl Engine {
             peer,
             deadline,
             idle: provider.timeouts.idle,
+            keep_alive: provider.timeouts.keep_alive,
         };
         match body {
             ReadyBody::Json {
@@ -277,12 +298,13 @@ impl Engine {
     }
 
     /// End a broken stream: an SSE error event and no `[DONE]`.
-    pub(super) async fn end_broken(&self, s: &mut Session, reason: &str) {
+    pub(super) async fn end_broken(&self, s: &mut Session, reason: &str, d: Dialect) {
         let reason = self.masker.text(reason);
-        let ev = crate::sse::error_event(
-            &format!("{reason}; the answer is incomplete"),
-            "stream_interrupted",
-        );
+        let message = format!("{reason}; the answer is incomplete");
+        let ev = match d {
+            Dialect::OpenAi => crate::sse::error_event(&message, "stream_interrupted"),
+            Dialect::Anthropic => crate::api::anthropic::broken_stream_event(&message).into(),
+        };
         let _ = s.write_response_body(Some(ev), false).await;
         let _ = s.write_response_body(None, true).await;
     }

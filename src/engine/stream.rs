@@ -95,6 +95,13 @@ impl StreamState<'_> {
         if !(self.watch.finished() && self.relay.pending() == 0) {
             return Err("the upstream ended the stream before the answer finished".into());
         }
+        if self.watch.dialect() == crate::api::Dialect::Anthropic {
+            // The stop reason and usage went out in `message_delta`: only the stop is owed.
+            return Ok((
+                crate::api::anthropic::MESSAGE_STOP.to_vec(),
+                self.watch.usage(),
+            ));
+        }
         let mut end = Vec::new();
         let mut usage = self.watch.usage();
         if usage.is_none() {
@@ -153,8 +160,12 @@ impl Engine {
             };
         }
         // Committed. From here a failure is reported in band and never looks complete.
+        let ping = match st.watch.dialect() {
+            crate::api::Dialect::OpenAi => crate::sse::KEEP_ALIVE,
+            crate::api::Dialect::Anthropic => crate::api::anthropic::PING,
+        };
         loop {
-            let read = match conn.next(s).await {
+            let read = match conn.next_in_stream(s, ping).await {
                 None => return Delivered::ClientGone,
                 Some(Read::Timeout) => {
                     let why = if Instant::now() >= conn.deadline {
@@ -208,7 +219,7 @@ impl Engine {
                 return Ended::ClientGone;
             }
         }
-        let finalised = !st.relay.complete();
+        let finalised = !st.relay.complete(st.watch.done());
         let mut usage = st.watch.usage();
         if finalised {
             let (end, u) = match st.finalise(request) {

@@ -269,6 +269,7 @@ impl Engine {
             peer,
             deadline: t.deadline,
             idle: self.gw.cfg.header_mode.timeouts.idle,
+            keep_alive: self.gw.cfg.header_mode.timeouts.keep_alive,
         };
         if s.req_header().method == http::Method::HEAD || matches!(status, 204 | 304) {
             return self.relay_bodiless(s, conn, h, &resp).await;

@@ -44,6 +44,8 @@ pub struct Watch {
     /// Bytes of generated output so far (text, refusal, reasoning, tool calls as JSON): the
     /// basis of an estimated usage when the upstream never reports one.
     output_bytes: usize,
+    /// The events are Anthropic's (a Messages client's pass-through), not OpenAI's chunks.
+    anthropic: bool,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +111,21 @@ impl Watch {
         }
     }
 
+    /// The dialect of the events this watch reads.
+    pub fn dialect(&self) -> crate::api::Dialect {
+        if self.anthropic {
+            crate::api::Dialect::Anthropic
+        } else {
+            crate::api::Dialect::OpenAi
+        }
+    }
+
+    /// This watch reads Anthropic's events (`message_start` … `message_stop`) instead.
+    pub fn for_dialect(mut self, d: crate::api::Dialect) -> Watch {
+        self.anthropic = d == crate::api::Dialect::Anthropic;
+        self
+    }
+
     /// Inspect a segment of whole events. `Err` names the first event that is an error or not
     /// JSON; the events before it were inspected.
     pub fn inspect(&mut self, seg: &[u8]) -> Result<(), BadEvent> {
@@ -146,6 +163,9 @@ impl Watch {
         let Some(data) = data else {
             return Ok(()); // a comment (keep-alive) or an empty event
         };
+        if self.anthropic {
+            return self.anthropic_event(&data);
+        }
         if data.as_ref() == b"[DONE]" {
             self.done = true;
             return Ok(());
@@ -157,21 +177,7 @@ impl Watch {
             )
         })?;
         if let Some(e) = chunk.error {
-            return Err(match e {
-                ErrorBody::Object {
-                    message,
-                    kind,
-                    code,
-                } => (
-                    kind.or(code)
-                        .map(Cow::into_owned)
-                        .unwrap_or_else(|| "server_error".into()),
-                    message
-                        .map(Cow::into_owned)
-                        .unwrap_or_else(|| "the provider reported an error mid-stream".into()),
-                ),
-                ErrorBody::Text(t) => ("server_error".into(), t.into_owned()),
-            });
+            return Err(error_of(Some(e)));
         }
         if let Some(u) = chunk.usage {
             self.usage = Some(u);
@@ -239,6 +245,156 @@ impl Watch {
     }
 }
 
+/// One Anthropic stream event: only what the watch reads, borrowed.
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    message: Option<EventMessage>,
+    #[serde(borrow, default)]
+    content_block: Option<Block<'a>>,
+    #[serde(borrow, default)]
+    delta: Option<EventDelta<'a>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(borrow, default)]
+    error: Option<ErrorBody<'a>>,
+}
+
+#[derive(Deserialize)]
+struct EventMessage {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct EventDelta<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+/// A usage object in either dialect: OpenAI's `prompt_tokens`/`completion_tokens`, or
+/// Anthropic's `input_tokens`/`output_tokens` with the cache's reads and writes (input tokens
+/// too, as OpenAI's `prompt_tokens` counts them).
+#[derive(Deserialize, Default)]
+struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    /// `(prompt, completion)`, each `None` where this object does not say.
+    fn counts(&self) -> (Option<u64>, Option<u64>) {
+        let prompt = self.prompt_tokens.or_else(|| {
+            self.input_tokens.map(|i| {
+                i + self.cache_read_input_tokens.unwrap_or(0)
+                    + self.cache_creation_input_tokens.unwrap_or(0)
+            })
+        });
+        (prompt, self.completion_tokens.or(self.output_tokens))
+    }
+}
+
+impl Watch {
+    /// One Anthropic event: content starts with a non-empty text or thinking delta, a tool
+    /// use or a stop reason; usage comes in `message_start` and `message_delta`; the answer is
+    /// finished at its stop reason and done at `message_stop`.
+    fn anthropic_event(&mut self, data: &[u8]) -> Result<(), (String, String)> {
+        let ev: Event<'_> = serde_json::from_slice(data).map_err(|_| {
+            (
+                "invalid_event".to_string(),
+                "the provider sent an event that is not valid JSON".to_string(),
+            )
+        })?;
+        let len = |s: &Option<Cow<'_, str>>| s.as_deref().map_or(0, str::len);
+        match ev.kind.as_ref() {
+            "message_start" => self.add_usage(ev.message.and_then(|m| m.usage)),
+            "content_block_start" => {
+                let Some(b) = ev.content_block else {
+                    return Ok(());
+                };
+                if b.kind != "text" && b.kind != "thinking" {
+                    self.tool_calls |= b.kind.ends_with("tool_use");
+                    self.content = true;
+                }
+                self.output_bytes += len(&b.text);
+                self.content |= nonempty(&b.text);
+            }
+            "content_block_delta" => {
+                let Some(d) = ev.delta else { return Ok(()) };
+                let n = len(&d.text) + len(&d.partial_json) + len(&d.thinking);
+                self.output_bytes += n;
+                self.content |= n > 0;
+                if let (Some(t), Some(c)) = (&mut self.text, &d.text) {
+                    t.push_str(c);
+                }
+            }
+            "message_delta" => {
+                self.add_usage(ev.usage);
+                if ev.delta.is_some_and(|d| d.stop_reason.is_some()) {
+                    self.finished = true;
+                    self.content = true;
+                }
+            }
+            "message_stop" => self.done = true,
+            "error" => return Err(error_of(ev.error)),
+            _ => {} // ping, content_block_stop, and types added later
+        }
+        Ok(())
+    }
+
+    fn add_usage(&mut self, u: Option<WireUsage>) {
+        let Some(u) = u else { return };
+        let (prompt, completion) = u.counts();
+        let mut now = self.usage.unwrap_or_default();
+        now.prompt_tokens = prompt.unwrap_or(now.prompt_tokens);
+        now.completion_tokens = completion.unwrap_or(now.completion_tokens);
+        self.usage = Some(now);
+    }
+}
+
+/// An error event's `(kind, message)`.
+fn error_of(e: Option<ErrorBody<'_>>) -> (String, String) {
+    match e {
+        Some(ErrorBody::Object {
+            message,
+            kind,
+            code,
+        }) => (
+            kind.or(code)
+                .map(Cow::into_owned)
+                .unwrap_or_else(|| "server_error".into()),
+            message
+                .map(Cow::into_owned)
+                .unwrap_or_else(|| "the provider reported an error mid-stream".into()),
+        ),
+        Some(ErrorBody::Text(t)) => ("server_error".into(), t.into_owned()),
+        None => (
+            "server_error".into(),
+            "the provider reported an error mid-stream".into(),
+        ),
+    }
+}
+
 /// The end of the first event in `b`: (end of its content, start of the next event).
 fn event_end(b: &[u8]) -> Option<(usize, usize)> {
     let mut from = 0;
@@ -252,7 +408,8 @@ fn event_end(b: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// The usage of a whole (non-stream) OpenAI chat completion, if it reports one.
+/// The usage of a whole (non-stream) answer, OpenAI's chat completion or Anthropic's
+/// message, if it reports one.
 ///
 /// Runs on every JSON answer, so it parses only the `usage` object: the last `"usage"` key in
 /// the body (OpenAI puts it after `choices`). A `"usage"` inside a string is escaped
@@ -265,16 +422,18 @@ pub fn json_usage(body: &[u8]) -> Option<Usage> {
         let rest = &rest[rest.iter().take_while(|b| ws(b)).count()..];
         if let Some(value) = rest.strip_prefix(b":") {
             let mut de = serde_json::Deserializer::from_slice(value);
-            return Option::<Usage>::deserialize(&mut de).ok().flatten();
+            let u = Option::<WireUsage>::deserialize(&mut de).ok().flatten()?;
+            let (prompt, completion) = u.counts();
+            return Some(Usage {
+                prompt_tokens: prompt.unwrap_or(0),
+                completion_tokens: completion.unwrap_or(0),
+                estimated: false,
+            });
         }
         end = at;
     }
     None
 }
-
-/// About how many bytes of text make a token (OpenAI's rule of thumb for English; UTF-8 text
-/// in other scripts has more bytes per character and about as many per token).
-const BYTES_PER_TOKEN: usize = 4;
 
 /// The usage to report for a stream the upstream ended (after its finish) without the usage
 /// chunk: `None` unless the client asked for one (`stream_options.include_usage`). Estimated,
@@ -284,10 +443,9 @@ pub fn estimated_usage(request: &crate::api::ChatRequest, output_bytes: usize) -
     if !request.include_usage {
         return None;
     }
-    let tokens = |b: usize| b.div_ceil(BYTES_PER_TOKEN) as u64;
     Some(Usage {
-        prompt_tokens: tokens(request.prompt_bytes) + 3 * request.messages as u64 + 3,
-        completion_tokens: tokens(output_bytes),
+        prompt_tokens: request.estimated_prompt_tokens(),
+        completion_tokens: output_bytes.div_ceil(crate::api::BYTES_PER_TOKEN) as u64,
         estimated: true,
     })
 }
@@ -428,5 +586,71 @@ mod tests {
         assert_eq!(estimated_usage(&not_asked, 9), None);
         let off = req(br#"{"model":"m","stream_options":{"include_usage":false},"messages":[]}"#);
         assert_eq!(estimated_usage(&off, 9), None);
+    }
+
+    const ANTHROPIC: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"content\":[],\"usage\":{\"input_tokens\":9,\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\nevent: ping\ndata: {\"type\":\"ping\"}\n\n";
+
+    #[test]
+    fn anthropic_events_commit_at_content_and_end_at_message_stop() {
+        let mut w = Watch::new(true).for_dialect(crate::api::Dialect::Anthropic);
+        w.inspect(ANTHROPIC).expect("valid");
+        assert!(
+            !w.has_content(),
+            "start, an empty text block and a ping are not content"
+        );
+        assert_eq!(w.usage().map(|u| u.prompt_tokens), Some(109));
+        w.inspect(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n")
+            .expect("valid");
+        assert!(w.has_content() && !w.finished() && !w.done());
+        w.inspect(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n")
+            .expect("valid");
+        assert!(w.finished() && !w.done());
+        assert_eq!(
+            w.usage(),
+            Some(Usage {
+                prompt_tokens: 109,
+                completion_tokens: 7,
+                estimated: false
+            })
+        );
+        w.inspect(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+            .expect("valid");
+        assert!(w.done());
+        assert_eq!(w.output_bytes(), 2);
+        // A tool use or thinking counts as content; an error event is an error; so is junk.
+        let mut t = Watch::new(false).for_dialect(crate::api::Dialect::Anthropic);
+        t.inspect(b"data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\",\"input\":{}}}\n\n")
+            .expect("valid");
+        assert!(t.has_content());
+        let e = t
+            .inspect(b"event: ping\ndata: {\"type\":\"ping\"}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n")
+            .expect_err("error event");
+        assert_eq!((e.kind.as_str(), e.at), ("overloaded_error", 35));
+        let e = t.inspect(b"data: {not json\n\n").expect_err("junk");
+        assert_eq!(e.kind, "invalid_event");
+        // The OpenAI watch does not read Anthropic's events as content.
+        let mut o = Watch::new(false);
+        o.inspect(ANTHROPIC).expect("valid JSON");
+        assert!(!o.has_content() && o.dialect() == crate::api::Dialect::OpenAi);
+    }
+
+    #[test]
+    fn json_usage_reads_either_dialect() {
+        let anthropic = br#"{"id":"m","content":[{"type":"text","text":"\"usage\": no"}],"usage":{"input_tokens":9,"cache_creation_input_tokens":5,"output_tokens":3}}"#;
+        assert_eq!(
+            json_usage(anthropic),
+            Some(Usage {
+                prompt_tokens: 14,
+                completion_tokens: 3,
+                estimated: false
+            })
+        );
+        let openai =
+            br#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}"#;
+        assert_eq!(
+            json_usage(openai).map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((4, 2))
+        );
+        assert_eq!(json_usage(br#"{"usage":null}"#), None);
     }
 }

@@ -1,6 +1,6 @@
 //! The mock's Anthropic dialect: `POST …/v1/messages`, and Claude on Vertex (`:rawPredict`).
 
-use super::faults::Answer;
+use super::faults::{Answer, Reply};
 use serde_json::{json, Value};
 
 pub(super) fn error(status: u16, message: &str) -> Value {
@@ -14,11 +14,25 @@ pub(super) fn error(status: u16, message: &str) -> Value {
     json!({"type": "error", "error": {"type": kind, "message": message}})
 }
 
+/// The answer's `stop_reason`.
+fn stop_reason(a: &Answer<'_>) -> &'static str {
+    match a.reply {
+        Reply::Text => "end_turn",
+        Reply::Length => "max_tokens",
+        Reply::Tool(_) => "tool_use",
+    }
+}
+
 pub(super) fn answer(a: &Answer<'_>) -> Value {
+    let content = match a.tool() {
+        Some(t) => json!([{"type": "tool_use", "id": "toolu_mock1", "name": t,
+                           "input": {"city": "Paris"}}]),
+        None => json!([{"type": "text", "text": a.content()}]),
+    };
     json!({
         "id": format!("msg_{}", a.name), "type": "message", "role": "assistant", "model": a.model,
-        "content": [{"type": "text", "text": a.content()}],
-        "stop_reason": "end_turn", "stop_sequence": null,
+        "content": content,
+        "stop_reason": stop_reason(a), "stop_sequence": null,
         "usage": {"input_tokens": 9, "output_tokens": 3},
     })
 }
@@ -30,8 +44,14 @@ pub(super) fn events(a: &Answer<'_>) -> usize {
 }
 
 pub(super) fn event(a: &Answer<'_>, i: usize) -> Vec<u8> {
+    let (name, data) = event_json(a, i);
+    format!("event: {name}\ndata: {data}\n\n").into_bytes()
+}
+
+/// Event `i`'s name and data.
+pub(super) fn event_json(a: &Answer<'_>, i: usize) -> (&'static str, Value) {
     let n = a.chunks;
-    let (name, data) = match i {
+    match i {
         0 => (
             "message_start",
             json!({"type": "message_start", "message": {
@@ -41,14 +61,22 @@ pub(super) fn event(a: &Answer<'_>, i: usize) -> Vec<u8> {
         ),
         1 => (
             "content_block_start",
-            json!({"type": "content_block_start", "index": 0,
-                   "content_block": {"type": "text", "text": ""}}),
+            match a.tool() {
+                Some(t) => json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "tool_use", "id": "toolu_mock1", "name": t, "input": {}}}),
+                None => json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}}),
+            },
         ),
         2 => ("ping", json!({"type": "ping"})),
         i if i < n + 3 => (
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0,
-                   "delta": {"type": "text_delta", "text": a.word(i - 3)}}),
+            match a.tool() {
+                Some(_) => json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": "{\"city\":\"Paris\"}"}}),
+                None => json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": a.word(i - 3)}}),
+            },
         ),
         i if i == n + 3 => (
             "content_block_stop",
@@ -57,12 +85,16 @@ pub(super) fn event(a: &Answer<'_>, i: usize) -> Vec<u8> {
         i if i == n + 4 => (
             "message_delta",
             json!({"type": "message_delta",
-                   "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                   "delta": {"stop_reason": stop_reason(a), "stop_sequence": null},
                    "usage": {"output_tokens": n}}),
         ),
         _ => ("message_stop", json!({"type": "message_stop"})),
-    };
-    format!("event: {name}\ndata: {data}\n\n").into_bytes()
+    }
+}
+
+/// Event `i` as InvokeModelWithResponseStream sends it: a `chunk` frame (Claude on Bedrock).
+pub(super) fn invoke_event(a: &Answer<'_>, i: usize) -> Vec<u8> {
+    crate::providers::bedrock::invoke::chunk_frame(&event_json(a, i).1)
 }
 
 pub(super) fn stream_error() -> Vec<u8> {

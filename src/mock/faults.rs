@@ -26,6 +26,50 @@ pub(super) struct Plan {
     pub stream: bool,
     /// The request asked for `stream_options.include_usage` (OpenAI streams end with usage).
     pub include_usage: bool,
+    /// What the answer says: text, a cut at `max_tokens: 1`, or a call to the request's tool.
+    pub reply: Reply,
+}
+
+/// What an answer says, read from an OpenAI or Anthropic request body (other dialects: text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Reply {
+    /// `Hello from {name}` and more words, ended by the model.
+    Text,
+    /// The request's `max_tokens` is 1: one word, stopped by the limit.
+    Length,
+    /// The request offers tools and its last message is not a tool's result: a call to its
+    /// first tool, with `{"city":"Paris"}`.
+    Tool(String),
+}
+
+impl Reply {
+    fn of(body: &[u8]) -> Reply {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return Reply::Text;
+        };
+        let tool = v["tools"][0]["name"]
+            .as_str()
+            .or_else(|| v["tools"][0]["function"]["name"].as_str());
+        let last = v["messages"].as_array().and_then(|m| m.last());
+        let answered = last.is_some_and(|m| {
+            m["role"] == "tool"
+                || m["content"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
+        });
+        match tool {
+            Some(t) if !answered => return Reply::Tool(t.to_string()),
+            _ => {}
+        }
+        let max = v["max_tokens"]
+            .as_u64()
+            .or(v["max_completion_tokens"].as_u64());
+        if max == Some(1) {
+            Reply::Length
+        } else {
+            Reply::Text
+        }
+    }
 }
 
 /// The plan for the `n`-th request.
@@ -70,7 +114,11 @@ pub(super) fn plan_for(
             .or_else(|| cfg.error_code.clone()),
         stream,
         include_usage,
+        reply: Reply::of(body),
     };
+    if plan.reply != Reply::Text {
+        plan.chunks = 1;
+    }
     let forced = stats.status_override.load(Ordering::SeqCst);
     if cfg.healthy_after.is_some_and(|h| n > h) || forced == 200 {
         plan.status = 200;
@@ -125,6 +173,7 @@ pub(super) struct Answer<'a> {
     pub model: &'a str,
     pub chunks: usize,
     pub include_usage: bool,
+    pub reply: &'a Reply,
 }
 
 impl Answer<'_> {
@@ -134,6 +183,14 @@ impl Answer<'_> {
             format!("Hello from {}", self.name)
         } else {
             format!(" tok{i}")
+        }
+    }
+
+    /// The tool the answer calls, if it calls one.
+    pub fn tool(&self) -> Option<&str> {
+        match self.reply {
+            Reply::Tool(t) => Some(t),
+            Reply::Text | Reply::Length => None,
         }
     }
 
@@ -211,7 +268,7 @@ pub(super) async fn answer(
             Dialect::OpenAi => openai::error(&msg, kind, code),
             Dialect::Gemini => gemini::error(plan.status, &msg),
             Dialect::Anthropic => anthropic::error(plan.status, &msg),
-            Dialect::Bedrock => {
+            Dialect::Bedrock | Dialect::BedrockInvoke => {
                 extra.push(bedrock::error_type_header(plan.status));
                 bedrock::error(&msg)
             }
@@ -225,6 +282,7 @@ pub(super) async fn answer(
         model,
         chunks: plan.chunks,
         include_usage: plan.include_usage,
+        reply: &plan.reply,
     };
     if !stream {
         return json_answer(sock, stats, plan, &a, dialect).await;
@@ -242,7 +300,7 @@ async fn json_answer(
     let body = match dialect {
         Dialect::OpenAi => openai::answer(a),
         Dialect::Gemini => gemini::answer(a),
-        Dialect::Anthropic => anthropic::answer(a),
+        Dialect::Anthropic | Dialect::BedrockInvoke => anthropic::answer(a),
         Dialect::Bedrock => bedrock::answer(a),
     };
     if plan.fault == Fault::CloseMidBody {
@@ -277,6 +335,7 @@ impl Events<'_> {
             Dialect::Gemini => gemini::event(self.a, i),
             Dialect::Anthropic => anthropic::event(self.a, i),
             Dialect::Bedrock => bedrock::event(self.a, i),
+            Dialect::BedrockInvoke => anthropic::invoke_event(self.a, i),
         }
     }
 
@@ -300,7 +359,7 @@ impl Events<'_> {
                 Dialect::OpenAi => openai::stream_error(),
                 Dialect::Gemini => gemini::stream_error(),
                 Dialect::Anthropic => anthropic::stream_error(),
-                Dialect::Bedrock => bedrock::stream_error(),
+                Dialect::Bedrock | Dialect::BedrockInvoke => bedrock::stream_error(),
             },
             _ => self.base_event(i),
         }
@@ -319,6 +378,11 @@ async fn stream_answer(
         Dialect::Gemini => ("text/event-stream", gemini::events(a), 0),
         Dialect::Anthropic => ("text/event-stream", anthropic::events(a), 3),
         Dialect::Bedrock => ("application/vnd.amazon.eventstream", bedrock::events(a), 1),
+        Dialect::BedrockInvoke => (
+            "application/vnd.amazon.eventstream",
+            anthropic::events(a),
+            3,
+        ),
     };
     let extra = [("cache-control".to_string(), "no-cache".to_string())];
     let head = head(200, content_type, &extra, None);

@@ -74,6 +74,9 @@ pub enum Dialect {
     /// `POST …/model/{modelId}/converse` / `/converse-stream` (Bedrock; streams in the binary
     /// AWS event-stream framing)
     Bedrock,
+    /// `POST …/model/{modelId}/invoke` / `/invoke-with-response-stream`: Claude on Bedrock,
+    /// Anthropic's answers (streams: its events in `chunk` frames)
+    BedrockInvoke,
 }
 
 impl FromStr for Fault {

@@ -1,18 +1,35 @@
 //! The mock's OpenAI dialect: `POST …/chat/completions` (OpenAI, Azure, every compatible API).
 
-use super::faults::Answer;
+use super::faults::{Answer, Reply};
 use serde_json::{json, Value};
 
 pub(super) fn error(message: &str, kind: &str, code: Option<&str>) -> Value {
     json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
 }
 
+/// The answer's `finish_reason`.
+fn finish(a: &Answer<'_>) -> &'static str {
+    match a.reply {
+        Reply::Text => "stop",
+        Reply::Length => "length",
+        Reply::Tool(_) => "tool_calls",
+    }
+}
+
+fn tool_call(name: &str) -> Value {
+    json!({"index": 0, "id": "call_mock1", "type": "function",
+           "function": {"name": name, "arguments": "{\"city\":\"Paris\"}"}})
+}
+
 pub(super) fn answer(a: &Answer<'_>) -> Value {
+    let message = match a.tool() {
+        Some(t) => json!({"role": "assistant", "content": null, "tool_calls": [tool_call(t)]}),
+        None => json!({"role": "assistant", "content": a.content()}),
+    };
     json!({
         "id": format!("chatcmpl-{}", a.name), "object": "chat.completion", "created": 1_700_000_000,
         "model": a.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": a.content()},
-                     "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish(a)}],
         "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
     })
 }
@@ -35,8 +52,11 @@ pub(super) fn event(a: &Answer<'_>, i: usize) -> Vec<u8> {
     let n = a.chunks;
     let v = match i {
         0 => chunk(a, json!({"role": "assistant", "content": ""}), None),
-        i if i <= n => chunk(a, json!({"content": a.word(i - 1)}), None),
-        i if i == n + 1 => chunk(a, json!({}), Some("stop")),
+        i if i <= n => match a.tool() {
+            Some(t) => chunk(a, json!({"tool_calls": [tool_call(t)]}), None),
+            None => chunk(a, json!({"content": a.word(i - 1)}), None),
+        },
+        i if i == n + 1 => chunk(a, json!({}), Some(finish(a))),
         i if i == n + 2 && a.include_usage => json!({
             "id": format!("chatcmpl-{}", a.name), "object": "chat.completion.chunk",
             "created": 1_700_000_000, "model": a.model, "choices": [],

@@ -33,6 +33,7 @@ impl Adapter for Azure {
     }
 
     fn prepare(&self, call: &Call<'_>) -> Result<Prepared, String> {
+        call.req.chat()?;
         let r = &call.route;
         let version = r.api_version.unwrap_or(&self.api_version);
         Ok(Prepared {

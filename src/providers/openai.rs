@@ -19,6 +19,7 @@ pub(super) fn build(p: &ProviderConfig, env: Env<'_>) -> Result<Built, ConfigErr
 
 impl Adapter for OpenAi {
     fn prepare(&self, call: &Call<'_>) -> Result<Prepared, String> {
+        call.req.chat()?;
         Ok(Prepared {
             path: format!("{}/chat/completions", call.base_path),
             body: call.req.body_for_model(call.route.id),

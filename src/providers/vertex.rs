@@ -169,14 +169,22 @@ fn account(
 impl super::Adapter for Vertex {
     fn prepare(&self, call: &super::Call<'_>) -> Result<super::Prepared, String> {
         let id = call.route.id;
-        let tree = call.req.tree()?;
-        let (body, wire) = if is_anthropic(id) {
+        let native = call.req.native.as_deref().filter(|_| is_anthropic(id));
+        let (body, wire) = if let Some(n) = native {
+            if n.count_tokens {
+                return Err("vertex is not asked to count tokens".into());
+            }
+            // A Messages client's request, in Vertex's envelope; the answer is Anthropic's.
+            let version = ("anthropic_version", ANTHROPIC_VERSION.into());
+            (n.enveloped(&["model"], &[version])?, super::Wire::Native)
+        } else if is_anthropic(id) {
+            let tree = call.req.tree()?;
             let max = call.route.max_output_tokens.unwrap_or(4096);
             let version = ("anthropic_version", ANTHROPIC_VERSION);
             let (b, opts) = super::anthropic::request_with(tree, version, max)?;
             (b, super::Wire::Anthropic(opts))
         } else {
-            let (b, opts) = super::gemini::request(tree)?;
+            let (b, opts) = super::gemini::request(call.req.tree()?)?;
             (b, super::Wire::Gemini(opts, id.to_string()))
         };
         Ok(super::Prepared {

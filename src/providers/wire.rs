@@ -14,11 +14,18 @@ pub const EVENT_TOO_LARGE: &str = "event_too_large";
 #[derive(Debug, Clone)]
 pub enum Wire {
     OpenAi,
+    /// Anthropic's Messages API answering a Messages client (or Claude on Vertex): a 2xx
+    /// answer or stream is the client's own dialect, passed through byte for byte; an error
+    /// body is read in OpenAI's shape, as every other.
+    Native,
     Anthropic(StreamOpts),
     /// Gemini, with the provider-side model id (its answers may not name it).
     Gemini(StreamOpts, String),
     /// Bedrock Converse, with the provider-side model id (its answers do not name it).
     Bedrock(StreamOpts, String),
+    /// Claude on Bedrock answering a Messages client (InvokeModel): a 2xx answer is
+    /// Anthropic's message as it is, a stream Anthropic's events out of their frames.
+    BedrockNative,
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -32,8 +39,10 @@ impl Wire {
     /// Whether an answer with this `content-type` is this format's stream.
     pub fn is_stream(&self, content_type: &str) -> bool {
         match self {
-            Wire::Bedrock(..) => content_type.starts_with("application/vnd.amazon.eventstream"),
-            Wire::OpenAi | Wire::Anthropic(_) | Wire::Gemini(..) => {
+            Wire::Bedrock(..) | Wire::BedrockNative => {
+                content_type.starts_with("application/vnd.amazon.eventstream")
+            }
+            Wire::OpenAi | Wire::Native | Wire::Anthropic(_) | Wire::Gemini(..) => {
                 content_type.starts_with("text/event-stream")
             }
         }
@@ -43,14 +52,29 @@ impl Wire {
     /// provider's (a Bedrock event stream reaches the client as SSE).
     pub fn client_stream_type(&self) -> Option<&'static str> {
         match self {
-            Wire::Bedrock(..) => Some("text/event-stream"),
-            Wire::OpenAi | Wire::Anthropic(_) | Wire::Gemini(..) => None,
+            Wire::Bedrock(..) | Wire::BedrockNative => Some("text/event-stream"),
+            Wire::OpenAi | Wire::Native | Wire::Anthropic(_) | Wire::Gemini(..) => None,
         }
     }
 
-    /// Whether answers are translated (and so always read whole before they are sent).
-    pub fn translated(&self) -> bool {
-        !matches!(self, Wire::OpenAi)
+    /// Whether an answer (`ok`: a 2xx) is translated, and so always read whole before it is
+    /// sent.
+    pub fn translated(&self, ok: bool) -> bool {
+        match self {
+            Wire::OpenAi => false,
+            Wire::Native | Wire::BedrockNative => !ok,
+            Wire::Anthropic(_) | Wire::Gemini(..) | Wire::Bedrock(..) => true,
+        }
+    }
+
+    /// The dialect of a 2xx answer in this format, as the client gets it.
+    pub fn dialect(&self) -> crate::api::Dialect {
+        match self {
+            Wire::Native | Wire::BedrockNative => crate::api::Dialect::Anthropic,
+            Wire::OpenAi | Wire::Anthropic(_) | Wire::Gemini(..) | Wire::Bedrock(..) => {
+                crate::api::Dialect::OpenAi
+            }
+        }
     }
 
     /// A whole answer body (`ok`: a 2xx) in OpenAI's shape; `None` when it already is.
@@ -58,6 +82,9 @@ impl Wire {
         let now = unix_now();
         Some(match self {
             Wire::OpenAi => return None,
+            Wire::Native | Wire::BedrockNative if ok => return None,
+            Wire::BedrockNative => Ok(bedrock::error_body(raw, status)),
+            Wire::Native => Ok(anthropic::error_body(raw)),
             Wire::Anthropic(_) if ok => anthropic::response(raw, now),
             Wire::Anthropic(_) => Ok(anthropic::error_body(raw)),
             Wire::Gemini(_, model) if ok => gemini::response(raw, model, now),
@@ -72,6 +99,8 @@ impl Wire {
         let now = unix_now();
         match self {
             Wire::OpenAi => Relay::Pass(EventAligner::default()),
+            Wire::Native => Relay::Native(EventAligner::default()),
+            Wire::BedrockNative => Relay::BedrockNative(Default::default()),
             Wire::Anthropic(opts) => Relay::Anthropic(anthropic::StreamTranslator::new(opts, now)),
             Wire::Gemini(opts, model) => {
                 Relay::Gemini(gemini::StreamTranslator::new(opts, &model, now))
@@ -109,6 +138,10 @@ pub fn in_band_status(kind: &str) -> Option<u16> {
 /// A stream's relay: pass-through (event-aligned) or translated.
 pub enum Relay {
     Pass(EventAligner),
+    /// Anthropic's events to a Messages client, passed through (event-aligned).
+    Native(EventAligner),
+    /// Anthropic's events to a Messages client, out of Bedrock's frames.
+    BedrockNative(bedrock::invoke::InvokeStream),
     Anthropic(anthropic::StreamTranslator),
     Gemini(gemini::StreamTranslator),
     Bedrock(bedrock::StreamTranslator),
@@ -124,7 +157,8 @@ impl Relay {
     /// starts an event and never ends it cannot make detour buffer without bound.
     pub fn push(&mut self, c: Bytes, cap: usize) -> Result<Option<Bytes>, InBandError> {
         let out = match self {
-            Relay::Pass(a) => Ok(a.push(c)),
+            Relay::Pass(a) | Relay::Native(a) => Ok(a.push(c)),
+            Relay::BedrockNative(t) => t.push(&c).map(nonempty),
             Relay::Anthropic(t) => t.push(&c).map(nonempty),
             Relay::Gemini(t) => t.push(&c).map(nonempty),
             Relay::Bedrock(t) => t.push(&c).map(nonempty),
@@ -141,16 +175,21 @@ impl Relay {
     /// At the upstream's clean end: closing bytes a translated format owes the client.
     pub fn finish(&mut self) -> Option<Bytes> {
         match self {
-            Relay::Pass(_) | Relay::Anthropic(_) => None,
+            Relay::Pass(_) | Relay::Native(_) | Relay::BedrockNative(_) | Relay::Anthropic(_) => {
+                None
+            }
             Relay::Gemini(t) => t.finish().map(Bytes::from),
             Relay::Bedrock(t) => t.finish().map(Bytes::from),
         }
     }
 
-    /// Whether the stream reached its proper end (`[DONE]`, nothing partial held back).
-    pub fn complete(&self) -> bool {
+    /// Whether the stream reached its proper end (`[DONE]`, or for Anthropic's events
+    /// `message_stop`, which the stream's inspection saw: `stopped`), nothing partial held back.
+    pub fn complete(&self, stopped: bool) -> bool {
         match self {
             Relay::Pass(a) => a.saw_done() && a.pending() == 0,
+            Relay::Native(a) => stopped && a.pending() == 0,
+            Relay::BedrockNative(t) => stopped && t.pending() == 0,
             Relay::Anthropic(t) => t.done() && t.pending() == 0,
             Relay::Gemini(t) => t.finished() && t.pending() == 0,
             Relay::Bedrock(t) => t.finished() && t.pending() == 0,
@@ -160,7 +199,8 @@ impl Relay {
     /// Bytes of a partial upstream event held back.
     pub fn pending(&self) -> usize {
         match self {
-            Relay::Pass(a) => a.pending(),
+            Relay::Pass(a) | Relay::Native(a) => a.pending(),
+            Relay::BedrockNative(t) => t.pending(),
             Relay::Anthropic(t) => t.pending(),
             Relay::Gemini(t) => t.pending(),
             Relay::Bedrock(t) => t.pending(),

@@ -8,7 +8,9 @@
 //! installed for every request and does nothing until `activate` turns it on.
 
 use crate::api::anthropic::error_from_openai;
+use crate::api::messages::only_not_carried;
 use crate::api::messages_answer::{to_message, StreamToMessages};
+use crate::api::{ChatRequest, Dialect, GatewayError, Native};
 use crate::sse::SseDecoder;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,6 +18,7 @@ use pingora_core::modules::http::{HttpModule, HttpModuleBuilder, HttpModules, Mo
 use pingora_http::ResponseHeader;
 use serde_json::Value;
 use std::any::Any;
+use std::sync::Arc;
 
 /// The largest JSON answer translated: a larger one (an upstream's, relayed as it came) is
 /// replaced by an error rather than held in memory whole.
@@ -66,18 +69,71 @@ pub fn activate(session: &mut pingora_proxy::Session, model: &str) {
     }
 }
 
-/// A Messages request body as the chat request the engine serves; a field that cannot be
-/// carried is a 400 naming it.
-pub fn to_chat_body(body: &[u8]) -> Result<Bytes, crate::api::GatewayError> {
-    use crate::api::GatewayError;
+/// Turn the module off again: what is written next is already in Anthropic's shape.
+pub fn deactivate(session: &mut pingora_proxy::Session) {
+    if let Some(m) = session.downstream_modules_ctx.get_mut::<MessagesOut>() {
+        m.on = None;
+    }
+}
+
+/// A token count's plan: its `anthropic` targets (which have Anthropic's count endpoint); the
+/// others are listed as skipped.
+pub fn count_plan(plan: &mut crate::plan::Plan, gw: &crate::gateway::Gateway) {
+    let (keep, rest) = std::mem::take(&mut plan.targets)
+        .into_iter()
+        .partition(|t| gw.providers[t.route.provider].kind == "anthropic");
+    plan.targets = keep;
+    for t in rest {
+        plan.skipped.push(crate::plan::Skipped {
+            source: t.source(gw),
+            provider: t.route.provider,
+            reason: "skipped: tokens are counted by anthropic targets only".into(),
+            why: "count_tokens",
+        });
+    }
+}
+
+/// detour's own estimate of a request's input tokens, marked as one: about 4 bytes a token of
+/// its messages, system and tools as JSON, 3 tokens a message and 3 more (the rule detour's
+/// estimated usage follows); for a request chat targets cannot take, of its whole body.
+pub fn estimate(req: &ChatRequest) -> Bytes {
+    let tokens = match req.native.as_deref() {
+        Some(n) if n.not_chat.is_some() => {
+            n.body.len().div_ceil(crate::api::BYTES_PER_TOKEN) as u64
+        }
+        _ => req.estimated_prompt_tokens(),
+    };
+    let v = serde_json::json!({"input_tokens": tokens, "detour_estimated": true});
+    Bytes::from(v.to_string())
+}
+
+/// A Messages request body as the chat request the engine serves, carrying the body as sent
+/// for Anthropic-family targets. A field no target could take is a 400 naming it; one only
+/// chat-completions targets cannot take leaves them a refusal (`ChatRequest::chat`) and the
+/// rest of the chain the request.
+pub fn to_chat_request(body: Bytes, count_tokens: bool) -> Result<ChatRequest, GatewayError> {
     let v: Value =
-        serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
-    let chat =
-        crate::api::messages::to_chat(&v).map_err(|message| GatewayError::InvalidRequest {
-            message,
-            param: None,
-        })?;
-    Ok(Bytes::from(serde_json::to_vec(&chat).unwrap_or_default()))
+        serde_json::from_slice(&body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+    let invalid = |message: String| GatewayError::InvalidRequest {
+        message,
+        param: None,
+    };
+    let (chat, not_chat) = match crate::api::messages::to_chat_for(&v, count_tokens) {
+        Ok(chat) => (chat, None),
+        Err(e) if only_not_carried(&e) => (stand_in(&v), Some(e)),
+        Err(e) => return Err(invalid(e)),
+    };
+    let mut req = ChatRequest::parse(Bytes::from(serde_json::to_vec(&chat).unwrap_or_default()))?;
+    let native = Native::new(body, count_tokens, not_chat)
+        .ok_or_else(|| invalid("model must be a string".into()))?;
+    req.native = Some(Arc::new(native));
+    Ok(req)
+}
+
+/// The chat request that stands in for one chat-completions targets cannot take: its model
+/// and stream, for the plan; no target reads its (empty) messages.
+fn stand_in(v: &Value) -> Value {
+    serde_json::json!({"model": v["model"], "messages": [], "stream": v["stream"] == true})
 }
 
 impl On {
@@ -141,6 +197,11 @@ impl HttpModule for MessagesOut {
         let Some(on) = &mut self.on else {
             return Ok(());
         };
+        if resp.extensions.get::<Dialect>() == Some(&Dialect::Anthropic) {
+            // Already in the client's dialect (an Anthropic-family target): byte for byte.
+            self.on = None;
+            return Ok(());
+        }
         let status = resp.status.as_u16();
         let stream = resp
             .headers
@@ -191,6 +252,10 @@ impl HttpModule for MessagesOut {
                 } else {
                     on.json_done(status, &raw)
                 }
+            }
+            // detour's keep-alive, written alone between whole events.
+            Some(Body::Stream(_, tr)) if bytes == crate::sse::KEEP_ALIVE && !tr.ended() => {
+                crate::api::anthropic::PING.to_vec()
             }
             Some(Body::Stream(dec, tr)) => On::stream_bytes(dec, tr, &bytes, end_of_stream),
         };

@@ -284,6 +284,15 @@ impl Serving {
         session.write_response_body(Some(body), true).await
     }
 
+    /// A token count detour estimated (no target could count): Anthropic's shape, marked.
+    async fn write_estimate(session: &mut Session, body: Bytes, request_id: &str) -> Result<()> {
+        messages::deactivate(session);
+        let mut h = Self::json_header(200, body.len(), request_id, None)?;
+        h.insert_header("x-detour-estimated", "true")?;
+        session.write_response_header(Box::new(h), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+
     async fn write_error(
         session: &mut Session,
         ctx: &mut RequestLog,
@@ -316,14 +325,9 @@ impl Serving {
         session.write_response_body(Some(e.to_json()), true).await
     }
 
-    /// A chain-mode request: a chat request, or (`messages`) an Anthropic Messages request,
-    /// translated to one here and its answer back by the `messages` module.
-    async fn chat(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestLog,
-        messages: bool,
-    ) -> Result<()> {
+    /// A chain-mode request: a chat request, or an Anthropic Messages request (a message or a
+    /// token count), translated to one here and its answer back by the `messages` module.
+    async fn chat(&self, session: &mut Session, ctx: &mut RequestLog, api: Api) -> Result<()> {
         ctx.mode = "chain";
         // Decremented when this scope ends, whichever way it ends.
         let _in_flight = Counted::enter(&self.metrics().in_flight);
@@ -332,19 +336,32 @@ impl Serving {
             let mut who = self.admitted(session, ctx, true).await?;
             // The hold counts the body in the total until the request is over.
             let (body, _hold) = self.read_body(session).await?;
-            let body = if messages {
-                messages::to_chat_body(&body)?
-            } else {
-                body
+            let req = match api {
+                Api::Chat => ChatRequest::parse(body)?,
+                Api::Messages => messages::to_chat_request(body, false)?,
+                Api::CountTokens => messages::to_chat_request(body, true)?,
             };
-            let req = ChatRequest::parse(body)?;
-            if messages {
+            if api != Api::Chat {
                 messages::activate(session, &req.model);
             }
             ctx.stream = req.stream;
             ctx.model = crate::text::truncate(&req.model, 512).to_string();
-            let plan = self.plan_for(&req, who.as_ref())?;
-            let tab = self.tab(&req, who.as_mut(), &ctx.request_id);
+            let mut plan = self.plan_for(&req, who.as_ref())?;
+            let tab = if api == Api::CountTokens {
+                // Counted by Anthropic-family targets only, and free: no credits held.
+                messages::count_plan(&mut plan, self.gw());
+                if plan.targets.is_empty() {
+                    ctx.status = 200;
+                    let (body, rid) = (messages::estimate(&req), &ctx.request_id);
+                    return Self::write_estimate(session, body, rid).await.map_err(|e| {
+                        let _ = e;
+                        GatewayError::ClientClosed
+                    });
+                }
+                None
+            } else {
+                self.tab(&req, who.as_mut(), &ctx.request_id)
+            };
             self.engine
                 .serve(session, ctx, &req, &plan, tab.as_ref())
                 .await
@@ -406,6 +423,17 @@ impl Serving {
     }
 }
 
+/// The API a chain-mode request speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// `POST /v1/chat/completions`
+    Chat,
+    /// `POST /v1/messages`
+    Messages,
+    /// `POST /v1/messages/count_tokens`
+    CountTokens,
+}
+
 /// A request's state across Pingora's hooks: its log, and a single header-mode target (with
 /// its count in the in-flight gauge while Pingora proxies it).
 #[derive(Default)]
@@ -445,15 +473,20 @@ impl Serving {
         let route = match path.as_str() {
             "/v1/chat/completions" | "/chat/completions" => "chat",
             "/v1/messages" => "messages",
+            "/v1/messages/count_tokens" => "count_tokens",
             "/v1/models" | "/models" => "models",
             "/health" | "/v1/health" => "health",
             _ => "",
         };
         match (route, method.as_str()) {
-            ("chat", "POST") => self.chat(session, ctx, false).await,
+            ("chat", "POST") => self.chat(session, ctx, Api::Chat).await,
             ("messages", "POST") => {
                 messages::activate(session, "");
-                self.chat(session, ctx, true).await
+                self.chat(session, ctx, Api::Messages).await
+            }
+            ("count_tokens", "POST") => {
+                messages::activate(session, "");
+                self.chat(session, ctx, Api::CountTokens).await
             }
             ("models", "GET") => {
                 ctx.status = 200;

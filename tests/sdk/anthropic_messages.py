@@ -61,6 +61,13 @@ def main():
         traceback.print_exc()
 
     try:
+        c = client.messages.count_tokens(model=a.model, system="Be brief.", messages=msgs)
+        check(c.input_tokens > 0, "count_tokens: a count", str(c))
+    except Exception as e:  # noqa: BLE001
+        check(False, f"count_tokens: {type(e).__name__}: {e}")
+        traceback.print_exc()
+
+    try:
         client.messages.create(model=a.fail_model, max_tokens=50, messages=msgs)
         check(False, "all failed: an error was raised")
     except anthropic.APIStatusError as e:

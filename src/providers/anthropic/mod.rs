@@ -50,6 +50,19 @@ pub(super) fn build(
 
 impl super::Adapter for Anthropic {
     fn prepare(&self, call: &super::Call<'_>) -> Result<super::Prepared, String> {
+        if let Some(n) = call.req.native.as_deref() {
+            // A Messages client's request: as it was sent, with only `model` replaced.
+            let path = if n.count_tokens {
+                "/v1/messages/count_tokens"
+            } else {
+                "/v1/messages"
+            };
+            return Ok(super::Prepared {
+                path: format!("{}{path}", call.base_path),
+                body: n.body_for_model(call.route.id),
+                wire: super::Wire::Native,
+            });
+        }
         let max = call.route.max_output_tokens.unwrap_or(4096);
         let (body, opts) = request(call.req.tree()?, call.route.id, max)?;
         Ok(super::Prepared {
@@ -69,7 +82,11 @@ impl super::Adapter for Anthropic {
             super::Auth::Token(t) => super::bearer(h, t)?,
             super::Auth::None | super::Auth::Aws(_) => {}
         }
-        h.insert_header("anthropic-version", self.version.as_str())
+        // A Messages client's own `anthropic-version` (forwarded) is the one it wrote for.
+        if !h.headers.contains_key("anthropic-version") {
+            h.insert_header("anthropic-version", self.version.as_str())?;
+        }
+        Ok(())
     }
 }
 

@@ -109,6 +109,24 @@ fn aws_from_env(env: super::Env<'_>) -> super::Credentials {
 
 impl super::Adapter for Bedrock {
     fn prepare(&self, call: &super::Call<'_>) -> Result<super::Prepared, String> {
+        let id = call.route.id;
+        if let Some(n) = call
+            .req
+            .native
+            .as_deref()
+            .filter(|_| invoke::is_anthropic(id))
+        {
+            if n.count_tokens {
+                return Err("bedrock is not asked to count tokens".into());
+            }
+            // A Messages client's request, in InvokeModel's envelope; the answer is Anthropic's.
+            let version = ("anthropic_version", invoke::VERSION.into());
+            return Ok(super::Prepared {
+                path: invoke::path(call.base_path, id, call.stream),
+                body: n.enveloped(&["model", "stream"], &[version])?.into(),
+                wire: super::Wire::BedrockNative,
+            });
+        }
         let (body, opts) = request(call.req.tree()?, call.route.max_output_tokens)?;
         Ok(super::Prepared {
             path: path(call.base_path, call.route.id, call.stream),
@@ -386,6 +404,7 @@ pub fn request(value: &Value, max_tokens: Option<u32>) -> Result<(Vec<u8>, Strea
     ))
 }
 
+pub mod invoke;
 mod response;
 mod sigv4;
 pub use response::*;

@@ -90,7 +90,7 @@ pub fn error_body(body: &[u8], status: u16) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-fn header_str<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
+pub(super) fn header_str<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
     m.headers()
         .iter()
         .find(|h| h.name().as_str() == name)
