@@ -374,6 +374,68 @@ fn messages(c: &mut Criterion) {
         })
     });
     g.finish();
+    messages_native(c, request);
+}
+
+/// A Messages client to an Anthropic-family target: the body found and its model replaced;
+/// Anthropic's events passed through and inspected (commit point, usage, end), and unwrapped
+/// from Bedrock's frames first.
+fn messages_native(c: &mut Criterion, request: &[u8]) {
+    let mut events = vec![
+        serde_json::json!({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-20250514","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":412,"output_tokens":1}}}),
+        serde_json::json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+        serde_json::json!({"type":"ping"}),
+    ];
+    for i in 0..17 {
+        events.push(serde_json::json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":format!(" word{i}")}}));
+    }
+    events.push(serde_json::json!({"type":"content_block_stop","index":0}));
+    events.push(serde_json::json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":17}}));
+    events.push(serde_json::json!({"type":"message_stop"}));
+    let sse: Vec<bytes::Bytes> = events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or("")).into())
+        .collect();
+    let frames: Vec<Vec<u8>> = events
+        .iter()
+        .map(detour::providers::bedrock::invoke::chunk_frame)
+        .collect();
+    let body = bytes::Bytes::copy_from_slice(request);
+    let mut g = c.benchmark_group("messages-native");
+    g.bench_function("request", |b| {
+        b.iter(|| {
+            let n = detour::api::Native::new(black_box(body.clone()), false, None);
+            n.map(|n| n.body_for_model("claude-sonnet-4-20250514"))
+        })
+    });
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("stream-inspected-23-events", |b| {
+        b.iter(|| {
+            let mut a = EventAligner::default();
+            let mut w = detour::engine::watch::Watch::new(false)
+                .for_dialect(detour::api::Dialect::Anthropic);
+            for ev in &sse {
+                if let Some(seg) = a.push(black_box(ev.clone())) {
+                    let _ = w.inspect(&seg);
+                }
+            }
+            w.done()
+        })
+    });
+    g.bench_function("bedrock-unwrapped-inspected-23-events", |b| {
+        b.iter(|| {
+            let mut t = detour::providers::bedrock::invoke::InvokeStream::default();
+            let mut w = detour::engine::watch::Watch::new(false)
+                .for_dialect(detour::api::Dialect::Anthropic);
+            for f in &frames {
+                if let Ok(seg) = t.push(black_box(f)) {
+                    let _ = w.inspect(&seg);
+                }
+            }
+            w.done()
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(hot, benches, anthropic, gemini, bedrock, messages);

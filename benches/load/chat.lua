@@ -3,6 +3,8 @@
 -- Usage:  wrk ... -s benches/load/chat.lua http://HOST:PORT/v1/chat/completions -- json|stream [MODEL]
 --         wrk ... -s benches/load/chat.lua http://DETOUR/v1/chat/completions -- url MODEL TARGET_URL
 --         (url: the JSON request in detour's header mode, `Helicone-Target-Url: TARGET_URL`)
+--         wrk ... -s benches/load/chat.lua http://HOST:PORT/v1/messages -- messages [MODEL]
+--         (messages: an Anthropic Messages API request, streamed)
 --
 -- Every connection sends the same request (built once per thread, as in stock wrk).
 -- No response() callback is defined on purpose: it would make wrk hand every response to Lua
@@ -20,13 +22,16 @@ function init(args)
   wrk.headers["Content-Type"] = "application/json"
   if mode == "stream" then
     wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"hi"}],"stream":true}'
+  elseif mode == "messages" then
+    wrk.headers["anthropic-version"] = "2023-06-01"
+    wrk.body = '{"model":"' .. model .. '","max_tokens":256,"messages":[{"role":"user","content":"hi"}],"stream":true}'
   elseif mode == "json" or mode == "url" then
     wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"hi"}]}'
     if mode == "url" then
       wrk.headers["Helicone-Target-Url"] = args[3]
     end
   else
-    error("chat.lua: mode must be json, stream or url, got " .. tostring(mode))
+    error("chat.lua: mode must be json, stream, messages or url, got " .. tostring(mode))
   end
 end
 

@@ -25,7 +25,7 @@
 #   DETOUR_BIN [target/release/detour]   DURATION [15s] per measured run   WARMUP [1s] (0: none)
 #   CONC [64]   CHUNKS [20]   RSS_CONNS [1000]   RSS_DURATION [10s]   RSS_CHUNK_INTERVAL_MS [50]
 #   WRK_TIMEOUT [10s]   DETOUR_CPU [0]   LOAD_CPU [1]   BASE_PORT [18100]   KEEP_LOGS [0]
-#   MODES ["json stream anth url"]: the modes of step 2 to run (empty: none); RSS_CONNS=0 skips
+#   MODES ["json stream anth msg msgx url"]: the modes of step 2 to run (empty: none); RSS_CONNS=0 skips
 #   step 3; UPLOAD_MIB [200].
 #   Example, memory only: MODES= benches/load/run.sh; JSON only: MODES=json RSS_CONNS=0 ...
 set -euo pipefail
@@ -46,7 +46,7 @@ DETOUR_CPU="${DETOUR_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 BASE_PORT="${BASE_PORT:-18100}"
 KEEP_LOGS="${KEEP_LOGS:-0}"
-MODES="${MODES-json stream anth url}"
+MODES="${MODES-json stream anth msg msgx url}"
 UPLOAD_MIB="${UPLOAD_MIB:-200}"
 WRK="${WRK:-wrk}"
 
@@ -387,8 +387,11 @@ preflight direct-near "$NEAR_URL"
 # ---------------------------------------------------------------------------------------------
 # Mode anth: an Anthropic SSE stream from the mock (its /v1/messages), translated by detour into
 # OpenAI chunks; the direct runs read the mock's Anthropic stream as it is.
+# Modes msg and msgx: an Anthropic Messages client (POST /v1/messages, streamed). msg: to an
+# Anthropic target, passed through byte for byte; the direct runs are the mock's /v1/messages.
+# msgx: to an OpenAI target, translated both ways; the direct runs are the mock's OpenAI stream.
 for mode in $MODES; do
-  case $mode in json | stream | anth | url) ;; *) die "MODES: unknown mode '$mode' (json, stream, anth, url)" ;; esac
+  case $mode in json | stream | anth | msg | msgx | url) ;; *) die "MODES: unknown mode '$mode' (json, stream, anth, msg, msgx, url)" ;; esac
   for target in direct detour; do
     if [[ $target == direct ]]; then url=$DIRECT_URL; else url=$DETOUR_URL; fi
     wrk_mode=$mode model=gpt-4o near_model=gpt-4o-near near_url=$NEAR_URL far="" near=""
@@ -396,6 +399,20 @@ for mode in $MODES; do
       wrk_mode=stream model=claude near_model=claude-near
       near_url=${NEAR_URL%/v1/chat/completions}/v1/messages
       [[ $target == direct ]] && url=${DIRECT_URL%/v1/chat/completions}/v1/messages
+    fi
+    if [[ $mode == msg ]]; then
+      wrk_mode=messages model=claude near_model=claude-near
+      near_url=${NEAR_URL%/v1/chat/completions}/v1/messages
+      if [[ $target == direct ]]; then
+        url=${DIRECT_URL%/v1/chat/completions}/v1/messages
+      else
+        url=${DETOUR_URL%/v1/chat/completions}/v1/messages
+      fi
+    fi
+    if [[ $mode == msgx ]]; then
+      if [[ $target == direct ]]; then wrk_mode=stream; else
+        wrk_mode=messages url=${DETOUR_URL%/v1/chat/completions}/v1/messages
+      fi
     fi
     if [[ $mode == url ]]; then
       # Header mode: the same JSON request, its target named by Helicone-Target-Url.
@@ -508,6 +525,8 @@ mode_name() {
     json) echo "JSON" ;;
     stream) echo "SSE stream, $CHUNKS chunks" ;;
     anth) echo "Anthropic SSE → OpenAI SSE, $CHUNKS chunks" ;;
+    msg) echo "Messages client → Anthropic, SSE passed through, $CHUNKS chunks" ;;
+    msgx) echo "Messages client → OpenAI SSE translated, $CHUNKS chunks" ;;
     url) echo "JSON, header mode (Helicone-Target-Url)" ;;
   esac
 }
