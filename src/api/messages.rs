@@ -66,6 +66,24 @@ impl Native {
         super::request::splice_model(&self.body, &self.model_span, model_id)
     }
 
+    /// This request with `text` as a trailing assistant turn (a continuation's prefill). Its
+    /// trailing whitespace is left out: Anthropic refuses a final assistant turn ending in it.
+    pub fn with_prefill(&self, text: &str) -> Result<Native, String> {
+        let text = text.trim_end();
+        if text.is_empty() {
+            return Err("nothing to prefill".into());
+        }
+        let mut v: Map<String, Value> =
+            serde_json::from_slice(&self.body).map_err(|e| e.to_string())?;
+        v.get_mut("messages")
+            .and_then(Value::as_array_mut)
+            .ok_or("the request has no messages")?
+            .push(json!({"role": "assistant", "content": text}));
+        let body = Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?);
+        Native::new(body, self.count_tokens, self.not_chat.clone())
+            .ok_or_else(|| "the request names no model".into())
+    }
+
     /// The body as a JSON object without the `remove` fields, with `extra` fields added:
     /// Claude on Bedrock and Vertex (the model is in the URL, the API version in the body).
     pub fn enveloped(&self, remove: &[&str], extra: &[(&str, Value)]) -> Result<Vec<u8>, String> {

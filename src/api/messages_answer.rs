@@ -119,6 +119,17 @@ impl StreamToMessages {
         }
     }
 
+    /// The rest of a message already open (a continuation): no `message_start`; text goes on
+    /// in block `open_text` if one is open, and new blocks take indices from `next`.
+    pub fn continuing(open_text: Option<usize>, next: usize) -> StreamToMessages {
+        StreamToMessages {
+            started: true,
+            open: open_text.map(|i| (Open::Text, i)),
+            next,
+            ..StreamToMessages::new("")
+        }
+    }
+
     /// Whether the stream was ended, whole (`message_stop`) or failed (`error`).
     pub fn ended(&self) -> bool {
         self.ended

@@ -346,16 +346,21 @@ impl ChatRequest {
     }
 
     /// This request with `text` appended as a trailing assistant message (a prefill, for a
-    /// continuation). Built from the tree; its own tree is the one it was made from.
-    pub fn with_prefill(&self, text: &str) -> Result<ChatRequest, String> {
+    /// continuation). Built from the tree; its own tree is the one it was made from. With
+    /// `native`, a Messages request's body as sent gets the prefill too, for the
+    /// Anthropic-family targets (otherwise they are sent the chat request, translated).
+    pub fn with_prefill(&self, text: &str, native: bool) -> Result<ChatRequest, String> {
         let mut v = self.tree()?.clone();
         v.get_mut("messages")
             .and_then(Value::as_array_mut)
             .ok_or("the request has no messages")?
             .push(serde_json::json!({"role": "assistant", "content": text}));
         let body = Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?);
-        let req = ChatRequest::parse(body).map_err(|e| format!("{e:?}"))?;
+        let mut req = ChatRequest::parse(body).map_err(|e| format!("{e:?}"))?;
         let _ = req.tree.set(Ok(v));
+        if let (true, Some(n)) = (native, self.native.as_deref()) {
+            req.native = Some(Arc::new(n.with_prefill(text)?));
+        }
         Ok(req)
     }
 }
@@ -489,7 +494,7 @@ mod tests {
         let a = r.tree().expect("tree") as *const Value;
         let b = r.tree().expect("tree") as *const Value;
         assert_eq!(a, b, "parsed once");
-        let p = r.with_prefill("Hel").expect("prefill");
+        let p = r.with_prefill("Hel", false).expect("prefill");
         assert_eq!(p.messages, 2);
         assert_eq!(p.tree().expect("tree")["messages"][1]["content"], "Hel");
         assert_eq!(p.model, "m");

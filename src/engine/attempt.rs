@@ -67,7 +67,8 @@ pub(super) enum ReadyBody {
     /// The events up to and including the first with content, not yet sent.
     Stream {
         relay: Relay,
-        watch: Watch,
+        /// Boxed: it would otherwise make every answer's body this variant's size.
+        watch: Box<Watch>,
         held: Bytes,
         /// The upstream already ended (cleanly) before commit.
         ended: bool,

@@ -5,7 +5,8 @@
 use super::attempt::{Ask, Ready, ReadyBody};
 use super::classify::{FailClass, Failure};
 use super::ledger::Timing;
-use super::relay::{ChunkHead, Delivered};
+use super::relay::Delivered;
+use super::splice::Head;
 use super::{health, unless_client_gone, At, Engine, RequestLog};
 use crate::api::{Capabilities, GatewayError};
 use crate::plan::Target;
@@ -213,7 +214,7 @@ impl Engine {
         ask: &Ask<'_>,
         log: &mut RequestLog,
         text: &str,
-        head: &ChunkHead,
+        head: &Head,
         queued: Vec<usize>,
     ) -> bool {
         for i in queued {
@@ -226,7 +227,8 @@ impl Engine {
                 self.skipped(log, t.route.provider, t.source(&self.gw), why);
                 continue;
             }
-            let Ok(prefilled) = ask.req.with_prefill(text) else {
+            let native = matches!(head, Head::Events(_));
+            let Ok(prefilled) = ask.req.with_prefill(text, native) else {
                 return false;
             };
             let at = At {
@@ -262,7 +264,7 @@ impl Engine {
         log: &mut RequestLog,
         at: At<'_>,
         ready: Box<Ready>,
-        head: &ChunkHead,
+        head: &Head,
     ) -> bool {
         let (t, started) = (at.target(), at.started);
         let provider = &self.gw.providers[t.route.provider];

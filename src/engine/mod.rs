@@ -17,6 +17,7 @@ pub mod ledger;
 mod read;
 mod relay;
 pub mod schedule;
+mod splice;
 mod stream;
 mod token;
 pub mod upstream;

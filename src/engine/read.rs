@@ -239,7 +239,7 @@ impl Engine {
         };
         ready.body = ReadyBody::Stream {
             relay: s.relay,
-            watch: s.watch,
+            watch: Box::new(s.watch),
             held: s.held.freeze(),
             ended,
         };

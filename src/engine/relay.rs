@@ -5,6 +5,7 @@
 
 use super::attempt::{Ready, ReadyBody};
 use super::read::{read_until, Read};
+use super::splice::{Head, Splice};
 use super::stream::StreamState;
 use super::watch::{Usage, Watch};
 use super::{unless_client_gone, Engine};
@@ -38,8 +39,8 @@ pub(super) enum Delivered {
     Broken {
         reason: String,
         watch: Box<Watch>,
-        /// The answer's `id`, `created` and `model`, for a continuation's chunks.
-        head: Option<ChunkHead>,
+        /// Where the answer stood, for a continuation.
+        head: Option<Head>,
     },
 }
 
@@ -147,8 +148,8 @@ pub(super) fn chunk_head(seg: &[u8]) -> Option<ChunkHead> {
 
 impl Engine {
     /// Commit `ready` with header `h` and write it to the client. A continuation has no header
-    /// of its own (`h` is `None`: the client's stream is already open) and its chunks are
-    /// `splice`d: given the original answer's identity, role-only chunks dropped. `request` is
+    /// of its own (`h` is `None`: the client's stream is already open) and its events are
+    /// `splice`d into it where the broken answer stood (`splice.rs`). `request` is
     /// the client's (read only to finalise a stream that ended without its usage).
     ///
     /// Returns the chosen relay's future, boxed: a request's own future then holds neither
@@ -159,7 +160,7 @@ impl Engine {
         ready: Box<Ready>,
         h: Option<ResponseHeader>,
         provider: &'a Provider,
-        splice: Option<&'a ChunkHead>,
+        splice: Option<&'a Head>,
         request: &'a crate::api::ChatRequest,
     ) -> Pin<Box<dyn Future<Output = Delivered> + Send + 'a>> {
         let Ready {
@@ -220,6 +221,17 @@ impl Engine {
                     .continuation
                     .then(|| chunk_head(&held))
                     .flatten();
+                let splice = match splice.map(|to| Splice::new(to, watch.dialect())) {
+                    None => None,
+                    Some(Some(sp)) => Some(sp),
+                    Some(None) => {
+                        return Box::pin(std::future::ready(Delivered::Broken {
+                            reason: "an Anthropic answer cannot continue a chat stream".into(),
+                            watch,
+                            head: None,
+                        }))
+                    }
+                };
                 let st = StreamState {
                     relay,
                     watch,

@@ -5,6 +5,7 @@
 
 use super::read::Read;
 use super::relay::{chunk_head, commit, ChunkHead, Delivered, Upstream};
+use super::splice::{Head, Splice};
 use super::watch::{BadEvent, Usage, Watch};
 use super::Engine;
 use crate::api::ChatRequest;
@@ -18,14 +19,14 @@ use std::time::Instant;
 /// A stream after its commit point.
 pub(super) struct StreamState<'a> {
     pub relay: Relay,
-    pub watch: Watch,
+    pub watch: Box<Watch>,
     /// The answer's identity, kept for a continuation.
     pub head: Option<ChunkHead>,
     /// The first events (a reference, not a copy): the answer's identity, should the stream
     /// need finalising.
     pub first: Bytes,
-    /// A continuation's target identity: its chunks are spliced into the original answer.
-    pub splice: Option<&'a ChunkHead>,
+    /// A continuation's events go on in the original answer's stream.
+    pub splice: Option<Splice<'a>>,
     /// `limits.max-event-bytes`.
     pub cap: usize,
 }
@@ -41,18 +42,30 @@ enum End {
 }
 
 impl StreamState<'_> {
-    fn spliced(&self, seg: Bytes) -> Bytes {
-        match self.splice {
-            Some(to) => spliced(&seg, to),
+    fn spliced(&mut self, seg: Bytes) -> Bytes {
+        match &mut self.splice {
+            Some(to) => to.apply(&seg),
             None => seg,
         }
     }
 
+    /// The dialect the client reads: the answer's own, or a continued stream's.
+    fn client_dialect(&self) -> crate::api::Dialect {
+        match &self.splice {
+            Some(to) => to.client_dialect(),
+            None => self.watch.dialect(),
+        }
+    }
+
     fn broken(self, reason: String) -> Delivered {
+        let head = match self.watch.dialect() {
+            crate::api::Dialect::Anthropic => Some(Head::Events(self.watch.blocks())),
+            crate::api::Dialect::OpenAi => self.head.map(Head::Chunks),
+        };
         Delivered::Broken {
             reason,
-            watch: Box::new(self.watch),
-            head: self.head,
+            watch: self.watch,
+            head,
         }
     }
 
@@ -71,7 +84,7 @@ impl StreamState<'_> {
                     Ok(()) => out.push(self.spliced(seg)),
                     Err(BadEvent { at, kind, message }) => {
                         if at > 0 {
-                            out.push(seg.slice(..at));
+                            out.push(self.spliced(seg.slice(..at)));
                         }
                         return (out.take(), End::Broke(in_band_reason(&kind, &message)));
                     }
@@ -106,7 +119,12 @@ impl StreamState<'_> {
         let mut usage = self.watch.usage();
         if usage.is_none() {
             let estimate = super::watch::estimated_usage(request, self.watch.output_bytes());
-            let head = self.splice.cloned().or_else(|| chunk_head(&self.first));
+            let head = self
+                .splice
+                .as_ref()
+                .and_then(Splice::chunk_head)
+                .cloned()
+                .or_else(|| chunk_head(&self.first));
             if let (Some(u), Some(head)) = (estimate, head) {
                 end = crate::providers::common::usage_event(
                     (&head.id, head.created, &head.model),
@@ -160,7 +178,7 @@ impl Engine {
             };
         }
         // Committed. From here a failure is reported in band and never looks complete.
-        let ping = match st.watch.dialect() {
+        let ping = match st.client_dialect() {
             crate::api::Dialect::OpenAi => crate::sse::KEEP_ALIVE,
             crate::api::Dialect::Anthropic => crate::api::anthropic::PING,
         };
@@ -227,10 +245,8 @@ impl Engine {
                 Err(why) => return Ended::Broke(why),
             };
             usage = u;
-            if s.write_response_body(Some(end.into()), false)
-                .await
-                .is_err()
-            {
+            let end = st.spliced(end.into());
+            if s.write_response_body(Some(end), false).await.is_err() {
                 return Ended::ClientGone;
             }
         }
@@ -249,44 +265,6 @@ enum Ended {
     },
     Broke(String),
     ClientGone,
-}
-
-/// A continuation's events as part of the original answer: its `id`, `created` and `model`,
-/// and without the role-only chunk that opens every stream. Only runs for a continuation.
-fn spliced(seg: &[u8], to: &ChunkHead) -> Bytes {
-    let mut out = Vec::with_capacity(seg.len() + 64);
-    // Comments and event names carry nothing the client needs here.
-    for data in seg.split(|&b| b == b'\n').filter_map(crate::sse::data_line) {
-        if data == b"[DONE]" {
-            out.extend_from_slice(b"data: [DONE]\n\n");
-            continue;
-        }
-        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(data) else {
-            continue;
-        };
-        let role_only = v
-            .pointer("/choices/0/delta")
-            .and_then(|d| d.as_object())
-            .is_some_and(|d| {
-                d.keys().all(|k| k == "role" || k == "content")
-                    && d.get("content")
-                        .is_none_or(|c| c.as_str().is_none_or(str::is_empty))
-            })
-            && v.pointer("/choices/0/finish_reason")
-                .is_none_or(serde_json::Value::is_null);
-        if role_only {
-            continue;
-        }
-        if let Some(o) = v.as_object_mut() {
-            o.insert("id".into(), to.id.clone().into());
-            o.insert("created".into(), to.created.into());
-            o.insert("model".into(), to.model.clone().into());
-        }
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(v.to_string().as_bytes());
-        out.extend_from_slice(b"\n\n");
-    }
-    Bytes::from(out)
 }
 
 fn in_band_reason(kind: &str, message: &str) -> String {
