@@ -368,7 +368,12 @@ async fn claude_on_bedrock_gets_the_body_through_invoke_model() {
     .await;
     for stream in [false, true] {
         let body = odd_body("claude-sonnet-4", stream);
-        let r = gw.post_json("/v1/messages", &body, &[]).await;
+        // Betas in two headers, one a list with spaces and an empty item.
+        let betas = [
+            ("anthropic-beta", "context-1m-2025-08-07, ,x\"y"),
+            ("anthropic-beta", "token-efficient-tools-2025-02-19"),
+        ];
+        let r = gw.post_json("/v1/messages", &body, &betas).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let sent = last_request(&m);
         let method = if stream {
@@ -388,8 +393,16 @@ async fn claude_on_bedrock_gets_the_body_through_invoke_model() {
         want.as_object_mut().unwrap().remove("model");
         want.as_object_mut().unwrap().remove("stream");
         want["anthropic_version"] = json!("bedrock-2023-05-31");
+        want["anthropic_beta"] = json!([
+            "context-1m-2025-08-07",
+            "x\"y",
+            "token-efficient-tools-2025-02-19"
+        ]);
         let got: Value = serde_json::from_slice(&sent.body).unwrap();
-        assert_eq!(got, want, "the body, model and stream out, the version in");
+        assert_eq!(
+            got, want,
+            "the body, model and stream out, the version and betas in"
+        );
         // Anthropic's own answer to the same model: what the client got, out of its frames.
         let direct_body = body.replace("\"claude-sonnet-4\"", &format!("\"{BEDROCK_CLAUDE}\""));
         let d = direct(&anth, &direct_body).await;

@@ -40,6 +40,9 @@ pub struct Native {
     pub count_tokens: bool,
     /// Why chat-completions targets cannot take it (`to_chat`'s refusal), if they cannot.
     pub not_chat: Option<String>,
+    /// The client's `anthropic-beta` features, for the targets that take them in the body
+    /// (Claude on Bedrock: `anthropic_beta`); the others get the header itself.
+    pub betas: Vec<String>,
 }
 
 impl Native {
@@ -58,7 +61,19 @@ impl Native {
             body,
             count_tokens,
             not_chat,
+            betas: Vec::new(),
         })
+    }
+
+    /// With the features of the client's `anthropic-beta` headers (comma-separated lists).
+    pub fn with_betas<'a>(mut self, headers: impl Iterator<Item = &'a str>) -> Native {
+        self.betas = headers
+            .flat_map(|h| h.split(','))
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(String::from)
+            .collect();
+        self
     }
 
     /// The body with `model_id` in place of the client's `model`, the rest byte for byte.
@@ -80,8 +95,10 @@ impl Native {
             .ok_or("the request has no messages")?
             .push(json!({"role": "assistant", "content": text}));
         let body = Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?);
-        Native::new(body, self.count_tokens, self.not_chat.clone())
-            .ok_or_else(|| "the request names no model".into())
+        let mut n = Native::new(body, self.count_tokens, self.not_chat.clone())
+            .ok_or("the request names no model")?;
+        n.betas = self.betas.clone();
+        Ok(n)
     }
 
     /// The body as a JSON object without the `remove` fields, with `extra` fields added:

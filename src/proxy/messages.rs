@@ -111,7 +111,11 @@ pub fn estimate(req: &ChatRequest) -> Bytes {
 /// for Anthropic-family targets. A field no target could take is a 400 naming it; one only
 /// chat-completions targets cannot take leaves them a refusal (`ChatRequest::chat`) and the
 /// rest of the chain the request.
-pub fn to_chat_request(body: Bytes, count_tokens: bool) -> Result<ChatRequest, GatewayError> {
+pub fn to_chat_request(
+    body: Bytes,
+    count_tokens: bool,
+    client: &pingora_http::RequestHeader,
+) -> Result<ChatRequest, GatewayError> {
     let v: Value =
         serde_json::from_slice(&body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
     let invalid = |message: String| GatewayError::InvalidRequest {
@@ -124,8 +128,14 @@ pub fn to_chat_request(body: Bytes, count_tokens: bool) -> Result<ChatRequest, G
         Err(e) => return Err(invalid(e)),
     };
     let mut req = ChatRequest::parse(Bytes::from(serde_json::to_vec(&chat).unwrap_or_default()))?;
+    let betas = client
+        .headers
+        .get_all("anthropic-beta")
+        .into_iter()
+        .filter_map(|v| v.to_str().ok());
     let native = Native::new(body, count_tokens, not_chat)
-        .ok_or_else(|| invalid("model must be a string".into()))?;
+        .ok_or_else(|| invalid("model must be a string".into()))?
+        .with_betas(betas);
     req.native = Some(Arc::new(native));
     Ok(req)
 }

@@ -338,8 +338,8 @@ impl Serving {
             let (body, _hold) = self.read_body(session).await?;
             let req = match api {
                 Api::Chat => ChatRequest::parse(body)?,
-                Api::Messages => messages::to_chat_request(body, false)?,
-                Api::CountTokens => messages::to_chat_request(body, true)?,
+                Api::Messages => messages::to_chat_request(body, false, session.req_header())?,
+                Api::CountTokens => messages::to_chat_request(body, true, session.req_header())?,
             };
             if api != Api::Chat {
                 messages::activate(session, &req.model);

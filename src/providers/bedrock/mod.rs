@@ -120,10 +120,14 @@ impl super::Adapter for Bedrock {
                 return Err("bedrock is not asked to count tokens".into());
             }
             // A Messages client's request, in InvokeModel's envelope; the answer is Anthropic's.
-            let version = ("anthropic_version", invoke::VERSION.into());
+            let mut extra = vec![("anthropic_version", invoke::VERSION.into())];
+            if !n.betas.is_empty() {
+                // The `anthropic-beta` header's features go in the body, as Bedrock takes them.
+                extra.push(("anthropic_beta", n.betas.clone().into()));
+            }
             return Ok(super::Prepared {
                 path: invoke::path(call.base_path, id, call.stream),
-                body: n.enveloped(&["model", "stream"], &[version])?.into(),
+                body: n.enveloped(&["model", "stream"], &extra)?.into(),
                 wire: super::Wire::BedrockNative,
             });
         }
