@@ -11,7 +11,7 @@
 //! `parallel_tool_calls: false`; `stop_sequences` → `stop`; `max_tokens` (required) →
 //! `max_tokens`; `temperature`, `top_p` as they are; `metadata.user_id` → `user`; `stream` →
 //! `stream` with `stream_options.include_usage` (the usage ends Anthropic's stream). Dropped:
-//! `top_k` (chat completions has none), `thinking` and the `thinking`/`redacted_thinking`
+//! `top_k` (chat completions has none; the Gemini adapter reads it from the body as sent), `thinking` and the `thinking`/`redacted_thinking`
 //! blocks of earlier turns (another model cannot verify their signatures), and fields chat
 //! completions does not know. Refused (400): `document` and other block types, images inside a
 //! `tool_result`, server tools (a `type` other than `custom`).
@@ -74,6 +74,16 @@ impl Native {
             .map(String::from)
             .collect();
         self
+    }
+
+    /// The request's `top_k`, if it is a non-negative integer (for targets that have one but
+    /// do not take the body as sent: Gemini's `topK`).
+    pub fn top_k(&self) -> Option<u64> {
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            top_k: Option<u64>,
+        }
+        serde_json::from_slice::<Probe>(&self.body).ok()?.top_k
     }
 
     /// The body with `model_id` in place of the client's `model`, the rest byte for byte.

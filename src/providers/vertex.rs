@@ -184,7 +184,7 @@ impl super::Adapter for Vertex {
             let (b, opts) = super::anthropic::request_with(tree, version, max)?;
             (b, super::Wire::Anthropic(opts))
         } else {
-            let (b, opts) = super::gemini::request(call.req.tree()?)?;
+            let (b, opts) = super::gemini::request_for(call.req)?;
             (b, super::Wire::Gemini(opts, id.to_string()))
         };
         Ok(super::Prepared {

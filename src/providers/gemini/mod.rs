@@ -6,7 +6,8 @@
 //! `tool_choice` → `toolConfig.functionCallingConfig`; tool calls → `functionCall` parts, tool
 //! results → `functionResponse` parts (the function name is found from the call's id);
 //! `max_completion_tokens`/`max_tokens` → `maxOutputTokens`; `temperature`, `top_p`, `stop`,
-//! `seed`, `presence_penalty`, `frequency_penalty` → `generationConfig`; `response_format`
+//! `seed`, `presence_penalty`, `frequency_penalty` (and a Messages client's `top_k`) →
+//! `generationConfig`; `response_format`
 //! `json_object` → `responseMimeType`, `json_schema` → `responseJsonSchema`. Refused (400):
 //! `n` > 1, `logprobs`, image URLs that are not data URLs, audio/file parts. Dropped: `user`,
 //! `logit_bias`, `parallel_tool_calls`, `store`, unknown fields.
@@ -38,7 +39,7 @@ pub(super) fn build(
 
 impl super::Adapter for GoogleAiStudio {
     fn prepare(&self, call: &super::Call<'_>) -> Result<super::Prepared, String> {
-        let (body, opts) = request(call.req.tree()?)?;
+        let (body, opts) = request_for(call.req)?;
         Ok(super::Prepared {
             path: path(call.base_path, call.route.id, call.stream),
             body: body.into(),
@@ -99,6 +100,17 @@ fn parts_of(content: &Value) -> Result<Vec<Value>, String> {
 
 /// OpenAI chat request → Gemini `GenerateContentRequest` body.
 pub fn request(value: &Value) -> Result<(Vec<u8>, StreamOpts), String> {
+    request_with(value, None)
+}
+
+/// The Gemini request for `req`: its chat tree, with a Messages client's `top_k` as `topK`
+/// (chat completions has no `top_k`; Gemini has).
+pub fn request_for(req: &crate::api::ChatRequest) -> Result<(Vec<u8>, StreamOpts), String> {
+    let top_k = req.native.as_deref().and_then(crate::api::Native::top_k);
+    request_with(req.tree()?, top_k)
+}
+
+fn request_with(value: &Value, top_k: Option<u64>) -> Result<(Vec<u8>, StreamOpts), String> {
     let req = value.as_object().ok_or("the request must be an object")?;
     let mut system = String::new();
     let mut contents: Vec<Value> = Vec::new();
@@ -201,6 +213,9 @@ pub fn request(value: &Value) -> Result<(Vec<u8>, StreamOpts), String> {
         if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
             gen.insert(to.into(), v.clone());
         }
+    }
+    if let Some(k) = top_k {
+        gen.insert("topK".into(), json!(k));
     }
     match req.get("stop") {
         Some(Value::String(s)) => {

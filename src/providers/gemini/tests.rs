@@ -132,3 +132,37 @@ fn unfinished_stream_and_in_band_error() {
         .expect_err("error");
     assert_eq!(e.kind, "UNAVAILABLE");
 }
+
+#[test]
+fn a_messages_clients_top_k_becomes_top_k() {
+    let chat = br#"{"model":"g","messages":[{"role":"user","content":"hi"}],"top_p":0.5}"#;
+    for (messages, want) in [
+        (
+            r#"{"model":"g","top_k":5,"max_tokens":9,"messages":[]}"#,
+            Some(5),
+        ),
+        (
+            r#"{"model":"g","top_k":-1,"max_tokens":9,"messages":[]}"#,
+            None,
+        ),
+        (
+            r#"{"model":"g","top_k":"5","max_tokens":9,"messages":[]}"#,
+            None,
+        ),
+        (r#"{"model":"g","max_tokens":9,"messages":[]}"#, None),
+    ] {
+        let mut req =
+            crate::api::ChatRequest::parse(bytes::Bytes::from_static(chat)).expect("valid");
+        let native = crate::api::Native::new(messages.as_bytes().to_vec().into(), false, None);
+        req.native = Some(std::sync::Arc::new(native.expect("a model")));
+        let (out, _) = request_for(&req).expect("maps");
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["generationConfig"]["topK"].as_u64(), want, "{messages}");
+        assert_eq!(v["generationConfig"]["topP"], 0.5);
+    }
+    // A chat client's request has no top_k to carry.
+    let req = crate::api::ChatRequest::parse(bytes::Bytes::from_static(chat)).expect("valid");
+    let (out, _) = request_for(&req).expect("maps");
+    let v: Value = serde_json::from_slice(&out).expect("json");
+    assert!(v["generationConfig"].get("topK").is_none());
+}
