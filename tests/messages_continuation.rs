@@ -13,7 +13,7 @@ use serde_json::Value;
 const CLAUDE: &str = "claude-sonnet-4-20250514";
 
 /// A chain's stream through the SDK: what it made of it.
-async fn sdk_stream(gw: &Gateway, chain: &str) -> Value {
+async fn sdk_stream(gw: &Gateway, chain: &str, request_id: &str) -> Value {
     let out = run_sdk_script(
         "anthropic_stream.py",
         vec![
@@ -21,6 +21,8 @@ async fn sdk_stream(gw: &Gateway, chain: &str) -> Value {
             format!("http://127.0.0.1:{}", gw.port),
             "--model".into(),
             chain.into(),
+            "--request-id".into(),
+            request_id.into(),
         ],
     )
     .await;
@@ -80,7 +82,8 @@ async fn a_broken_native_stream_goes_on_in_the_same_message() {
         ("claude-sonnet-4/cut,claude-sonnet-4/anth2", "anth2"),
         ("claude-sonnet-4/cut,gpt-4o/oai", "oai"),
     ] {
-        let r = sdk_stream(&gw, chain).await;
+        let rid = format!("cont-{next}");
+        let r = sdk_stream(&gw, chain, &rid).await;
         assert_eq!(r["error"], Value::Null, "{chain}: {r}");
         let text = r["text"].as_str().unwrap();
         let at = text
@@ -122,6 +125,20 @@ async fn a_broken_native_stream_goes_on_in_the_same_message() {
         } else {
             assert!(sent.get("top_k").is_none(), "{sent}");
         }
+        // On record: the broken attempt, then the one that finished the answer.
+        let rec = common::records::recorded(&gw, &rid).await;
+        assert_eq!(rec["outcome"], "success_continued", "{rec}");
+        let providers: Vec<&Value> = rec["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| &a["provider"])
+            .collect();
+        assert_eq!(
+            providers,
+            [&Value::from("cut"), &Value::from(next)],
+            "{rec}"
+        );
     }
     assert_eq!(cut.calls(), 2);
 }

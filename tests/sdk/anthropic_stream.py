@@ -5,7 +5,7 @@ block types, the event types in order, and an error (its type and message) if th
 ended in one.
 
 Usage:
-  python anthropic_stream.py --base-url http://127.0.0.1:PORT --model CHAIN
+  python anthropic_stream.py --base-url http://127.0.0.1:PORT --model CHAIN [--request-id ID]
 
 The SDK's own accumulator builds the final message: a block index that does not follow the
 events before it, a second message_start or a missing one fails there.
@@ -21,6 +21,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base-url", required=True)
     ap.add_argument("--model", required=True)
+    ap.add_argument("--request-id", default=None)
     a = ap.parse_args()
     client = anthropic.Anthropic(base_url=a.base_url, api_key="sk-ant-client", max_retries=0)
     out = {"events": [], "error": None}
@@ -29,6 +30,7 @@ def main():
             model=a.model,
             max_tokens=64,
             extra_body={"top_k": 5},
+            extra_headers={"x-request-id": a.request_id} if a.request_id else None,
             messages=[{"role": "user", "content": "hi"}],
         ) as s:
             for ev in s:
