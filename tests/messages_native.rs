@@ -284,6 +284,26 @@ async fn claude_on_vertex_gets_the_body_in_its_envelope_and_answers_byte_for_byt
         assert_eq!(d.status, 200, "{}", d.text());
         assert_eq!(r.text(), d.text(), "stream {stream}: byte for byte");
     }
+    // A token count: Vertex's count-tokens endpoint, the model in the body as Vertex names it.
+    let body = r#"{"model":"claude-3-7","messages":[{"role":"user","content":"hello"}]}"#;
+    let r = gw.post_json("/v1/messages/count_tokens", body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = last_request(&m);
+    assert_eq!(
+        sent.path,
+        "/v1/projects/p1/locations/us-east5/publishers/anthropic/models/count-tokens:rawPredict"
+    );
+    let got: Value = serde_json::from_slice(&sent.body).unwrap();
+    assert_eq!(
+        got,
+        json!({"model": VERTEX_CLAUDE, "messages": [{"role": "user", "content": "hello"}],
+               "anthropic_version": "vertex-2023-10-16"})
+    );
+    assert_eq!(
+        r.text(),
+        format!("{{\"input_tokens\":{}}}", sent.body.len())
+    );
+    assert_eq!(r.header("x-detour-estimated"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,7 +130,10 @@ async fn connection(mut sock: TcpStream, cfg: Arc<MockConfig>, stats: Arc<MockSt
                 let stream = stream.unwrap_or(plan.stream);
                 faults::answer(sock, &cfg, &stats, &plan, &model, stream, dialect).await
             }
-            ("POST", None) if route.ends_with("/messages/count_tokens") => {
+            ("POST", None)
+                if route.ends_with("/messages/count_tokens")
+                    || route.ends_with("/models/count-tokens:rawPredict") =>
+            {
                 // Anthropic's token count: the body's length, so a test can tell it came here.
                 let b = json!({"input_tokens": body.len()});
                 write_json(&mut sock, 200, &b).await.then_some(sock)
@@ -182,6 +185,8 @@ fn dialect_of(p: &str) -> Option<(Dialect, Option<String>, Option<bool>)> {
             .map(|(id, _)| percent_decode(id))
             .unwrap_or_else(|| "bedrock".into());
         Some((Dialect::BedrockInvoke, Some(model), Some(stream)))
+    } else if p.ends_with("/count-tokens:rawPredict") {
+        None // Claude's token count on Vertex
     } else if p.ends_with(":rawPredict") || p.ends_with(":streamRawPredict") {
         // Claude on Vertex: Anthropic's API, the model and streaming named by the URL.
         let stream = p.ends_with(":streamRawPredict");

@@ -172,7 +172,17 @@ impl super::Adapter for Vertex {
         let native = call.req.native.as_deref().filter(|_| is_anthropic(id));
         let (body, wire) = if let Some(n) = native {
             if n.count_tokens {
-                return Err("vertex is not asked to count tokens".into());
+                // Claude's token count: the body as sent, with Vertex's id for the model.
+                let extra = [
+                    ("anthropic_version", ANTHROPIC_VERSION.into()),
+                    ("model", id.into()),
+                ];
+                let project = call.project.unwrap_or(&self.project);
+                return Ok(super::Prepared {
+                    path: count_path(call.base_path, project, &self.region),
+                    body: n.enveloped(&[], &extra)?.into(),
+                    wire: super::Wire::Native,
+                });
             }
             // A Messages client's request, in Vertex's envelope; the answer is Anthropic's.
             let version = ("anthropic_version", ANTHROPIC_VERSION.into());
@@ -231,6 +241,16 @@ pub fn path(base_path: &str, project: &str, region: &str, model_id: &str, stream
         seg(project),
         seg(region),
         seg(model_id)
+    )
+}
+
+/// Claude's token count on Vertex (Anthropic's `count_tokens`, the model named in the body).
+pub fn count_path(base_path: &str, project: &str, region: &str) -> String {
+    let seg = crate::text::path_segment;
+    format!(
+        "{base_path}/v1/projects/{}/locations/{}/publishers/anthropic/models/count-tokens:rawPredict",
+        seg(project),
+        seg(region)
     )
 }
 

@@ -76,18 +76,24 @@ pub fn deactivate(session: &mut pingora_proxy::Session) {
     }
 }
 
-/// A token count's plan: its `anthropic` targets (which have Anthropic's count endpoint); the
-/// others are listed as skipped.
+/// A token count's plan: its targets with Anthropic's count endpoint (Anthropic's, and Claude
+/// on Vertex); the others are listed as skipped.
 pub fn count_plan(plan: &mut crate::plan::Plan, gw: &crate::gateway::Gateway) {
+    let counts = |t: &crate::plan::Target| match gw.providers[t.route.provider].kind {
+        "anthropic" => true,
+        "vertex" => crate::providers::vertex::is_anthropic(&t.route.id),
+        _ => false,
+    };
     let (keep, rest) = std::mem::take(&mut plan.targets)
         .into_iter()
-        .partition(|t| gw.providers[t.route.provider].kind == "anthropic");
+        .partition(counts);
     plan.targets = keep;
     for t in rest {
         plan.skipped.push(crate::plan::Skipped {
             source: t.source(gw),
             provider: t.route.provider,
-            reason: "skipped: tokens are counted by anthropic targets only".into(),
+            reason: "skipped: tokens are counted by Anthropic and Claude-on-Vertex targets only"
+                .into(),
             why: "count_tokens",
         });
     }
