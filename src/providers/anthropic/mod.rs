@@ -90,6 +90,36 @@ impl super::Adapter for Anthropic {
     }
 }
 
+/// A final assistant turn (a prefill: the client's, or a continuation's) ends without trailing
+/// whitespace in its last text block: Anthropic refuses one that does (and an empty block, or
+/// turn, that trimming would leave: those go).
+fn trim_final_assistant_text(messages: &mut Vec<Value>) {
+    let Some(last) = messages.last_mut().filter(|m| m["role"] == "assistant") else {
+        return;
+    };
+    let Some(blocks) = last["content"].as_array_mut() else {
+        return;
+    };
+    let Some(text) = blocks.last().and_then(|b| b.get("text")?.as_str()) else {
+        return;
+    };
+    match text.trim_end() {
+        t if t.len() == text.len() => return,
+        "" => {
+            blocks.pop();
+        }
+        t => {
+            let t = Value::String(t.to_string());
+            if let Some(b) = blocks.last_mut() {
+                b["text"] = t;
+            }
+        }
+    }
+    if blocks.is_empty() {
+        messages.pop();
+    }
+}
+
 fn obj<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
     v.as_object()
         .ok_or_else(|| format!("{what} must be an object"))
@@ -203,6 +233,7 @@ pub fn request_with(
     if !system.is_empty() {
         out.insert("system".into(), Value::String(system));
     }
+    trim_final_assistant_text(&mut messages);
     out.insert("messages".into(), Value::Array(messages));
     let max = req
         .get("max_completion_tokens")

@@ -190,3 +190,27 @@ fn error_body_in_openai_shape() {
     assert_eq!(v["error"]["message"], "max_tokens: too large");
     assert_eq!(v["error"]["type"], "invalid_request_error");
 }
+
+#[test]
+fn a_final_assistant_turn_loses_its_trailing_whitespace() {
+    let ask = |last: &str| {
+        let body = format!(
+            r#"{{"model":"c","messages":[{{"role":"user","content":"hi"}},{{"role":"assistant","content":{last}}}]}}"#
+        );
+        let (out, _) = request(&tree(body.as_bytes()), "c", 100).expect("maps");
+        serde_json::from_slice::<Value>(&out).expect("json")["messages"].clone()
+    };
+    assert_eq!(
+        ask(r#""Hello, \n""#)[1]["content"],
+        json!([{"type": "text", "text": "Hello,"}])
+    );
+    assert_eq!(ask(r#""Hello""#)[1]["content"][0]["text"], "Hello");
+    // Only whitespace: the block goes, and with it the turn.
+    assert_eq!(ask(r#"" \n ""#).as_array().map(Vec::len), Some(1));
+    // Not the last turn: left alone.
+    let body = br#"{"model":"c","messages":[{"role":"assistant","content":"a "},{"role":"user","content":"b "}]}"#;
+    let (out, _) = request(&tree(body), "c", 100).expect("maps");
+    let v: Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["messages"][0]["content"][0]["text"], "a ");
+    assert_eq!(v["messages"][1]["content"][0]["text"], "b ");
+}
