@@ -176,12 +176,16 @@ async fn native_answers_are_billed_at_anthropics_usage_and_recorded() {
         1_000_000 - JSON_COST - 2 * STREAM_COST - GPT_JSON_COST
     );
 
-    // A token count is free, and still needs the key.
+    // A token count is free, and still needs the key (in either header).
     let count = r#"{"model":"claude-sonnet-4/anth","messages":[{"role":"user","content":"hi"}]}"#;
-    let r = gw
-        .post_json("/v1/messages/count_tokens", count, &[("x-api-key", &key)])
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let bearer = format!("Bearer {key}");
+    for h in [
+        ("x-api-key", key.as_str()),
+        ("authorization", bearer.as_str()),
+    ] {
+        let r = gw.post_json("/v1/messages/count_tokens", count, &[h]).await;
+        assert_eq!(r.status, 200, "{}: {}", h.0, r.text());
+    }
     let r = gw
         .post_json(
             "/v1/messages/count_tokens",
