@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 pub use detour::mock::{Fault, MockConfig, MockServer};
 
 pub mod chains;
+pub mod header_mode;
 pub mod keys;
 mod raw;
 pub mod records;
