@@ -141,68 +141,11 @@ async fn daemon_mode_writes_its_pid_file_debits_keys_and_keeps_records() {
     std::fs::write(&cfg, keyed).unwrap();
     let key = keys_cli(&cfg, &["create", "daemon", "--credits", "5"]);
     let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
-    let status = detour()
-        .current_dir(&dir)
-        .arg("-d")
-        .arg("-c")
-        .arg(&cfg)
-        .env("DETOUR_TEST_KEY", PROVIDER_KEY)
-        .env("DETOUR_ADMIN_TOKEN", ADMIN_TOKEN)
-        // Not the test's own pipes: a daemon left behind must not hold them open.
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "the foreground process returns once daemonized"
-    );
-    let t = Instant::now();
-    let mut pid = None;
-    while t.elapsed() < Duration::from_secs(10) {
-        if let Ok(s) = std::fs::read_to_string(dir.join("detour.pid")) {
-            if let Ok(p) = s.trim().parse::<u32>() {
-                if request(port, "GET", "/health", &[], b"").await.is_ok() {
-                    pid = Some(p);
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let pid = pid.expect("daemon up with a pid file");
+    let pid = start_daemon(&dir, &cfg, port).await;
     drop((reserved, reserved_admin));
-    let auth = format!("Bearer {secret}");
-    let body = chat_body("gpt-4o", false);
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("x-request-id", "daemon-1"),
-    ];
-    let keyed = request(
-        port,
-        "POST",
-        "/v1/chat/completions",
-        &headers,
-        body.as_bytes(),
-    );
-    // Bounded: a daemon without its ledger writer would leave the request waiting forever.
-    let r = tokio::time::timeout(Duration::from_secs(10), keyed)
-        .await
-        .unwrap_or_else(|_| {
-            signal(pid, "-KILL");
-            panic!("the keyed request was never answered")
-        })
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    keyed_request(pid, port, secret, "daemon-1").await;
     // The debit reaches the file (the ledger writer runs in the daemon).
-    let t = Instant::now();
-    while keys_cli(&cfg, &["show", id])["balance"] == 5_000_000 {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the answer was never debited"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_debited(&cfg, id).await;
     // And its record is kept (the records thread runs in the daemon).
     let admin_auth = format!("Bearer {ADMIN_TOKEN}");
     let t = Instant::now();
@@ -435,4 +378,102 @@ async fn an_address_in_use_is_a_clean_start_up_error() {
         "{err}"
     );
     drop(taken);
+}
+
+/// Start `detour -d -c cfg` in `dir`; its pid once it answers on `port`.
+async fn start_daemon(dir: &std::path::Path, cfg: &std::path::Path, port: u16) -> u32 {
+    let status = detour()
+        .current_dir(dir)
+        .arg("-d")
+        .arg("-c")
+        .arg(cfg)
+        .env("DETOUR_TEST_KEY", PROVIDER_KEY)
+        .env("DETOUR_ADMIN_TOKEN", ADMIN_TOKEN)
+        // Not the test's own pipes: a daemon left behind must not hold them open.
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the foreground process returns once daemonized"
+    );
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if let Ok(s) = std::fs::read_to_string(dir.join("detour.pid")) {
+            if let Ok(p) = s.trim().parse::<u32>() {
+                if request(port, "GET", "/health", &[], b"").await.is_ok() {
+                    return p;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("daemon not up with a pid file")
+}
+
+/// A chat request with gateway key `secret` that must be answered 200, bounded: a daemon
+/// without its store's connection or its ledger writer would leave it waiting. On failure the
+/// daemon is killed, not left behind.
+async fn keyed_request(pid: u32, port: u16, secret: &str, id: &str) {
+    let auth = format!("Bearer {secret}");
+    let body = chat_body("gpt-4o", false);
+    let headers = [("authorization", auth.as_str()), ("x-request-id", id)];
+    let keyed = request(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &headers,
+        body.as_bytes(),
+    );
+    let r = tokio::time::timeout(Duration::from_secs(10), keyed)
+        .await
+        .unwrap_or_else(|_| {
+            signal(pid, "-KILL");
+            panic!("the keyed request was never answered")
+        })
+        .unwrap();
+    if r.status != 200 {
+        signal(pid, "-KILL");
+        panic!("{}: {}", r.status, r.text());
+    }
+}
+
+/// Wait (at most 5 s) until key `id`'s balance is below its 5 USD.
+async fn wait_debited(cfg: &std::path::Path, id: &str) {
+    let t = Instant::now();
+    while keys_cli(cfg, &["show", id])["balance"] == 5_000_000 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the answer was never debited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The same on the Redis store: the daemon connects to Redis after it forks (a connection made
+/// before, as the start-up's check and recovery make one, does not survive the fork).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_on_the_redis_store_serves_and_debits_keys() {
+    let redis = common::keys::Redis::start().await;
+    let m = mock("m").await;
+    let dir = temp_dir();
+    let (reserved, port) = reserved_port();
+    let cfg = dir.join("detour.yaml");
+    let keyed = format!(
+        "{}auth: {{required: true}}\nstore: {{redis: \"{}\"}}\n",
+        config(&dir, port, &m, 1),
+        redis.url
+    );
+    std::fs::write(&cfg, keyed).unwrap();
+    let key = keys_cli(&cfg, &["create", "daemon", "--credits", "5"]);
+    let (id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    let pid = start_daemon(&dir, &cfg, port).await;
+    drop(reserved);
+    for i in 0..2 {
+        keyed_request(pid, port, secret, &format!("daemon-redis-{i}")).await;
+    }
+    wait_debited(&cfg, id).await;
+    signal(pid, "-TERM");
+    assert!(wait_gone(pid, Duration::from_secs(10)).await < Duration::from_secs(10));
 }

@@ -50,8 +50,35 @@ pub const RESERVATION_LEASE: Duration = Duration::from_secs(15 * 60);
 /// listener for key changes.
 #[derive(Clone)]
 pub struct RedisStore {
+    client: ::redis::Client,
+    /// The process that made `first`. The connection's driver and the listener are tasks of
+    /// the runtime they were made on, whose threads a fork (`-d`, after start-up) does not
+    /// take along: a forked child makes its own, at its first use, on its own runtime.
+    pid: u32,
+    first: Conn,
+    forked: std::sync::Arc<tokio::sync::OnceCell<Conn>>,
+}
+
+/// A connection and the key-change listener.
+#[derive(Clone)]
+struct Conn {
     con: ConnectionManager,
     changes: std::sync::Arc<changes::Changes>,
+}
+
+impl Conn {
+    /// Not reached within [`CONNECT_TIMEOUT`]: `Unavailable`.
+    async fn open(client: &::redis::Client) -> Result<Conn, StoreError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT));
+        let con = ConnectionManager::new_with_config(client.clone(), config);
+        let con = within(CONNECT_TIMEOUT, con).await?;
+        Ok(Conn {
+            con,
+            changes: changes::Changes::listen(client.clone()).await?,
+        })
+    }
 }
 
 impl RedisStore {
@@ -60,15 +87,22 @@ impl RedisStore {
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let client = ::redis::Client::open(url)
             .map_err(|e| StoreError::Unavailable(format!("the Redis URL is not usable: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT));
-        let con = ConnectionManager::new_with_config(client.clone(), config);
-        let con = within(CONNECT_TIMEOUT, con).await?;
         Ok(RedisStore {
-            con,
-            changes: changes::Changes::listen(client).await?,
+            first: Conn::open(&client).await?,
+            client,
+            pid: std::process::id(),
+            forked: Default::default(),
         })
+    }
+
+    /// This process's connection: the first, or in a forked child its own.
+    async fn conn(&self) -> Result<&Conn, StoreError> {
+        if std::process::id() == self.pid {
+            return Ok(&self.first);
+        }
+        self.forked
+            .get_or_try_init(|| Conn::open(&self.client))
+            .await
     }
 
     /// Tell every instance (this one too) that key `id` changed. The change itself is made;
@@ -83,13 +117,13 @@ impl RedisStore {
 
     /// Run a prepared script.
     async fn run(&self, inv: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
-        let mut con = self.con.clone();
+        let mut con = self.conn().await?.con.clone();
         within(CALL_TIMEOUT, inv.invoke_async::<Value>(&mut con)).await
     }
 
     /// Run one command.
     async fn query(&self, cmd: &Cmd) -> Result<Value, StoreError> {
-        let mut con = self.con.clone();
+        let mut con = self.conn().await?.con.clone();
         within(CALL_TIMEOUT, cmd.query_async::<Value>(&mut con)).await
     }
 
@@ -312,7 +346,10 @@ fn charge_args(c: &Charge) -> (&str, &str, u64, u64, &str) {
 #[async_trait]
 impl Store for RedisStore {
     fn generation(&self) -> u64 {
-        self.changes.generation()
+        match self.forked.get() {
+            Some(c) if std::process::id() != self.pid => c.changes.generation(),
+            _ => self.first.changes.generation(),
+        }
     }
 
     fn backend(&self) -> &'static str {
