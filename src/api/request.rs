@@ -345,6 +345,15 @@ impl ChatRequest {
         }
     }
 
+    /// A request built from the tree `v` (a translation's, as for a Messages client): `v`
+    /// written and read like any body, and kept as its tree, which is then not parsed again.
+    pub fn from_tree(v: Value) -> Result<ChatRequest, GatewayError> {
+        let body = serde_json::to_vec(&v).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+        let req = ChatRequest::parse(Bytes::from(body))?;
+        let _ = req.tree.set(Ok(v));
+        Ok(req)
+    }
+
     /// This request with `text` appended as a trailing assistant message (a prefill, for a
     /// continuation). Built from the tree; its own tree is the one it was made from. With
     /// `native`, a Messages request's body as sent gets the prefill too, for the
@@ -355,9 +364,7 @@ impl ChatRequest {
             .and_then(Value::as_array_mut)
             .ok_or("the request has no messages")?
             .push(serde_json::json!({"role": "assistant", "content": text}));
-        let body = Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?);
-        let mut req = ChatRequest::parse(body).map_err(|e| format!("{e:?}"))?;
-        let _ = req.tree.set(Ok(v));
+        let mut req = ChatRequest::from_tree(v).map_err(|e| format!("{e:?}"))?;
         if let (true, Some(n)) = (native, self.native.as_deref()) {
             req.native = Some(Arc::new(n.with_prefill(text)?));
         }

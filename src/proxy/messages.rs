@@ -133,7 +133,7 @@ pub fn to_chat_request(
         Err(e) if only_not_carried(&e) => (stand_in(&v), Some(e)),
         Err(e) => return Err(invalid(e)),
     };
-    let mut req = ChatRequest::parse(Bytes::from(serde_json::to_vec(&chat).unwrap_or_default()))?;
+    let mut req = ChatRequest::from_tree(chat)?;
     let betas = client
         .headers
         .get_all("anthropic-beta")
