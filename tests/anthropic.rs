@@ -8,13 +8,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn anthropic_provider(name: &str, m: &MockServer) -> String {
-    format!(
-        "  - {{name: {name}, kind: anthropic, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n",
-        m.addr
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_answers_are_translated_both_ways() {
     let m = mock("anth").await;

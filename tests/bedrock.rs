@@ -19,13 +19,6 @@ fn bedrock_provider(name: &str, m: &MockServer) -> String {
     )
 }
 
-fn anthropic_provider(name: &str, m: &MockServer) -> String {
-    format!(
-        "  - {{name: {name}, kind: anthropic, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n",
-        m.addr
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_signed_and_translated_both_ways() {
     let m = mock("bed").await;

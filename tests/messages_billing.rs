@@ -8,9 +8,9 @@
 mod common;
 
 use common::keys::*;
-use common::records::recorded;
+use common::records::{column, recorded};
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const CLAUDE: &str = "claude-sonnet-4-20250514";
 const BEDROCK_CLAUDE: &str = "us.anthropic.claude-sonnet-4-20250514-v1:0";
@@ -38,15 +38,6 @@ fn body(model: &str, stream: bool) -> String {
     )
 }
 
-fn attempts<'a>(rec: &'a Value, field: &str) -> Vec<&'a Value> {
-    rec["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| &a[field])
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_answers_are_billed_at_anthropics_usage_and_recorded() {
     let overloaded = mock_with(MockConfig {
@@ -68,16 +59,10 @@ async fn native_answers_are_billed_at_anthropics_usage_and_recorded() {
     })
     .await;
     let oai = mock("oai").await;
-    let anthropic = |name: &str, m: &MockServer| {
-        format!(
-            "  - {{name: {name}, kind: anthropic, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n",
-            m.addr
-        )
-    };
     let gw = Gateway::start(&format!(
         "auth: {{required: true}}\nstore: {SQLITE}\nproviders:\n{}{}  - {{name: bed, kind: bedrock, region: us-east-1, base-url: \"http://{}\"}}\n{}models:\n  claude-sonnet-4: [{{provider: over, id: {CLAUDE}}}, {{provider: anth, id: {CLAUDE}}}, {{provider: bed, id: \"{BEDROCK_CLAUDE}\"}}]\n  gpt-4o: [{{provider: oai}}]\n",
-        anthropic("over", &overloaded),
-        anthropic("anth", &anth),
+        anthropic_provider("over", &overloaded),
+        anthropic_provider("anth", &anth),
         bed.addr,
         provider("oai", &oai),
     ))
@@ -117,9 +102,9 @@ async fn native_answers_are_billed_at_anthropics_usage_and_recorded() {
     assert_eq!(balance, 1_000_000 - JSON_COST);
     let rec = recorded(&gw, "msg-bill-json").await;
     assert_eq!(rec["key"], id.as_str());
-    assert_eq!(attempts(&rec, "provider"), [&json!("over"), &json!("anth")]);
-    assert_eq!(attempts(&rec, "status"), [&json!(529), &json!(200)]);
-    assert_eq!(attempts(&rec, "pay"), [&json!("ptb"); 2]);
+    assert_eq!(column(&rec, "provider"), [&json!("over"), &json!("anth")]);
+    assert_eq!(column(&rec, "status"), [&json!(529), &json!(200)]);
+    assert_eq!(column(&rec, "pay"), [&json!("ptb"); 2]);
     assert_eq!(
         (
             &rec["prompt_tokens"],

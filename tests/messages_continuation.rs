@@ -64,16 +64,10 @@ async fn a_broken_native_stream_goes_on_in_the_same_message() {
         ..MockConfig::default()
     })
     .await;
-    let anth = |name: &str, m: &MockServer| {
-        format!(
-            "  - {{name: {name}, kind: anthropic, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n",
-            m.addr
-        )
-    };
     let gw = Gateway::start(&format!(
         "failover:\n  continuation: true\nproviders:\n{}{}{}models:\n  claude-sonnet-4:\n    capabilities: [prefill]\n    routes: [{{provider: cut, id: {CLAUDE}}}, {{provider: anth2, id: {CLAUDE}}}]\n  gpt-4o:\n    capabilities: [prefill]\n    routes: [{{provider: oai}}]\n",
-        anth("cut", &cut),
-        anth("anth2", &anth2),
+        anthropic_provider("cut", &cut),
+        anthropic_provider("anth2", &anth2),
         provider("oai", &oai),
     ))
     .await;
@@ -128,14 +122,8 @@ async fn a_broken_native_stream_goes_on_in_the_same_message() {
         // On record: the broken attempt, then the one that finished the answer.
         let rec = common::records::recorded(&gw, &rid).await;
         assert_eq!(rec["outcome"], "success_continued", "{rec}");
-        let providers: Vec<&Value> = rec["attempts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| &a["provider"])
-            .collect();
         assert_eq!(
-            providers,
+            common::records::column(&rec, "provider"),
             [&Value::from("cut"), &Value::from(next)],
             "{rec}"
         );
@@ -154,16 +142,10 @@ async fn a_native_stream_with_a_tool_use_is_not_continued() {
     })
     .await;
     let anth2 = mock("anth2").await;
-    let anth = |name: &str, m: &MockServer| {
-        format!(
-            "  - {{name: {name}, kind: anthropic, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n",
-            m.addr
-        )
-    };
     let gw = Gateway::start(&format!(
         "failover:\n  continuation: true\nproviders:\n{}{}models:\n  claude-sonnet-4:\n    capabilities: [prefill, tools]\n    routes: [{{provider: cut, id: {CLAUDE}}}, {{provider: anth2, id: {CLAUDE}}}]\n",
-        anth("cut", &cut),
-        anth("anth2", &anth2),
+        anthropic_provider("cut", &cut),
+        anthropic_provider("anth2", &anth2),
     ))
     .await;
     // Tools offered and unanswered: the mock calls one; a prefill cannot carry a tool call.

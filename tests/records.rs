@@ -4,19 +4,10 @@
 
 mod common;
 
-use common::records::{admin_get, recorded as record};
+use common::records::{admin_get, column, recorded as record};
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
-
-fn column<'a>(rec: &'a Value, field: &str) -> Vec<&'a Value> {
-    rec["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| &a[field])
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_429_success_chain_is_recorded_attempt_by_attempt() {

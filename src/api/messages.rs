@@ -43,6 +43,9 @@ pub struct Native {
     /// The client's `anthropic-beta` features, for the targets that take them in the body
     /// (Claude on Bedrock: `anthropic_beta`); the others get the header itself.
     pub betas: Vec<String>,
+    /// Its `top_k`, if a non-negative integer, for targets that have one but do not take the
+    /// body as sent (Gemini's `topK`). Read by the same pass that finds `model`.
+    pub top_k: Option<u64>,
 }
 
 impl Native {
@@ -52,8 +55,11 @@ impl Native {
         struct Probe<'a> {
             #[serde(borrow)]
             model: &'a serde_json::value::RawValue,
+            #[serde(borrow, default)]
+            top_k: Option<&'a serde_json::value::RawValue>,
         }
         let p: Probe<'_> = serde_json::from_slice(&body).ok()?;
+        let top_k = p.top_k.and_then(|k| serde_json::from_str(k.get()).ok());
         let start = p.model.get().as_ptr() as usize - body.as_ptr() as usize;
         let model_span = start..start + p.model.get().len();
         Some(Native {
@@ -62,6 +68,7 @@ impl Native {
             count_tokens,
             not_chat,
             betas: Vec::new(),
+            top_k,
         })
     }
 
@@ -74,16 +81,6 @@ impl Native {
             .map(String::from)
             .collect();
         self
-    }
-
-    /// The request's `top_k`, if it is a non-negative integer (for targets that have one but
-    /// do not take the body as sent: Gemini's `topK`).
-    pub fn top_k(&self) -> Option<u64> {
-        #[derive(serde::Deserialize)]
-        struct Probe {
-            top_k: Option<u64>,
-        }
-        serde_json::from_slice::<Probe>(&self.body).ok()?.top_k
     }
 
     /// The body with `model_id` in place of the client's `model`, the rest byte for byte.

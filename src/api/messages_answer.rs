@@ -97,7 +97,8 @@ pub struct StreamToMessages {
     ended: bool,
 }
 
-fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
+/// One `event: name` / `data: JSON` SSE event, as Anthropic's streams are written.
+pub fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\ndata: ");

@@ -213,14 +213,6 @@ impl Engine {
                 held,
                 ended,
             } => {
-                // Only a continuation needs the answer's identity.
-                let head = self
-                    .gw
-                    .cfg
-                    .failover
-                    .continuation
-                    .then(|| chunk_head(&held))
-                    .flatten();
                 let splice = match splice.map(|to| Splice::new(to, watch.dialect())) {
                     None => None,
                     Some(Some(sp)) => Some(sp),
@@ -235,7 +227,6 @@ impl Engine {
                 let st = StreamState {
                     relay,
                     watch,
-                    head,
                     first: held.clone(),
                     splice,
                     cap: self.gw.cfg.limits.max_event_bytes,

@@ -5,7 +5,7 @@
 
 use super::relay::ChunkHead;
 use super::watch::Blocks;
-use crate::api::messages_answer::StreamToMessages;
+use crate::api::messages_answer::{event as write, StreamToMessages};
 use crate::api::Dialect;
 use bytes::Bytes;
 use serde_json::Value;
@@ -180,14 +180,6 @@ impl Renumber {
         }
         write(out, &kind, &v);
     }
-}
-
-fn write(out: &mut Vec<u8>, name: &str, data: &Value) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! complete, and one that ended without `[DONE]` after its answer finished is finalised.
 
 use super::read::Read;
-use super::relay::{chunk_head, commit, ChunkHead, Delivered, Upstream};
+use super::relay::{chunk_head, commit, Delivered, Upstream};
 use super::splice::{Head, Splice};
 use super::watch::{BadEvent, Usage, Watch};
 use super::Engine;
@@ -20,10 +20,8 @@ use std::time::Instant;
 pub(super) struct StreamState<'a> {
     pub relay: Relay,
     pub watch: Box<Watch>,
-    /// The answer's identity, kept for a continuation.
-    pub head: Option<ChunkHead>,
     /// The first events (a reference, not a copy): the answer's identity, should the stream
-    /// need finalising.
+    /// need finalising or continuing.
     pub first: Bytes,
     /// A continuation's events go on in the original answer's stream.
     pub splice: Option<Splice<'a>>,
@@ -60,7 +58,7 @@ impl StreamState<'_> {
     fn broken(self, reason: String) -> Delivered {
         let head = match self.watch.dialect() {
             crate::api::Dialect::Anthropic => Some(Head::Events(self.watch.blocks())),
-            crate::api::Dialect::OpenAi => self.head.map(Head::Chunks),
+            crate::api::Dialect::OpenAi => chunk_head(&self.first).map(Head::Chunks),
         };
         Delivered::Broken {
             reason,

@@ -98,6 +98,14 @@ pub fn provider(name: &str, m: &MockServer) -> String {
     )
 }
 
+/// A provider entry of kind `anthropic` for mock `m`, with the test key.
+pub fn anthropic_provider(name: &str, m: &MockServer) -> String {
+    format!(
+        "  - {{name: {name}, kind: anthropic, base-url: \"http://{}\", api-key-env: DETOUR_TEST_KEY}}\n",
+        m.addr
+    )
+}
+
 /// The secret the gateway's providers get from `DETOUR_TEST_KEY`.
 pub const PROVIDER_KEY: &str = "sk-provider-secret-0123456789";
 /// A second provider key, from `DETOUR_TEST_KEY2`.

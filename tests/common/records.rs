@@ -26,3 +26,13 @@ pub async fn recorded(gw: &Gateway, id: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Field `field` of every attempt in record `rec`, in order.
+pub fn column<'a>(rec: &'a Value, field: &str) -> Vec<&'a Value> {
+    rec["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a[field])
+        .collect()
+}

@@ -106,7 +106,7 @@ pub fn request(value: &Value) -> Result<(Vec<u8>, StreamOpts), String> {
 /// The Gemini request for `req`: its chat tree, with a Messages client's `top_k` as `topK`
 /// (chat completions has no `top_k`; Gemini has).
 pub fn request_for(req: &crate::api::ChatRequest) -> Result<(Vec<u8>, StreamOpts), String> {
-    let top_k = req.native.as_deref().and_then(crate::api::Native::top_k);
+    let top_k = req.native.as_deref().and_then(|n| n.top_k);
     request_with(req.tree()?, top_k)
 }
 

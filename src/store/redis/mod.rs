@@ -95,14 +95,24 @@ impl RedisStore {
         })
     }
 
-    /// This process's connection: the first, or in a forked child its own.
-    async fn conn(&self) -> Result<&Conn, StoreError> {
+    /// This process's connection if it has one: the first, or a forked child's own once made.
+    fn current(&self) -> Option<&Conn> {
         if std::process::id() == self.pid {
-            return Ok(&self.first);
+            Some(&self.first)
+        } else {
+            self.forked.get()
         }
-        self.forked
-            .get_or_try_init(|| Conn::open(&self.client))
-            .await
+    }
+
+    /// This process's connection, made now in a forked child that has none yet.
+    async fn conn(&self) -> Result<&Conn, StoreError> {
+        match self.current() {
+            Some(c) => Ok(c),
+            None => {
+                let open = || Conn::open(&self.client);
+                self.forked.get_or_try_init(open).await
+            }
+        }
     }
 
     /// Tell every instance (this one too) that key `id` changed. The change itself is made;
@@ -346,10 +356,8 @@ fn charge_args(c: &Charge) -> (&str, &str, u64, u64, &str) {
 #[async_trait]
 impl Store for RedisStore {
     fn generation(&self) -> u64 {
-        match self.forked.get() {
-            Some(c) if std::process::id() != self.pid => c.changes.generation(),
-            _ => self.first.changes.generation(),
-        }
+        // A forked child without its own connection yet has seen no change announced.
+        self.current().unwrap_or(&self.first).changes.generation()
     }
 
     fn backend(&self) -> &'static str {
