@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # What a change costs: detour's CPU time per request for the chain mode's JSON request, with
 # two builds of detour in alternating rounds (this machine's speed drifts between rounds, so
-# each round compares the two back to back).
+# each round compares the two back to back). A round's second run tends to cost more than its
+# first (with one build and one config on both sides: +3.9 µs per request on average over 12
+# rounds), so the order alternates, A first in odd rounds and B first in even ones: keep
+# ROUNDS even for the two to cancel.
 #
 #   benches/load/ab.sh BEFORE_BIN AFTER_BIN          # e.g. two copies of target/release/detour
-#   DURATION=10s CONC=32 ROUNDS=5 benches/load/ab.sh A B
+#   DURATION=10s CONC=32 ROUNDS=6 benches/load/ab.sh A B
 #   EXTRA_A='records: {enabled: false}' benches/load/ab.sh BIN BIN   # one build, two configs
 #   THREAD=detour-records EXTRA_A=… ab.sh BIN BIN   # and that thread's own CPU per request
 #
@@ -19,7 +22,7 @@ A="${1:?usage: ab.sh BEFORE_BIN AFTER_BIN}"
 B="${2:?usage: ab.sh BEFORE_BIN AFTER_BIN}"
 DURATION="${DURATION:-10s}"
 CONC="${CONC:-32}"
-ROUNDS="${ROUNDS:-5}"
+ROUNDS="${ROUNDS:-6}"
 DETOUR_CPU="${DETOUR_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 BASE="${BASE_PORT:-18500}"
@@ -56,8 +59,13 @@ measure() {
 US_A="" US_B="" DIFF="" TH_A="" TH_B=""
 for ((round = 1; round <= ROUNDS; round++)); do
   # $(…) waits for measure to end, so each detour has stopped before the next one starts.
-  read -r ra ua ta <<<"$(measure "$A" "$WORK/a.yaml")"
-  read -r rb ub tb <<<"$(measure "$B" "$WORK/b.yaml")"
+  if ((round % 2)); then
+    read -r ra ua ta <<<"$(measure "$A" "$WORK/a.yaml")"
+    read -r rb ub tb <<<"$(measure "$B" "$WORK/b.yaml")"
+  else
+    read -r rb ub tb <<<"$(measure "$B" "$WORK/b.yaml")"
+    read -r ra ua ta <<<"$(measure "$A" "$WORK/a.yaml")"
+  fi
   US_A+="$ua "; US_B+="$ub "; TH_A+="$ta "; TH_B+="$tb "
   DIFF+="$(awk -v a="$ua" -v b="$ub" 'BEGIN { print b - a }') "
   echo "round $round: before $ra req/s $ua µs, after $rb req/s $ub µs" >&2
