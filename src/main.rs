@@ -177,7 +177,7 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway, path: Option<String>, text: &str) 
                 metrics,
                 current,
                 keys,
-                recorder,
+                recorder: recorder.clone(),
                 token_env,
             },
         );
@@ -185,8 +185,11 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway, path: Option<String>, text: &str) 
         server.add_service(svc);
     }
     server.run(RunArgs::default());
-    // Every service has stopped: what the store still has queued (the embedded store's last
-    // debits) is written before the process exits.
+    // Every service has stopped: the records of the last answers, and what the store still has
+    // queued (the embedded store's last debits), are written before the process exits.
+    if !recorder.flush(std::time::Duration::from_secs(5)) {
+        eprintln!("detour: the last request records were not written within 5 s");
+    }
     if let Some(store) = store {
         match detour::store::block_on(store.flush()) {
             Ok(Ok(())) => {}

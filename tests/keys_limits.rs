@@ -249,21 +249,6 @@ async fn aws_keys_given_on_the_command_lines_stdin_sign_the_callers_bedrock_requ
     assert_eq!(r.json()["byok_providers"], json!([]), "{}", r.text());
 }
 
-/// Stop `gw` with SIGINT (Pingora's fast stop) and wait until it has exited.
-async fn stop_fast(gw: &mut Gateway) {
-    let pid = gw.child.id().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let t0 = std::time::Instant::now();
-    while gw.child.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "did not stop");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_gateway_writes_every_debit_before_it_exits() {
     let (p1, p2) = (mock("p1").await, mock("p2").await);
@@ -276,7 +261,7 @@ async fn a_stopped_gateway_writes_every_debit_before_it_exits() {
     for round in 1..=3 {
         let st = Box::pin(burst(&[gw.port], &key, &body("gpt-4o/p1"), 48, 16)).await;
         assert_eq!(count(&st, 200), 48, "{st:?}");
-        stop_fast(&mut gw).await;
+        gw.stop_fast().await;
         gw = Gateway::start(&keyed(&p1, &p2, &store, "")).await;
         let (rows, balance) = ledger(&gw, &id).await;
         let debits = rows.iter().filter(|r| r["kind"] == "debit").count();

@@ -80,6 +80,43 @@ async fn records_outlive_a_restart_and_memory_and_are_pruned_to_the_retention() 
     assert_eq!(r.status, 404, "{}", r.text());
 }
 
+/// The records of a process's last answers are on disk when it has stopped, even at once on
+/// SIGINT: the keeper lets a batch gather for 50 ms, and the stop waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_gateway_writes_the_records_of_its_last_answers() {
+    let p1 = mock("p1").await;
+    let file = temp_dir().join("records.db");
+    let cfg = format!(
+        "records: {{sqlite: \"{}\"}}\nproviders:\n{}models:\n  gpt-4o: [{{provider: p1}}]\n",
+        file.display(),
+        provider("p1", &p1)
+    );
+    let mut gw = Gateway::start(&cfg).await;
+    // Whether the last records would have been lost depends on timing, so three rounds.
+    for round in 0..3 {
+        for i in 0..10 {
+            chat_as(&gw, "gpt-4o", &format!("last-{round}-{i}")).await;
+        }
+        // A record is queued in the same step that counts its request, with no wait between:
+        // once all ten are counted, all ten are queued.
+        let m = gw
+            .metrics_with(&["detour_requests_total{outcome=\"success\"} 10"])
+            .await;
+        assert!(
+            m.contains("detour_requests_total{outcome=\"success\"} 10"),
+            "{m}"
+        );
+        gw.stop_fast().await;
+        gw = Gateway::start(&cfg).await;
+        let all = admin_get(&gw, "/admin/requests?limit=100").await;
+        let want: Vec<String> = (0..=round)
+            .rev()
+            .flat_map(|r| (0..10).rev().map(move |i| format!("last-{r}-{i}")))
+            .collect();
+        assert_eq!(ids(&all), want, "round {round}");
+    }
+}
+
 /// `since` and `until` (bounds on `seq` inside, found by a search) give exactly the records
 /// whose `at` is in range, at the extremes too.
 async fn time_ranges_match_every_record_s_time(gw: &Gateway, all: &Response) {

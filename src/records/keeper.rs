@@ -24,13 +24,21 @@ struct Ring {
     memory: usize,
 }
 
+/// What the queue carries: a record, or a wish to hear when everything before it is written.
+/// Records are the traffic and flushes rare: a boxed record would be an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Record(Record),
+    Flush(SyncSender<()>),
+}
+
 /// The records queue and the ones kept.
 ///
 /// The keeper thread and the file's connections start at first use, not in [`Recorder::start`]:
 /// `-d` forks after startup, and neither a thread nor a SQLite connection survives a fork.
 pub struct Recorder {
     enabled: bool,
-    queue: SyncSender<Record>,
+    queue: SyncSender<Msg>,
     kept: Arc<Mutex<Ring>>,
     dropped: prometheus::IntCounter,
     /// The records file, absolute (`-d` changes the working directory); `None`: memory only.
@@ -51,7 +59,7 @@ fn io(e: rusqlite::Error) -> std::io::Error {
 
 /// What the keeper thread owns.
 struct Keeper {
-    rx: Receiver<Record>,
+    rx: Receiver<Msg>,
     kept: Arc<Mutex<Ring>>,
     path: Option<PathBuf>,
     cfg: RecordsConfig,
@@ -127,10 +135,36 @@ impl Recorder {
     /// Queue a record; never waits.
     pub fn submit(&self, r: Record) {
         self.wake();
-        match self.queue.try_send(r) {
+        match self.queue.try_send(Msg::Record(r)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
         }
+    }
+
+    /// Wait until every record queued so far is kept (written, when on disk), at most `wait`:
+    /// a stopping process calls it last, so that the answers it gave are on record. False when
+    /// the wait ran out.
+    pub fn flush(&self, wait: Duration) -> bool {
+        if lock(&self.idle).is_some() {
+            return true; // the keeper never started: nothing was queued
+        }
+        let deadline = Instant::now() + wait;
+        let (done, heard) = sync_channel(1);
+        let mut ask = Msg::Flush(done);
+        loop {
+            match self.queue.try_send(ask) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    ask = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Full(_)) => return false,
+            }
+        }
+        heard
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 
     /// The newest records `f` wants, newest first, as `(seq, JSON)`. Blocking (on disk).
@@ -205,37 +239,54 @@ impl Keeper {
         let mut pruned: Option<Instant> = None;
         let mut complained: Option<Instant> = None;
         while let Ok(first) = self.rx.recv() {
-            std::thread::sleep(LINGER);
-            let mut batch: Vec<Record> = std::iter::once(first).chain(self.rx.try_iter()).collect();
-            let written = match &mut conn {
-                None => Ok(()),
-                Some(Err(e)) => Err(e.to_string()),
-                Some(Ok(c)) => self
-                    .persist(c, &mut batch, &mut pruned)
-                    .map_err(|e| e.to_string()),
-            };
-            match written {
-                Ok(()) if conn.is_some() => next = batch.last().map_or(next, |r| r.seq + 1),
-                _ => {
-                    for r in &mut batch {
-                        r.seq = next;
-                        next += 1;
+            let (mut batch, acks) = self.gather(first);
+            if !batch.is_empty() {
+                let written = match &mut conn {
+                    None => Ok(()),
+                    Some(Err(e)) => Err(e.to_string()),
+                    Some(Ok(c)) => self
+                        .persist(c, &mut batch, &mut pruned)
+                        .map_err(|e| e.to_string()),
+                };
+                next = number(&mut batch, next, conn.is_some() && written.is_ok());
+                if let Err(e) = written {
+                    if complained.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                        complained = Some(Instant::now());
+                        tracing::error!(error = %e, "request records were not written to disk");
                     }
                 }
+                self.keep(batch);
             }
-            if let Err(e) = written {
-                if complained.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-                    complained = Some(Instant::now());
-                    tracing::error!(error = %e, "request records were not written to disk");
-                }
+            for done in acks {
+                let _ = done.send(());
             }
-            let mut g = lock(&self.kept);
-            for r in batch {
-                if g.records.len() >= g.memory {
-                    g.records.pop_front();
-                }
-                g.records.push_back(Arc::new(r));
+        }
+    }
+
+    /// The batch that starts with `first`: what else arrives within [`LINGER`] (none when
+    /// `first` is a flush: nothing is waiting), and the flushes asked for among it.
+    fn gather(&self, first: Msg) -> (Vec<Record>, Vec<SyncSender<()>>) {
+        let (mut batch, mut acks) = (Vec::new(), Vec::new());
+        if matches!(first, Msg::Record(_)) {
+            std::thread::sleep(LINGER);
+        }
+        for m in std::iter::once(first).chain(self.rx.try_iter()) {
+            match m {
+                Msg::Record(r) => batch.push(r),
+                Msg::Flush(done) => acks.push(done),
             }
+        }
+        (batch, acks)
+    }
+
+    /// Into memory, the oldest out past `records.memory`.
+    fn keep(&self, batch: Vec<Record>) {
+        let mut g = lock(&self.kept);
+        for r in batch {
+            if g.records.len() >= g.memory {
+                g.records.pop_front();
+            }
+            g.records.push_back(Arc::new(r));
         }
     }
 
@@ -259,4 +310,17 @@ impl Keeper {
         }
         Ok(())
     }
+}
+
+/// The number after `batch`: numbered on disk when `written` there, else from `next` here.
+fn number(batch: &mut [Record], next: u64, written: bool) -> u64 {
+    if written {
+        return batch.last().map_or(next, |r| r.seq + 1);
+    }
+    let mut n = next;
+    for r in batch {
+        r.seq = n;
+        n += 1;
+    }
+    n
 }

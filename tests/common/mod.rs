@@ -269,6 +269,18 @@ impl Gateway {
         }
     }
 
+    /// Stop with SIGINT (Pingora's fast stop) and wait until the process has exited.
+    pub async fn stop_fast(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(sent.success());
+        let t0 = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "did not stop");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         let r = request(self.admin_port, "GET", "/metrics", &[], b"")
             .await
