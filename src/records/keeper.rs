@@ -7,6 +7,7 @@ use crate::config::records::RecordsConfig;
 use rusqlite::Connection;
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ pub struct Recorder {
     path: Option<PathBuf>,
     /// The keeper, until its thread starts.
     idle: Mutex<Option<Keeper>>,
+    /// The keeper has been taken from `idle`: the request path's check, without the lock.
+    woken: AtomicBool,
     /// A reading connection to the records file, opened at the first read.
     reader: OnceLock<Result<Mutex<Connection>, String>>,
 }
@@ -96,15 +99,20 @@ impl Recorder {
             dropped,
             path,
             idle: Mutex::new(Some(keeper)),
+            woken: AtomicBool::new(false),
             reader: OnceLock::new(),
         })
     }
 
     /// Start the keeper thread, once.
     fn wake(&self) {
+        if self.woken.load(Ordering::Acquire) {
+            return;
+        }
         let Some(keeper) = lock(&self.idle).take() else {
             return;
         };
+        self.woken.store(true, Ordering::Release);
         let started = std::thread::Builder::new()
             .name("detour-records".into())
             .spawn(move || keeper.run());
