@@ -5,8 +5,9 @@
 //! (`detour_records_dropped_total`), the request never waits. One thread (`detour-records`,
 //! [`keeper`]) takes them in batches, numbers them, writes them to a SQLite file ([`db`]) and
 //! keeps the newest in memory (`records:` in the config). [`stats`] sums a window of them.
+//! [`db`] is public for `benches/records.rs`.
 
-mod db;
+pub mod db;
 mod keeper;
 pub mod stats;
 
