@@ -63,10 +63,11 @@ fn benches(c: &mut Criterion) {
     });
     let mut g = c.benchmark_group("records");
     g.throughput(Throughput::Elements(BATCH));
+    let mut batches = 0u64;
     g.bench_function("write 1000 to SQLite", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
-            for n in 0..iters {
+            for _ in 0..iters {
                 let mut records = batch();
                 let t = Instant::now();
                 if let Err(e) = db::write(&mut conn, &mut records) {
@@ -74,7 +75,8 @@ fn benches(c: &mut Criterion) {
                     std::process::exit(1)
                 }
                 spent += t.elapsed();
-                if n % 50 == 49 {
+                batches += 1;
+                if batches.is_multiple_of(50) {
                     let _ = db::prune(&conn, 7, 100_000, detour::store::now_ms());
                 }
             }

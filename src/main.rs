@@ -188,7 +188,7 @@ fn run_gateway(mut opt: Opt, mut gw: Gateway, path: Option<String>, text: &str) 
     // Every service has stopped: the records of the last answers, and what the store still has
     // queued (the embedded store's last debits), are written before the process exits.
     if !recorder.flush(std::time::Duration::from_secs(5)) {
-        eprintln!("detour: the last request records were not written within 5 s");
+        eprintln!("detour: the last request records were not all written (the records thread is gone, or 5 s passed)");
     }
     if let Some(store) = store {
         match detour::store::block_on(store.flush()) {

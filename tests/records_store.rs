@@ -97,8 +97,8 @@ async fn a_stopped_gateway_writes_the_records_of_its_last_answers() {
         for i in 0..10 {
             chat_as(&gw, "gpt-4o", &format!("last-{round}-{i}")).await;
         }
-        // A record is queued in the same step that counts its request, with no wait between:
-        // once all ten are counted, all ten are queued.
+        // A record is queued before its request is counted: once all ten are counted, all ten
+        // are queued.
         let m = gw
             .metrics_with(&["detour_requests_total{outcome=\"success\"} 10"])
             .await;

@@ -139,6 +139,12 @@ impl Serving {
         if ctx.mode.is_empty() {
             return;
         }
+        let elapsed = ctx.started.map(|t| t.elapsed()).unwrap_or_default();
+        // Queued before the request is counted: once /metrics counts it, its record is queued.
+        if self.recorder.enabled() {
+            self.recorder
+                .submit(crate::records::Record::of(self.gw(), ctx, elapsed));
+        }
         let m = self.metrics();
         let outcome = if ctx.outcome.is_empty() {
             "unknown"
@@ -146,17 +152,12 @@ impl Serving {
             ctx.outcome
         };
         m.requests.with_label_values(&[outcome]).inc();
-        let elapsed = ctx.started.map(|t| t.elapsed()).unwrap_or_default();
         m.duration
             .with_label_values(&[if ctx.stream { "true" } else { "false" }])
             .observe(elapsed.as_secs_f64());
         m.attempts_per_request.observe(ctx.attempts_made() as f64);
         if self.gw().cfg.access_log {
             access_log(self.gw(), ctx, elapsed);
-        }
-        if self.recorder.enabled() {
-            self.recorder
-                .submit(crate::records::Record::of(self.gw(), ctx, elapsed));
         }
     }
 }
