@@ -269,6 +269,14 @@ impl Gateway {
         }
     }
 
+    /// The metrics text, asserted to contain every line of `lines` once [`Gateway::metrics_with`]
+    /// has waited for them.
+    pub async fn expect_metrics(&self, lines: &[&str]) -> String {
+        let m = self.metrics_with(lines).await;
+        assert!(lines.iter().all(|l| m.contains(l)), "{m}");
+        m
+    }
+
     /// Stop with SIGINT (Pingora's fast stop) and wait until the process has exited.
     pub async fn stop_fast(&mut self) {
         let pid = self.child.id().to_string();
