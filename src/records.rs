@@ -1,21 +1,23 @@
 //! Request records: every request's attempts, for the inspection API (`/admin/requests`).
 //!
-//! `logging()` turns the request's [`RequestLog`] into a [`Record`] and hands it to a bounded
-//! queue: when the queue is full the record is dropped and counted
+//! `logging()` encodes the request's [`RequestLog`] ([`encode`], in [`wire`]'s compact form)
+//! straight into a bounded queue: when the queue is full the record is dropped and counted
 //! (`detour_records_dropped_total`), the request never waits. One thread (`detour-records`,
-//! [`keeper`]) takes them in batches, numbers them, writes them to a SQLite file ([`db`]) and
-//! keeps the newest in memory (`records:` in the config). [`stats`] sums a window of them.
-//! [`db`] is public for `benches/records.rs`.
+//! [`keeper`]) takes them in batches, numbers them, writes each batch to a SQLite file as one
+//! row ([`db`]) and keeps the newest batches in memory (`records:` in the config). A read
+//! decodes them into [`Record`]s and makes their JSON; [`stats`] sums a window of them.
+//! [`db`] and [`wire`] are public for `benches/records.rs`.
 
 pub mod db;
 mod keeper;
 pub mod stats;
+pub mod wire;
 
 pub use keeper::Recorder;
 
 use crate::engine::ledger::{AttemptLog, RequestLog, Via};
 use crate::gateway::Gateway;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The most records one listing returns.
@@ -23,14 +25,14 @@ pub const MAX_LIMIT: usize = 500;
 
 /// One attempt of a request. In a record's JSON, what is not known (an `Option` that is
 /// `None`) is left out rather than written as `null`: records are written by the million.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttemptRecord {
     /// The provider, or a header-mode URL's approved-host label (`unapproved` otherwise).
     pub provider: String,
     /// The target as planned: `model/provider`, or the URL's origin in the header mode.
     pub source: String,
     /// `success`, `skipped`, `client_error`, `client_closed`, `stream_error`, or a failure class.
-    pub outcome: &'static str,
+    pub outcome: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// What went wrong, credentials masked.
@@ -51,7 +53,7 @@ pub struct AttemptRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waited_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wait_reason: Option<&'static str>,
+    pub wait_reason: Option<String>,
     /// The same target as the attempt tried before it (a retry, not a fallback).
     pub retry: bool,
     /// What its answer cost at the catalog's price.
@@ -60,11 +62,11 @@ pub struct AttemptRecord {
     /// Whose credentials: `operator`, `byok` (the caller's own) or `ptb` (the operator's,
     /// billed to the key); absent for a target not tried and in the header mode.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pay: Option<&'static str>,
+    pub pay: Option<String>,
 }
 
 /// What one request did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     /// Numbered as kept, from 1; the listing's cursor (`before`).
     pub seq: u64,
@@ -76,12 +78,12 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// `chain`, `target-url` or `fallbacks`.
-    pub mode: &'static str,
+    pub mode: String,
     /// The `model` field as the client sent it (the chain mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub stream: bool,
-    pub outcome: &'static str,
+    pub outcome: String,
     pub status: u16,
     pub ms: f64,
     pub attempts: Vec<AttemptRecord>,
@@ -109,67 +111,65 @@ pub fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-impl Record {
-    /// The record of a finished request.
-    pub fn of(gw: &Gateway, log: &RequestLog, elapsed: Duration) -> Record {
-        let mut previous: Option<&str> = None;
-        let attempts: Vec<AttemptRecord> = log
-            .attempts
-            .iter()
-            .map(|a| {
-                let retry = a.outcome != "skipped" && previous == Some(a.source.as_str());
-                if a.outcome != "skipped" {
-                    previous = Some(a.source.as_str());
-                }
-                attempt(gw, a, retry)
-            })
-            .collect();
-        let tried: Vec<&str> = attempts
-            .iter()
-            .filter(|a| a.outcome != "skipped")
-            .map(|a| a.source.as_str())
-            .collect();
-        let fallback = tried.iter().any(|s| Some(s) != tried.first());
-        Record {
-            seq: 0,
-            id: log.request_id.clone(),
-            at: crate::store::now_ms(),
-            key: (!log.key.is_empty()).then(|| log.key.clone()),
-            mode: log.mode,
-            model: (!log.model.is_empty()).then(|| log.model.clone()),
-            stream: log.stream,
-            outcome: if log.outcome.is_empty() {
-                "unknown"
-            } else {
-                log.outcome
-            },
-            status: log.status,
-            ms: ms(elapsed),
-            served_by: attempts
-                .iter()
-                .rfind(|a| a.outcome == "success")
-                .map(|a| a.source.clone()),
-            fallback,
-            prompt_tokens: log.usage.map(|u| u.prompt_tokens),
-            completion_tokens: log.usage.map(|u| u.completion_tokens),
-            cost_usd: log.cost_usd,
-            client_closed: log.outcome == "client_closed",
-            post_commit_error: log.post_commit_error.clone(),
-            attempts,
+/// Append the record of a finished request to `b`, in [`wire`]'s encoding: straight from its
+/// log, with no allocation (the request thread pays for this one).
+pub fn encode(b: &mut Vec<u8>, gw: &Gateway, log: &RequestLog, elapsed: Duration) {
+    let tried = || log.attempts.iter().filter(|a| a.outcome != "skipped");
+    let first = tried().next().map(source);
+    let fallback = tried().any(|a| Some(source(a)) != first);
+    let served_by = log
+        .attempts
+        .iter()
+        .rfind(|a| a.outcome == "success")
+        .map(source);
+    let head = wire::Head {
+        id: &log.request_id,
+        at: crate::store::now_ms(),
+        key: (!log.key.is_empty()).then_some(log.key.as_str()),
+        mode: log.mode,
+        model: (!log.model.is_empty()).then_some(log.model.as_str()),
+        stream: log.stream,
+        outcome: if log.outcome.is_empty() {
+            "unknown"
+        } else {
+            log.outcome
+        },
+        status: log.status,
+        ms: ms(elapsed),
+        served_by,
+        fallback,
+        prompt_tokens: log.usage.map(|u| u.prompt_tokens),
+        completion_tokens: log.usage.map(|u| u.completion_tokens),
+        cost_usd: log.cost_usd,
+        client_closed: log.outcome == "client_closed",
+        post_commit_error: log.post_commit_error.as_deref(),
+    };
+    let mut previous: Option<&str> = None;
+    let attempts = log.attempts.iter().map(|a| {
+        let retry = a.outcome != "skipped" && previous == Some(a.source.as_str());
+        if a.outcome != "skipped" {
+            previous = Some(a.source.as_str());
         }
-    }
+        attempt(gw, a, retry)
+    });
+    wire::encode(b, &head, attempts);
 }
 
-fn attempt(gw: &Gateway, a: &AttemptLog, retry: bool) -> AttemptRecord {
-    AttemptRecord {
+/// An attempt's target as recorded: cut to 256 bytes.
+fn source(a: &AttemptLog) -> &str {
+    crate::text::truncate(&a.source, 256)
+}
+
+fn attempt<'a>(gw: &'a Gateway, a: &'a AttemptLog, retry: bool) -> wire::Attempt<'a> {
+    wire::Attempt {
         provider: match &a.via {
-            Via::Provider(p) => gw.providers[*p].name.clone(),
-            Via::Url(label) => label.clone(),
+            Via::Provider(p) => &gw.providers[*p].name,
+            Via::Url(label) => label,
         },
-        source: crate::text::truncate(&a.source, 256).to_string(),
+        source: source(a),
         outcome: a.outcome,
         status: a.status,
-        error: a.error.clone(),
+        error: a.error.as_deref(),
         ms: ms(a.duration),
         connect_ms: a.timing.connect.map(ms),
         first_byte_ms: a.timing.first_byte.map(ms),
@@ -266,7 +266,7 @@ impl Filter {
                 })
         });
         is(&self.key, r.key.as_deref())
-            && is(&self.outcome, Some(r.outcome))
+            && is(&self.outcome, Some(&r.outcome))
             && self
                 .provider
                 .as_deref()

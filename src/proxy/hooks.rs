@@ -142,8 +142,7 @@ impl Serving {
         let elapsed = ctx.started.map(|t| t.elapsed()).unwrap_or_default();
         // Queued before the request is counted: once /metrics counts it, its record is queued.
         if self.recorder.enabled() {
-            self.recorder
-                .submit(crate::records::Record::of(self.gw(), ctx, elapsed));
+            self.recorder.submit(self.gw(), ctx, elapsed);
         }
         let m = self.metrics();
         let outcome = if ctx.outcome.is_empty() {

@@ -1,62 +1,48 @@
-//! Records on disk: one SQLite file (`detour-records.db` by default), written by the keeper thread
-//! in one transaction per batch and pruned to the retention in days and rows.
+//! Records on disk: one SQLite file (`detour-records.db` by default), written by the keeper
+//! thread one row per batch and pruned to the retention in days and rows.
 //!
-//! `records` holds each record's JSON with the columns a listing filters on, and its attempts
-//! in a compact text column for `/admin/stats` (one row per record: each row and index entry
-//! written costs CPU on a busy gateway). The columns `providers` and `models` list what a
-//! record's attempts touched between unit separators (`\x1f`), so a filter is one `instr`.
-//!
-//! The only index is the gateway key's (its inserts land at the end of each key's range).
-//! There is none on `at` (time bounds become `seq` bounds, [`seq_from`]) nor on `id`: a
-//! client's request ids are random, and a random insert into a large index rewrites a page per
-//! record. A request looked up by id that is no longer in memory is found by a scan, about
-//! 0.1 s per million records.
+//! A row of `chunks` is a batch: its records in [`wire`]'s encoding one after another, their
+//! first and last `seq` and the earliest and latest `at`. One row per batch is what keeps the
+//! keeper's cost per record low: a row and its index entry cost more than encoding a record.
+//! Reads decode the batches newest first and filter the records exactly ([`Filter::wants`]);
+//! a filter on a key, provider, model or request id first skips the batches whose bytes do not
+//! hold the value (`instr` on the blob). Time bounds skip batches by their `at` range and stop
+//! at the first batch older than the bound by more than [`SLACK_MS`].
 
-use super::{Filter, Record};
+use super::{wire, Filter, Record};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::time::Duration;
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    key TEXT,
-    outcome TEXT NOT NULL,
-    fallback INTEGER NOT NULL,
-    ms REAL NOT NULL,
-    providers TEXT NOT NULL,
-    models TEXT NOT NULL,
-    attempts TEXT NOT NULL,
-    body TEXT NOT NULL
+CREATE TABLE IF NOT EXISTS chunks (
+    hi INTEGER PRIMARY KEY,
+    lo INTEGER NOT NULL,
+    at_min INTEGER NOT NULL,
+    at_max INTEGER NOT NULL,
+    body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_key ON records(key, seq) WHERE key IS NOT NULL;
-DROP INDEX IF EXISTS records_at;
-DROP INDEX IF EXISTS records_id;
 ";
 
-/// How far out of order two records' `at` may be in `seq` order. Records are numbered as
-/// written, so `at` follows `seq` but for a batch's linger and, with two processes on one file,
-/// the other's write; a time bound is first turned into a `seq` bound widened by this much
-/// ([`seq_from`]), then checked against `at` exactly.
+/// How far out of order two batches' `at` may be in `seq` order: a batch's linger and, with two
+/// processes on one file, the other's write. A read bounded below in time stops at the first
+/// batch this much older than its bound.
 const SLACK_MS: i64 = 60_000;
 
 /// The page size of a new records file.
 const PAGE_SIZE: u32 = 65_536;
 
-/// Between values.
-const SEP: char = '\u{1f}';
-/// Between attempts in the `attempts` column.
-const RS: char = '\u{1e}';
+/// How many records of an older file's one-row-per-record table go into one batch.
+const MIGRATE_BATCH: usize = 1000;
 
-/// Open (or create) the file and its tables.
+/// Open (or create) the file and its table; a file of an earlier version has its records moved
+/// into batches.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // A missing directory shows as the open's error just below.
         let _ = std::fs::create_dir_all(dir);
     }
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     // Before the first table: a new file gets 64 KiB pages (an existing one keeps its own).
     // Records are appended in batches, and large pages cost fewer writes per record.
@@ -66,86 +52,66 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     // A checkpoint every 256 pages (16 MiB) keeps the WAL file from growing to 64 MiB.
     conn.pragma_update(None, "wal_autocheckpoint", 256)?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&mut conn)?;
     Ok(conn)
 }
 
-/// The number the next record gets.
-fn next_seq(conn: &Connection) -> rusqlite::Result<u64> {
-    let max: Option<i64> = conn.query_row("SELECT max(seq) FROM records", [], |r| r.get(0))?;
-    Ok(max.map_or(1, |m| u64::try_from(m).unwrap_or(0) + 1))
-}
-
-/// `\x1f` + each value + `\x1f`: what `instr` looks for.
-fn joined<'a>(values: impl Iterator<Item = &'a str>) -> String {
-    let mut s = String::new();
-    join_into(&mut s, values);
-    s
-}
-
-/// [`joined`] into `s` (cleared first): a batch reuses its buffers.
-fn join_into<'a>(s: &mut String, values: impl Iterator<Item = &'a str>) {
-    s.clear();
-    s.push(SEP);
-    for v in values {
-        push_clean(s, v);
-        s.push(SEP);
+/// An earlier version kept a row per record, its JSON in `body`: re-encode them in batches
+/// and drop that table. A row whose JSON does not parse is left out.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let old: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'records'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if old.is_none() {
+        return Ok(());
     }
-}
-
-/// `v` with the separators replaced.
-fn push_clean(s: &mut String, v: &str) {
-    s.extend(v.chars().map(|c| if c == SEP || c == RS { '?' } else { c }));
-}
-
-/// The attempts as stats read them: `provider SEP model SEP outcome SEP ms SEP ttft` each,
-/// `RS` between them.
-fn compact_into(s: &mut String, r: &Record) {
-    use std::fmt::Write;
-    s.clear();
-    for (i, a) in r.attempts.iter().enumerate() {
-        if i > 0 {
-            s.push(RS);
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut q = tx.prepare("SELECT body FROM records ORDER BY seq")?;
+        let mut rows = q.query([])?;
+        let (mut bytes, mut n) = (Vec::new(), 0);
+        while let Some(row) = rows.next()? {
+            let body: String = row.get(0)?;
+            if let Ok(r) = serde_json::from_str::<Record>(&body) {
+                wire::encode_record(&mut bytes, &r);
+                n += 1;
+            }
+            if n == MIGRATE_BATCH {
+                insert(&tx, &bytes)?;
+                (bytes, n) = (Vec::new(), 0);
+            }
         }
-        push_clean(s, &a.provider);
-        s.push(SEP);
-        push_clean(s, attempt_model(&a.source, &a.provider));
-        s.push(SEP);
-        s.push_str(a.outcome);
-        let _ = write!(s, "{SEP}{}{SEP}", a.ms);
-        if let Some(t) = a.first_token_ms {
-            let _ = write!(s, "{t}");
+        if n > 0 {
+            insert(&tx, &bytes)?;
         }
     }
+    tx.execute_batch("DROP TABLE records;")?;
+    tx.commit()
 }
 
-fn uncompact(s: &str) -> Vec<StatAttempt> {
-    s.split(RS)
-        .filter(|a| !a.is_empty())
-        .filter_map(|a| {
-            let mut f = a.split(SEP);
-            Some(StatAttempt {
-                provider: f.next()?.to_string(),
-                model: f.next()?.to_string(),
-                outcome: f.next()?.to_string(),
-                ms: f.next()?.parse().ok()?,
-                first_token_ms: f.next().and_then(|t| t.parse().ok()),
-            })
-        })
-        .collect()
-}
-
-fn needle(v: &str) -> String {
-    joined(std::iter::once(v))
-}
-
-/// What a `model` filter matches: the client's `model` field, and every attempt's source and
-/// each of its prefixes ending before a `/` (so `gpt-4o` matches `gpt-4o/p1`).
-fn models_into(s: &mut String, r: &Record) {
-    let prefixes = r.attempts.iter().flat_map(|a| {
-        let cuts = a.source.match_indices('/').map(|(i, _)| &a.source[..i]);
-        std::iter::once(a.source.as_str()).chain(cuts)
-    });
-    join_into(s, r.model.iter().map(String::as_str).chain(prefixes));
+/// A batch's row: its `seq` and `at` ranges from its records (numbered).
+fn insert(conn: &Connection, bytes: &[u8]) -> rusqlite::Result<()> {
+    let mut span: Option<(u64, u64, i64, i64)> = None;
+    for r in wire::split(bytes) {
+        let (seq, at) = wire::seq_and_at(&bytes[r]);
+        span = Some(match span {
+            None => (seq, seq, at, at),
+            Some((lo, hi, a0, a1)) => (lo.min(seq), hi.max(seq), a0.min(at), a1.max(at)),
+        });
+    }
+    let Some((lo, hi, at_min, at_max)) = span else {
+        return Ok(());
+    };
+    let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO chunks (hi, lo, at_min, at_max, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![big(hi), big(lo), at_min, at_max, bytes])?;
+    Ok(())
 }
 
 /// The model an attempt's row is counted under: its source without `/provider`.
@@ -156,138 +122,117 @@ pub fn attempt_model<'a>(source: &'a str, provider: &str) -> &'a str {
         .unwrap_or(source)
 }
 
-/// Number a batch after the newest record in the file and write it, in one `IMMEDIATE`
-/// transaction: two processes on one file (a graceful upgrade's overlap) never share a number.
-pub fn write(conn: &mut Connection, batch: &mut [Record]) -> rusqlite::Result<()> {
+/// Number a batch (records in [`wire`]'s encoding) after the newest in the file and write it
+/// as one row, in one `IMMEDIATE` transaction: two processes on one file (a graceful upgrade's
+/// overlap) never share a number.
+pub fn write(conn: &mut Connection, batch: &mut [u8]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for (seq, r) in (next_seq(&tx)?..).zip(batch.iter_mut()) {
-        r.seq = seq;
-    }
-    {
-        let mut rec = tx.prepare_cached(
-            "INSERT INTO records (seq, id, at, key, outcome, fallback, ms, providers, models, attempts, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
-        // Reused for every record of the batch: no allocation per record once they have grown.
-        let (mut body, mut providers) = (Vec::with_capacity(1024), String::new());
-        let (mut models, mut attempts) = (String::new(), String::new());
-        for r in batch.iter() {
-            let seq = i64::try_from(r.seq).unwrap_or(i64::MAX);
-            body.clear();
-            if serde_json::to_writer(&mut body, r).is_err() {
-                continue;
-            }
-            let body = std::str::from_utf8(&body).unwrap_or_default();
-            join_into(
-                &mut providers,
-                r.attempts.iter().map(|a| a.provider.as_str()),
-            );
-            models_into(&mut models, r);
-            compact_into(&mut attempts, r);
-            rec.execute(params![
-                seq, r.id, r.at, r.key, r.outcome, r.fallback, r.ms, providers, models, attempts,
-                body
-            ])?;
-        }
-    }
+    let max: Option<i64> = tx.query_row("SELECT max(hi) FROM chunks", [], |r| r.get(0))?;
+    wire::number(batch, max.map_or(1, |m| u64::try_from(m).unwrap_or(0) + 1));
+    insert(&tx, batch)?;
     tx.commit()
 }
 
-/// Delete what is older than `days` or past the newest `rows`.
+/// Delete what is older than `days` or past the newest `rows`: whole batches, and the records
+/// of the batch the row bound cuts through.
 pub fn prune(conn: &Connection, days: u32, rows: usize, now_ms: i64) -> rusqlite::Result<()> {
     let oldest = now_ms.saturating_sub(i64::from(days) * 86_400_000);
+    // From the oldest batch on, up to the first with a record inside the retention.
+    let mut expired = None;
+    {
+        let mut q = conn.prepare_cached("SELECT hi, at_max FROM chunks ORDER BY hi")?;
+        let mut it = q.query([])?;
+        while let Some(row) = it.next()? {
+            if row.get::<_, i64>(1)? >= oldest {
+                break;
+            }
+            expired = Some(row.get::<_, i64>(0)?);
+        }
+    }
+    if let Some(hi) = expired {
+        conn.execute("DELETE FROM chunks WHERE hi <= ?1", [hi])?;
+    }
     let rows = i64::try_from(rows).unwrap_or(i64::MAX);
-    let end = seq_from(conn, oldest.saturating_add(SLACK_MS))?;
-    conn.execute(
-        "DELETE FROM records WHERE seq < ?1 AND at < ?2",
-        [end, oldest],
-    )?;
-    conn.execute(
-        "DELETE FROM records WHERE seq <= (SELECT max(seq) FROM records) - ?1",
-        [rows],
-    )?;
+    let max: Option<i64> = conn.query_row("SELECT max(hi) FROM chunks", [], |r| r.get(0))?;
+    let Some(cut) = max.map(|m| m.saturating_sub(rows)) else {
+        return Ok(());
+    };
+    conn.execute("DELETE FROM chunks WHERE hi <= ?1", [cut])?;
+    let across: Vec<(i64, Vec<u8>)> = conn
+        .prepare("SELECT hi, body FROM chunks WHERE lo <= ?1")?
+        .query_map([cut], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (hi, body) in across {
+        let mut kept = Vec::with_capacity(body.len());
+        for r in wire::split(&body) {
+            let (seq, _) = wire::seq_and_at(&body[r.clone()]);
+            if i64::try_from(seq).unwrap_or(i64::MAX) > cut {
+                kept.extend_from_slice(&body[r]);
+            }
+        }
+        conn.execute("DELETE FROM chunks WHERE hi = ?1", [hi])?;
+        insert(conn, &kept)?;
+    }
     Ok(())
+}
+
+/// What a batch's bytes must hold for `f` to want one of its records.
+fn needles(f: &Filter) -> [Option<Vec<u8>>; 3] {
+    [
+        f.key.as_deref().map(wire::needle),
+        f.provider.as_deref().map(wire::needle),
+        f.model.as_deref().map(|m| m.as_bytes().to_vec()),
+    ]
 }
 
 /// The records `f` wants, newest first: `(seq, JSON)`.
 pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    if f.limit == 0 {
+        return Ok(out);
+    }
     let mut q = conn.prepare_cached(
-        "SELECT seq, body FROM records
-         WHERE (?1 IS NULL OR key = ?1)
-           AND (?2 IS NULL OR outcome = ?2)
-           AND (?3 IS NULL OR fallback = ?3)
-           AND (?4 IS NULL OR at >= ?4)
-           AND (?5 IS NULL OR at <= ?5)
-           AND (?6 IS NULL OR seq < ?6)
-           AND (?7 IS NULL OR instr(providers, ?7) > 0)
-           AND (?8 IS NULL OR instr(models, ?8) > 0)
-           AND (?10 IS NULL OR (substr(outcome, 1, 7) != 'success') = ?10)
-           AND (?11 IS NULL OR seq >= ?11)
-         ORDER BY seq DESC LIMIT ?9",
+        "SELECT at_max, body FROM chunks
+         WHERE (?1 IS NULL OR lo < ?1)
+           AND (?2 IS NULL OR at_min <= ?2)
+           AND (?3 IS NULL OR at_max >= ?3)
+           AND (?4 IS NULL OR instr(body, ?4) > 0)
+           AND (?5 IS NULL OR instr(body, ?5) > 0)
+           AND (?6 IS NULL OR instr(body, ?6) > 0)
+         ORDER BY hi DESC",
     )?;
-    let from = f
-        .since
-        .map(|t| seq_from(conn, t.saturating_sub(SLACK_MS)))
-        .transpose()?;
-    let to = f
-        .until
-        .map(|t| seq_from(conn, t.saturating_add(SLACK_MS + 1)))
-        .transpose()?;
     let before = f.before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
-    let before = match (before, to) {
-        (Some(b), Some(t)) => Some(b.min(t)),
-        (b, t) => b.or(t),
-    };
-    let rows = q.query_map(
-        params![
-            f.key,
-            f.outcome,
-            f.fallback,
-            f.since,
-            f.until,
-            before,
-            f.provider.as_deref().map(needle),
-            f.model.as_deref().map(needle),
-            i64::try_from(f.limit).unwrap_or(0),
-            f.failed,
-            from
-        ],
-        |r| Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?)),
-    )?;
-    rows.collect()
-}
-
-/// The first `seq` from which every record ended at or after `at` (Unix ms), as far as `at`
-/// follows `seq`: a binary search over `seq`, each probe one primary-key lookup.
-fn seq_from(conn: &Connection, at: i64) -> rusqlite::Result<i64> {
-    let (mut lo, mut hi): (i64, i64) = conn.query_row(
-        "SELECT coalesce(min(seq), 1), coalesce(max(seq), 0) + 1 FROM records",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let mut probe =
-        conn.prepare_cached("SELECT seq, at FROM records WHERE seq >= ?1 ORDER BY seq LIMIT 1")?;
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let first = probe
-            .query_row([mid], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-            .optional()?;
-        match first {
-            Some((seq, ended)) if ended < at => lo = seq + 1,
-            _ => hi = mid,
+    let [key, provider, model] = needles(f);
+    let mut rows = q.query(params![before, f.until, f.since, key, provider, model])?;
+    while let Some(row) = rows.next()? {
+        if f.since
+            .is_some_and(|t| row.get::<_, i64>(0).unwrap_or(0) < t.saturating_sub(SLACK_MS))
+        {
+            break;
+        }
+        let body = row.get_ref(1)?.as_blob()?;
+        for r in wire::newest_first(body).filter(|r| f.wants(r)) {
+            out.push((r.seq, serde_json::to_string(&r).unwrap_or_default()));
+            if out.len() >= f.limit {
+                return Ok(out);
+            }
         }
     }
-    Ok(lo)
+    Ok(out)
 }
 
 /// The newest record of request `id`, as JSON.
 pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row(
-        "SELECT body FROM records WHERE id = ?1 ORDER BY seq DESC LIMIT 1",
-        [id],
-        |r| r.get(0),
-    )
-    .optional()
+    let mut q =
+        conn.prepare_cached("SELECT body FROM chunks WHERE instr(body, ?1) > 0 ORDER BY hi DESC")?;
+    let mut rows = q.query([wire::needle(id)])?;
+    while let Some(row) = rows.next()? {
+        let body = row.get_ref(0)?.as_blob()?;
+        if let Some(r) = wire::newest_first(body).find(|r| r.id == id) {
+            return Ok(serde_json::to_string(&r).ok());
+        }
+    }
+    Ok(None)
 }
 
 /// One request in a stats window, with its attempts.
@@ -308,97 +253,299 @@ pub struct StatAttempt {
     pub first_token_ms: Option<f64>,
 }
 
+impl From<Record> for StatRow {
+    fn from(r: Record) -> StatRow {
+        StatRow {
+            outcome: r.outcome,
+            fallback: r.fallback,
+            ms: r.ms,
+            attempts: r
+                .attempts
+                .into_iter()
+                .map(|a| StatAttempt {
+                    model: attempt_model(&a.source, &a.provider).to_string(),
+                    provider: a.provider,
+                    outcome: a.outcome,
+                    ms: a.ms,
+                    first_token_ms: a.first_token_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Every request that ended at or after `since` (Unix ms), with its attempts.
 pub fn window(conn: &Connection, since: i64) -> rusqlite::Result<Vec<StatRow>> {
-    let from = seq_from(conn, since.saturating_sub(SLACK_MS))?;
-    let mut q = conn.prepare_cached(
-        "SELECT outcome, fallback, ms, attempts FROM records WHERE seq >= ?1 AND at >= ?2",
-    )?;
-    let rows = q.query_map([from, since], |r| {
-        Ok(StatRow {
-            outcome: r.get(0)?,
-            fallback: r.get(1)?,
-            ms: r.get(2)?,
-            attempts: uncompact(&r.get::<_, String>(3)?),
-        })
-    })?;
-    rows.collect()
+    let mut q = conn.prepare_cached("SELECT at_max, body FROM chunks ORDER BY hi DESC")?;
+    let mut rows = q.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let at_max: i64 = row.get(0)?;
+        if at_max < since.saturating_sub(SLACK_MS) {
+            break;
+        }
+        if at_max < since {
+            continue;
+        }
+        let body = row.get_ref(1)?.as_blob()?;
+        out.extend(
+            wire::newest_first(body)
+                .filter(|r| r.at >= since)
+                .map(StatRow::from),
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::AttemptRecord;
 
-    #[test]
-    fn time_bounds_become_seq_bounds() {
-        // seq 1..=40 with gaps (every third missing), `at` = 100 × seq; then two out of order.
-        for disorder in [0, 150] {
-            let conn = Connection::open_in_memory().unwrap();
-            conn.execute_batch(SCHEMA).unwrap();
-            assert_eq!(seq_from(&conn, 5).unwrap(), 1, "an empty file");
-            let mut rows: Vec<(i64, i64)> = (1..=40)
-                .filter(|s| s % 3 != 0)
-                .map(|s| (s, 100 * s))
-                .collect();
-            rows[10].1 += disorder;
-            rows[20].1 -= disorder;
-            for (seq, at) in &rows {
-                conn.execute(
-                    "INSERT INTO records (seq, id, at, outcome, fallback, ms, providers, models,
-                     attempts, body) VALUES (?1, 'r', ?2, 'success', 0, 1, '', '', '', '{}')",
-                    [seq, at],
-                )
-                .unwrap();
-            }
-            for at in [
-                i64::MIN,
-                0,
-                100,
-                101,
-                950,
-                1_600,
-                1_700,
-                3_000,
-                4_000,
-                4_001,
-                i64::MAX,
-            ] {
-                let got = seq_from(&conn, at).unwrap();
-                let (below, from): (Vec<&(i64, i64)>, Vec<_>) =
-                    rows.iter().partition(|r| r.0 < got);
-                assert!(
-                    below.iter().all(|r| r.1 < at.saturating_add(disorder)),
-                    "{at}: {got}"
-                );
-                assert!(
-                    from.iter().all(|r| r.1 >= at.saturating_sub(disorder)),
-                    "{at}: {got}"
-                );
-                if disorder == 0 {
-                    let want = rows.iter().find(|r| r.1 >= at).map_or(41, |r| r.0);
-                    let first = from.first().map_or(41, |r| r.0);
-                    assert_eq!(first, want, "at {at}");
-                }
-            }
+    fn record(seq: u64, at: i64, key: Option<&str>, source: &str) -> Record {
+        let provider = source.rsplit('/').next().unwrap_or(source);
+        Record {
+            seq,
+            id: format!("r{seq}"),
+            at,
+            key: key.map(str::to_string),
+            mode: "chain".into(),
+            model: None,
+            stream: false,
+            outcome: "success".into(),
+            status: 200,
+            ms: 1.0,
+            attempts: vec![AttemptRecord {
+                provider: provider.into(),
+                source: source.into(),
+                outcome: "success".into(),
+                status: Some(200),
+                error: None,
+                ms: 1.0,
+                connect_ms: None,
+                first_byte_ms: None,
+                first_token_ms: None,
+                waited_ms: None,
+                wait_reason: None,
+                retry: false,
+                cost_usd: None,
+                pay: None,
+            }],
+            served_by: Some(source.into()),
+            fallback: false,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cost_usd: None,
+            client_closed: false,
+            post_commit_error: None,
         }
     }
 
+    /// Batches of 3 written to a fresh file: records 1..=`n`, `at` = 100 × seq.
+    fn file(n: u64) -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        for first in (1..=n).step_by(3) {
+            let mut b = Vec::new();
+            for s in first..(first + 3).min(n + 1) {
+                let key = (s % 2 == 0).then_some("even");
+                let source = if s % 5 == 0 {
+                    "gpt-4o/p5"
+                } else {
+                    "gpt-4o-mini/p1"
+                };
+                wire::encode_record(&mut b, &record(s, 100 * s as i64, key, source));
+            }
+            write(&mut conn, &mut b).unwrap();
+        }
+        conn
+    }
+
+    fn seqs(conn: &Connection, f: &Filter) -> Vec<u64> {
+        list(conn, f).unwrap().into_iter().map(|(s, _)| s).collect()
+    }
+
     #[test]
-    fn model_filters_match_prefixes_at_slashes_only() {
-        assert_eq!(attempt_model("gpt-4o/p1", "p1"), "gpt-4o");
-        assert_eq!(attempt_model("http://h:1", "h"), "http://h:1");
-        let m = joined(["a/b/c", "x\u{1f}y"].into_iter());
-        assert!(m.contains(&needle("a/b/c")));
-        assert!(m.contains(&needle("x?y")));
-        assert!(!m.contains(&needle("a/b")));
-        let back = uncompact(
-            "p\u{1f}m\u{1f}success\u{1f}1.5\u{1f}0.7\u{1e}q\u{1f}m\u{1f}server_error\u{1f}2\u{1f}",
-        );
-        assert_eq!(back.len(), 2);
-        assert_eq!((back[0].ms, back[0].first_token_ms), (1.5, Some(0.7)));
+    fn listings_filter_exactly_and_page_newest_first() {
+        let conn = file(20);
+        let all = |f: Filter| seqs(&conn, &Filter { limit: 100, ..f });
+        assert_eq!(all(Filter::default()), (1..=20).rev().collect::<Vec<_>>());
+        let evens: Vec<u64> = (1..=20).rev().filter(|s| s % 2 == 0).collect();
         assert_eq!(
-            (back[1].outcome.as_str(), back[1].first_token_ms),
-            ("server_error", None)
+            all(Filter {
+                key: Some("even".into()),
+                ..Filter::default()
+            }),
+            evens
         );
+        let p5 = all(Filter {
+            provider: Some("p5".into()),
+            ..Filter::default()
+        });
+        assert_eq!(p5, [20, 15, 10, 5]);
+        // Whole names and prefixes at a slash only: `gpt-4o` is not `gpt-4o-mini`.
+        let m = all(Filter {
+            model: Some("gpt-4o".into()),
+            ..Filter::default()
+        });
+        assert_eq!(m, p5);
+        assert!(all(Filter {
+            provider: Some("p".into()),
+            ..Filter::default()
+        })
+        .is_empty());
+        let page = seqs(
+            &conn,
+            &Filter {
+                before: Some(8),
+                limit: 2,
+                ..Filter::default()
+            },
+        );
+        assert_eq!(page, [7, 6]);
+        let timed = all(Filter {
+            since: Some(450),
+            until: Some(1000),
+            ..Filter::default()
+        });
+        assert_eq!(timed, (5..=10).rev().collect::<Vec<_>>());
+        assert!(all(Filter {
+            since: Some(i64::MAX),
+            ..Filter::default()
+        })
+        .is_empty());
+        assert!(all(Filter {
+            until: Some(i64::MIN),
+            ..Filter::default()
+        })
+        .is_empty());
+        assert_eq!(
+            seqs(
+                &conn,
+                &Filter {
+                    limit: 4,
+                    ..Filter::default()
+                }
+            ),
+            [20, 19, 18, 17]
+        );
+        let r7: Value = serde_json::from_str(&get(&conn, "r7").unwrap().unwrap()).unwrap();
+        assert_eq!(
+            (r7["seq"].as_u64(), r7["at"].as_i64()),
+            (Some(7), Some(700))
+        );
+        assert_eq!(get(&conn, "r").unwrap(), None, "a whole id, not a part");
+        assert_eq!(window(&conn, 1_501).unwrap().len(), 5);
+    }
+
+    use serde_json::Value;
+
+    #[test]
+    fn pruning_cuts_through_a_batch_and_drops_old_ones_whole() {
+        let conn = file(20);
+        // The newest 4: the batch of 16-18 keeps 17 and 18.
+        prune(&conn, 7, 4, 0).unwrap();
+        assert_eq!(
+            seqs(
+                &conn,
+                &Filter {
+                    limit: 100,
+                    ..Filter::default()
+                }
+            ),
+            [20, 19, 18, 17]
+        );
+        // Seven days after 1,850: the batch of 17-18 (`at` 1,700 … 1,800) is past it.
+        let now = 1_850 + 7 * 86_400_000;
+        prune(&conn, 7, 100, now).unwrap();
+        assert_eq!(
+            seqs(
+                &conn,
+                &Filter {
+                    limit: 100,
+                    ..Filter::default()
+                }
+            ),
+            [20, 19]
+        );
+        let mut conn = conn;
+        let mut b = Vec::new();
+        wire::encode_record(&mut b, &record(0, 5, None, "m/p"));
+        write(&mut conn, &mut b).unwrap();
+        assert_eq!(
+            seqs(
+                &conn,
+                &Filter {
+                    limit: 1,
+                    ..Filter::default()
+                }
+            ),
+            [21],
+            "numbering goes on"
+        );
+    }
+
+    #[test]
+    fn a_file_of_one_row_per_record_is_moved_into_batches() {
+        let dir = std::env::temp_dir().join(format!("detour-db-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("records.db");
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE records (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, body TEXT NOT NULL);",
+            )
+            .unwrap();
+            for s in [3u64, 4, 9] {
+                let body = serde_json::to_string(&record(s, 10 * s as i64, None, "m/p")).unwrap();
+                conn.execute(
+                    "INSERT INTO records (seq, id, body) VALUES (?1, 'x', ?2)",
+                    params![s as i64, body],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO records (seq, id, body) VALUES (10, 'x', 'not json')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut conn = open(&path).unwrap();
+        assert_eq!(
+            seqs(
+                &conn,
+                &Filter {
+                    limit: 100,
+                    ..Filter::default()
+                }
+            ),
+            [9, 4, 3]
+        );
+        let mut b = Vec::new();
+        wire::encode_record(&mut b, &record(0, 5, None, "m/p"));
+        write(&mut conn, &mut b).unwrap();
+        assert_eq!(
+            seqs(
+                &conn,
+                &Filter {
+                    limit: 1,
+                    ..Filter::default()
+                }
+            ),
+            [10]
+        );
+        drop(conn);
+        assert_eq!(
+            seqs(
+                &open(&path).unwrap(),
+                &Filter {
+                    limit: 100,
+                    ..Filter::default()
+                }
+            ),
+            [10, 9, 4, 3]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

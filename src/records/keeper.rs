@@ -1,36 +1,56 @@
 //! The records queue, the keeper thread, and the reads of what it kept (newest in memory, all
 //! within the retention on disk).
 
-use super::db::{self, StatAttempt, StatRow};
-use super::{Filter, Record};
+use super::db::{self, StatRow};
+use super::{wire, Filter};
 use crate::config::records::RecordsConfig;
+use crate::engine::ledger::RequestLog;
+use crate::gateway::Gateway;
 use rusqlite::Connection;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long the keeper lets records gather before it takes them: a busy gateway's batch is
-/// about a thousand records, and the per-transaction writes (each index's last pages) are
-/// shared by them all.
+/// about a thousand records, written as one row.
 pub const LINGER: Duration = Duration::from_millis(50);
 /// How often the keeper deletes what is past the retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// The most bytes of records that may wait for the keeper (besides `records.queue` records).
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+/// A batch as kept in memory: its records in [`wire`]'s encoding, one after another.
+struct Chunk {
+    bytes: Box<[u8]>,
+    count: usize,
+}
 
 struct Ring {
-    records: VecDeque<Arc<Record>>,
-    /// How many are kept.
+    chunks: VecDeque<Arc<Chunk>>,
+    /// How many records the chunks hold.
+    count: usize,
+    /// How many are kept: the newest batches that hold at least this many.
     memory: usize,
 }
 
-/// What the queue carries: a record, or a wish to hear when everything before it is written.
-/// Records are the traffic and flushes rare: a boxed record would be an allocation per request.
-#[allow(clippy::large_enum_variant)]
-enum Msg {
-    Record(Record),
-    Flush(SyncSender<()>),
+/// What waits for the keeper: records, encoded one after another by the request threads, and
+/// wishes to hear when everything before them is written. The keeper swaps `bytes` for its
+/// emptied buffer, so neither side allocates once both have grown to a batch.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    count: usize,
+    flushes: Vec<SyncSender<()>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Mutex<Pending>,
+    /// Signalled when `pending` stops being empty.
+    ready: Condvar,
 }
 
 /// The records queue and the ones kept.
@@ -39,7 +59,9 @@ enum Msg {
 /// `-d` forks after startup, and neither a thread nor a SQLite connection survives a fork.
 pub struct Recorder {
     enabled: bool,
-    queue: SyncSender<Msg>,
+    queue: Arc<Queue>,
+    /// `records.queue`: the most records that may wait.
+    cap: usize,
     kept: Arc<Mutex<Ring>>,
     dropped: prometheus::IntCounter,
     /// The records file, absolute (`-d` changes the working directory); `None`: memory only.
@@ -62,19 +84,20 @@ fn io(e: rusqlite::Error) -> std::io::Error {
 
 /// What the keeper thread owns.
 struct Keeper {
-    rx: Receiver<Msg>,
+    queue: Arc<Queue>,
     kept: Arc<Mutex<Ring>>,
     path: Option<PathBuf>,
     cfg: RecordsConfig,
 }
 
 impl Recorder {
-    /// Open the records file (when kept on disk) and start the keeper thread; `dropped` counts
+    /// Open the records file (when kept on disk) and get the keeper ready; `dropped` counts
     /// records the full queue refused.
     pub fn start(cfg: RecordsConfig, dropped: prometheus::IntCounter) -> std::io::Result<Recorder> {
-        let (queue, rx) = sync_channel(cfg.queue);
+        let queue = Arc::new(Queue::default());
         let kept = Arc::new(Mutex::new(Ring {
-            records: VecDeque::with_capacity(cfg.memory.min(4096)),
+            chunks: VecDeque::new(),
+            count: 0,
             memory: cfg.memory,
         }));
         let path = match (&cfg.sqlite, cfg.enabled) {
@@ -87,7 +110,7 @@ impl Recorder {
             _ => None,
         };
         let keeper = Keeper {
-            rx,
+            queue: queue.clone(),
             kept: kept.clone(),
             path: path.clone(),
             cfg: cfg.clone(),
@@ -95,6 +118,7 @@ impl Recorder {
         Ok(Recorder {
             enabled: cfg.enabled,
             queue,
+            cap: cfg.queue,
             kept,
             dropped,
             path,
@@ -140,12 +164,23 @@ impl Recorder {
         self.enabled
     }
 
-    /// Queue a record; never waits.
-    pub fn submit(&self, r: Record) {
+    /// Queue the record of a finished request; never waits for the keeper. Encoded into the
+    /// queue's buffer under its lock, which the keeper holds only to swap buffers. The keeper
+    /// is woken when the queue stops being empty: once per batch, not per record.
+    pub fn submit(&self, gw: &Gateway, log: &RequestLog, elapsed: Duration) {
         self.wake();
-        match self.queue.try_send(Msg::Record(r)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        let mut p = lock(&self.queue.pending);
+        if p.count >= self.cap || p.bytes.len() >= MAX_QUEUED_BYTES {
+            drop(p);
+            self.dropped.inc();
+            return;
+        }
+        let idle = p.count == 0 && p.flushes.is_empty();
+        super::encode(&mut p.bytes, gw, log, elapsed);
+        p.count += 1;
+        drop(p);
+        if idle {
+            self.queue.ready.notify_one();
         }
     }
 
@@ -156,23 +191,26 @@ impl Recorder {
         if lock(&self.idle).is_some() {
             return true; // the keeper never started: nothing was queued
         }
-        let deadline = Instant::now() + wait;
         let (done, heard) = sync_channel(1);
-        let mut ask = Msg::Flush(done);
-        loop {
-            match self.queue.try_send(ask) {
-                Ok(()) => break,
-                Err(TrySendError::Disconnected(_)) => return false,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                    ask = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(TrySendError::Full(_)) => return false,
-            }
+        {
+            let mut p = lock(&self.queue.pending);
+            p.flushes.push(done);
         }
-        heard
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
+        self.queue.ready.notify_one();
+        heard.recv_timeout(wait).is_ok()
+    }
+
+    /// The batches in memory, oldest first.
+    fn chunks(&self) -> Vec<Arc<Chunk>> {
+        lock(&self.kept).chunks.iter().cloned().collect()
+    }
+
+    /// The records in memory, newest first.
+    fn in_memory(&self) -> impl Iterator<Item = super::Record> {
+        let chunks = self.chunks();
+        (0..chunks.len())
+            .rev()
+            .flat_map(move |i| wire::newest_first(&chunks[i].bytes).collect::<Vec<_>>())
     }
 
     /// The newest records `f` wants, newest first, as `(seq, JSON)`. Blocking (on disk).
@@ -180,26 +218,25 @@ impl Recorder {
         if let Some(conn) = self.db()? {
             return db::list(&conn, f).map_err(|e| e.to_string());
         }
-        let g = lock(&self.kept);
-        Ok(g.records
-            .iter()
-            .rev()
+        Ok(self
+            .in_memory()
             .filter(|r| f.wants(r))
             .take(f.limit)
-            .map(|r| (r.seq, serde_json::to_string(r.as_ref()).unwrap_or_default()))
+            .map(|r| (r.seq, serde_json::to_string(&r).unwrap_or_default()))
             .collect())
     }
 
     /// The newest record of request `id`, as JSON. Blocking (on disk).
     pub fn get(&self, id: &str) -> Result<Option<String>, String> {
-        let found = lock(&self.kept)
-            .records
+        let needle = wire::needle(id);
+        let found = self
+            .chunks()
             .iter()
             .rev()
-            .find(|r| r.id == id)
-            .cloned();
+            .filter(|c| c.bytes.windows(needle.len()).any(|w| w == needle))
+            .find_map(|c| wire::newest_first(&c.bytes).find(|r| r.id == id));
         if let Some(r) = found {
-            return Ok(Some(serde_json::to_string(r.as_ref()).unwrap_or_default()));
+            return Ok(Some(serde_json::to_string(&r).unwrap_or_default()));
         }
         match self.db()? {
             Some(conn) => db::get(&conn, id).map_err(|e| e.to_string()),
@@ -212,43 +249,28 @@ impl Recorder {
         if let Some(conn) = self.db()? {
             return db::window(&conn, since).map_err(|e| e.to_string());
         }
-        let g = lock(&self.kept);
-        Ok(g.records
-            .iter()
+        Ok(self
+            .in_memory()
             .filter(|r| r.at >= since)
-            .map(|r| StatRow {
-                outcome: r.outcome.to_string(),
-                fallback: r.fallback,
-                ms: r.ms,
-                attempts: r
-                    .attempts
-                    .iter()
-                    .map(|a| StatAttempt {
-                        provider: a.provider.clone(),
-                        model: db::attempt_model(&a.source, &a.provider).to_string(),
-                        outcome: a.outcome.to_string(),
-                        ms: a.ms,
-                        first_token_ms: a.first_token_ms,
-                    })
-                    .collect(),
-            })
+            .map(StatRow::from)
             .collect())
     }
 }
 
 impl Keeper {
-    /// Once a record arrives, let others gather for [`LINGER`] (a queued record wakes nobody
-    /// while the thread sleeps, so a busy gateway pays no wake-up per request), then number
-    /// them, write them to disk and only then into memory: a record that can be read by its
-    /// id can be found by a listing too.
+    /// Wait for records, let others gather for [`LINGER`] (a request thread wakes the keeper
+    /// only when the queue stops being empty, so a busy gateway pays one wake-up per batch),
+    /// then number them, write them to disk and only then into memory: a record that can be
+    /// read by its id can be found by a listing too.
     fn run(self) {
         let mut conn = self.path.as_deref().map(db::open);
         let mut next = 1;
         let mut pruned: Option<Instant> = None;
         let mut complained: Option<Instant> = None;
-        while let Ok(first) = self.rx.recv() {
-            let (mut batch, acks) = self.gather(first);
-            if !batch.is_empty() {
+        let mut batch = Vec::new();
+        loop {
+            let (count, acks) = self.gather(&mut batch);
+            if count > 0 {
                 let written = match &mut conn {
                     None => Ok(()),
                     Some(Err(e)) => Err(e.to_string()),
@@ -256,54 +278,70 @@ impl Keeper {
                         .persist(c, &mut batch, &mut pruned)
                         .map_err(|e| e.to_string()),
                 };
-                next = number(&mut batch, next, conn.is_some() && written.is_ok());
+                next = if conn.is_some() && written.is_ok() {
+                    wire::split(&batch)
+                        .last()
+                        .map_or(next, |r| wire::seq_and_at(&batch[r]).0 + 1)
+                } else {
+                    wire::number(&mut batch, next)
+                };
                 if let Err(e) = written {
                     if complained.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                         complained = Some(Instant::now());
                         tracing::error!(error = %e, "request records were not written to disk");
                     }
                 }
-                self.keep(batch);
+                self.keep(&batch, count);
             }
+            batch.clear();
             for done in acks {
                 let _ = done.send(());
             }
         }
     }
 
-    /// The batch that starts with `first`: what else arrives within [`LINGER`] (none when
-    /// `first` is a flush: nothing is waiting), and the flushes asked for among it.
-    fn gather(&self, first: Msg) -> (Vec<Record>, Vec<SyncSender<()>>) {
-        let (mut batch, mut acks) = (Vec::new(), Vec::new());
-        if matches!(first, Msg::Record(_)) {
+    /// Wait until something is queued; when records are, let more gather for [`LINGER`] (a
+    /// flush alone is answered at once). Swap the queued bytes into `batch` (emptied): how many
+    /// records, and the flushes asked for among them.
+    fn gather(&self, batch: &mut Vec<u8>) -> (usize, Vec<SyncSender<()>>) {
+        let q = &self.queue;
+        let mut p = lock(&q.pending);
+        while p.count == 0 && p.flushes.is_empty() {
+            p = q.ready.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        if p.count > 0 {
+            drop(p);
             std::thread::sleep(LINGER);
+            p = lock(&q.pending);
         }
-        for m in std::iter::once(first).chain(self.rx.try_iter()) {
-            match m {
-                Msg::Record(r) => batch.push(r),
-                Msg::Flush(done) => acks.push(done),
-            }
-        }
-        (batch, acks)
+        std::mem::swap(&mut p.bytes, batch);
+        (std::mem::take(&mut p.count), std::mem::take(&mut p.flushes))
     }
 
-    /// Into memory, the oldest out past `records.memory`.
-    fn keep(&self, batch: Vec<Record>) {
+    /// Into memory, the oldest batches out while the newer ones hold `records.memory`.
+    fn keep(&self, batch: &[u8], count: usize) {
+        let chunk = Arc::new(Chunk {
+            bytes: batch.into(),
+            count,
+        });
         let mut g = lock(&self.kept);
-        for r in batch {
-            if g.records.len() >= g.memory {
-                g.records.pop_front();
+        g.count += count;
+        g.chunks.push_back(chunk);
+        while let Some(oldest) = g.chunks.front().map(|c| c.count) {
+            if g.count - oldest < g.memory {
+                break;
             }
-            g.records.push_back(Arc::new(r));
+            g.chunks.pop_front();
+            g.count -= oldest;
         }
     }
 
-    /// Number the batch after the newest on disk (another process may share the file, as
-    /// during a graceful upgrade) and write it.
+    /// Write the batch (numbered after the newest on disk: another process may share the file,
+    /// as during a graceful upgrade) and prune now and then.
     fn persist(
         &self,
         conn: &mut Connection,
-        batch: &mut [Record],
+        batch: &mut [u8],
         pruned: &mut Option<Instant>,
     ) -> rusqlite::Result<()> {
         db::write(conn, batch)?;
@@ -318,17 +356,4 @@ impl Keeper {
         }
         Ok(())
     }
-}
-
-/// The number after `batch`: numbered on disk when `written` there, else from `next` here.
-fn number(batch: &mut [Record], next: u64, written: bool) -> u64 {
-    if written {
-        return batch.last().map_or(next, |r| r.seq + 1);
-    }
-    let mut n = next;
-    for r in batch {
-        r.seq = n;
-        n += 1;
-    }
-    n
 }
