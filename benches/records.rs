@@ -117,7 +117,56 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
     drop(conn);
+    reads(c, &dir);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads of a file of 100 batches of 1,000 (what `/admin/requests…` and `/admin/stats` do on
+/// disk): the oldest request by id (every batch searched), the newest page, a page for a key
+/// only the oldest batch holds, and every record for the stats' window.
+fn reads(c: &mut Criterion, dir: &std::path::Path) {
+    let mut conn = db::open(&dir.join("reads.db")).unwrap_or_else(|e| {
+        eprintln!("records file: {e}");
+        std::process::exit(1)
+    });
+    for n in 0..100 {
+        let mut records: Vec<Record> = (0..BATCH).map(|i| record(n * BATCH + i)).collect();
+        if n == 0 {
+            records[0].key = Some("k-rare".into());
+        }
+        let mut bytes = encoded(&records);
+        if let Err(e) = db::write(&mut conn, &mut bytes) {
+            eprintln!("write: {e}");
+            std::process::exit(1)
+        }
+    }
+    let oldest = record(0).id;
+    let filter = |q: &str| detour::records::Filter::parse(Some(q)).unwrap_or_default();
+    let (newest, rare) = (filter("limit=50"), filter("key=k-rare&limit=50"));
+    let found = (
+        db::get(&conn, &oldest).ok().flatten().is_some(),
+        db::list(&conn, &rare).map(|v| v.len()).ok(),
+        db::window(&conn, 0).map(|v| v.len()).ok(),
+    );
+    if found != (true, Some(1), Some(100_000)) {
+        eprintln!("the reads do not find what was written: {found:?}");
+        std::process::exit(1)
+    }
+    let mut g = c.benchmark_group("records reads of 100,000");
+    g.sample_size(10);
+    g.bench_function("the oldest by id", |b| {
+        b.iter(|| db::get(&conn, &oldest).ok().flatten().map(|j| j.len()))
+    });
+    g.bench_function("the newest 50", |b| {
+        b.iter(|| db::list(&conn, &newest).map(|v| v.len()).ok())
+    });
+    g.bench_function("a key only the oldest batch holds", |b| {
+        b.iter(|| db::list(&conn, &rare).map(|v| v.len()).ok())
+    });
+    g.bench_function("the stats window (all of them)", |b| {
+        b.iter(|| db::window(&conn, 0).map(|v| v.len()).ok())
+    });
+    g.finish();
 }
 
 criterion_group!(records, benches);

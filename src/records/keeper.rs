@@ -233,7 +233,7 @@ impl Recorder {
             .chunks()
             .iter()
             .rev()
-            .filter(|c| c.bytes.windows(needle.len()).any(|w| w == needle))
+            .filter(|c| db::holds(&c.bytes, &needle))
             .find_map(|c| wire::newest_first(&c.bytes).find(|r| r.id == id));
         if let Some(r) = found {
             return Ok(Some(serde_json::to_string(&r).unwrap_or_default()));

@@ -82,7 +82,7 @@ fn put_f64(b: &mut Vec<u8>, v: f64) {
     b.extend_from_slice(&v.to_le_bytes());
 }
 
-/// What a string's encoding is, for a search of a kept batch's bytes (`instr`).
+/// What a string's encoding is, for a search of a kept batch's bytes.
 pub fn needle(s: &str) -> Vec<u8> {
     let mut b = Vec::with_capacity(s.len() + 4);
     put_str(&mut b, s);
