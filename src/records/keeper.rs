@@ -44,6 +44,8 @@ struct Pending {
     bytes: Vec<u8>,
     count: usize,
     flushes: Vec<SyncSender<()>>,
+    /// The [`Recorder`] is gone: the keeper writes what is left and ends.
+    closed: bool,
 }
 
 #[derive(Default)]
@@ -257,6 +259,13 @@ impl Recorder {
     }
 }
 
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        lock(&self.queue.pending).closed = true;
+        self.queue.ready.notify_one();
+    }
+}
+
 impl Keeper {
     /// Wait for records, let others gather for [`LINGER`] (a request thread wakes the keeper
     /// only when the queue stops being empty, so a busy gateway pays one wake-up per batch),
@@ -268,8 +277,7 @@ impl Keeper {
         let mut pruned: Option<Instant> = None;
         let mut complained: Option<Instant> = None;
         let mut batch = Vec::new();
-        loop {
-            let (count, acks) = self.gather(&mut batch);
+        while let Some((count, acks)) = self.gather(&mut batch) {
             if count > 0 {
                 let written = match &mut conn {
                     None => Ok(()),
@@ -302,11 +310,15 @@ impl Keeper {
 
     /// Wait until something is queued; when records are, let more gather for [`LINGER`] (a
     /// flush alone is answered at once). Swap the queued bytes into `batch` (emptied): how many
-    /// records, and the flushes asked for among them.
-    fn gather(&self, batch: &mut Vec<u8>) -> (usize, Vec<SyncSender<()>>) {
+    /// records, and the flushes asked for among them. `None` once the recorder is gone and
+    /// nothing is left.
+    fn gather(&self, batch: &mut Vec<u8>) -> Option<(usize, Vec<SyncSender<()>>)> {
         let q = &self.queue;
         let mut p = lock(&q.pending);
         while p.count == 0 && p.flushes.is_empty() {
+            if p.closed {
+                return None;
+            }
             p = q.ready.wait(p).unwrap_or_else(|e| e.into_inner());
         }
         if p.count > 0 {
@@ -315,7 +327,7 @@ impl Keeper {
             p = lock(&q.pending);
         }
         std::mem::swap(&mut p.bytes, batch);
-        (std::mem::take(&mut p.count), std::mem::take(&mut p.flushes))
+        Some((std::mem::take(&mut p.count), std::mem::take(&mut p.flushes)))
     }
 
     /// Into memory, the oldest batches out while the newer ones hold `records.memory`.
