@@ -374,6 +374,24 @@ mod tests {
         list(conn, f).unwrap().into_iter().map(|(s, _)| s).collect()
     }
 
+    /// The newest `limit`, unfiltered.
+    fn newest(conn: &Connection, limit: usize) -> Vec<u64> {
+        seqs(
+            conn,
+            &Filter {
+                limit,
+                ..Filter::default()
+            },
+        )
+    }
+
+    /// Write `r` as a batch of its own.
+    fn append(conn: &mut Connection, r: &Record) {
+        let mut b = Vec::new();
+        wire::encode_record(&mut b, r);
+        write(conn, &mut b).unwrap();
+    }
+
     #[test]
     fn listings_filter_exactly_and_page_newest_first() {
         let conn = file(20);
@@ -428,16 +446,7 @@ mod tests {
             ..Filter::default()
         })
         .is_empty());
-        assert_eq!(
-            seqs(
-                &conn,
-                &Filter {
-                    limit: 4,
-                    ..Filter::default()
-                }
-            ),
-            [20, 19, 18, 17]
-        );
+        assert_eq!(newest(&conn, 4), [20, 19, 18, 17]);
         let r7: Value = serde_json::from_str(&get(&conn, "r7").unwrap().unwrap()).unwrap();
         assert_eq!(
             (r7["seq"].as_u64(), r7["at"].as_i64()),
@@ -454,44 +463,14 @@ mod tests {
         let conn = file(20);
         // The newest 4: the batch of 16-18 keeps 17 and 18.
         prune(&conn, 7, 4, 0).unwrap();
-        assert_eq!(
-            seqs(
-                &conn,
-                &Filter {
-                    limit: 100,
-                    ..Filter::default()
-                }
-            ),
-            [20, 19, 18, 17]
-        );
+        assert_eq!(newest(&conn, 100), [20, 19, 18, 17]);
         // Seven days after 1,850: the batch of 17-18 (`at` 1,700 … 1,800) is past it.
         let now = 1_850 + 7 * 86_400_000;
         prune(&conn, 7, 100, now).unwrap();
-        assert_eq!(
-            seqs(
-                &conn,
-                &Filter {
-                    limit: 100,
-                    ..Filter::default()
-                }
-            ),
-            [20, 19]
-        );
+        assert_eq!(newest(&conn, 100), [20, 19]);
         let mut conn = conn;
-        let mut b = Vec::new();
-        wire::encode_record(&mut b, &record(0, 5, None, "m/p"));
-        write(&mut conn, &mut b).unwrap();
-        assert_eq!(
-            seqs(
-                &conn,
-                &Filter {
-                    limit: 1,
-                    ..Filter::default()
-                }
-            ),
-            [21],
-            "numbering goes on"
-        );
+        append(&mut conn, &record(0, 5, None, "m/p"));
+        assert_eq!(newest(&conn, 1), [21], "numbering goes on");
     }
 
     #[test]
@@ -521,40 +500,11 @@ mod tests {
             .unwrap();
         }
         let mut conn = open(&path).unwrap();
-        assert_eq!(
-            seqs(
-                &conn,
-                &Filter {
-                    limit: 100,
-                    ..Filter::default()
-                }
-            ),
-            [9, 4, 3]
-        );
-        let mut b = Vec::new();
-        wire::encode_record(&mut b, &record(0, 5, None, "m/p"));
-        write(&mut conn, &mut b).unwrap();
-        assert_eq!(
-            seqs(
-                &conn,
-                &Filter {
-                    limit: 1,
-                    ..Filter::default()
-                }
-            ),
-            [10]
-        );
+        assert_eq!(newest(&conn, 100), [9, 4, 3]);
+        append(&mut conn, &record(0, 5, None, "m/p"));
+        assert_eq!(newest(&conn, 1), [10]);
         drop(conn);
-        assert_eq!(
-            seqs(
-                &open(&path).unwrap(),
-                &Filter {
-                    limit: 100,
-                    ..Filter::default()
-                }
-            ),
-            [10, 9, 4, 3]
-        );
+        assert_eq!(newest(&open(&path).unwrap(), 100), [10, 9, 4, 3]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
