@@ -87,7 +87,7 @@ fn benches(c: &mut Criterion) {
                 spent += t.elapsed();
                 batches += 1;
                 if batches.is_multiple_of(50) {
-                    let _ = db::prune(&conn, 7, 100_000, detour::store::now_ms());
+                    let _ = db::prune(&mut conn, 7, 100_000, detour::store::now_ms());
                 }
             }
             spent

@@ -163,7 +163,8 @@ fn source(a: &AttemptLog) -> &str {
 fn attempt<'a>(gw: &'a Gateway, a: &'a AttemptLog, retry: bool) -> wire::Attempt<'a> {
     wire::Attempt {
         provider: match &a.via {
-            Via::Provider(p) => &gw.providers[*p].name,
+            // Encoded under the queue's lock: nothing here may panic.
+            Via::Provider(p) => gw.providers.get(*p).map_or("unknown", |p| p.name.as_str()),
             Via::Url(label) => label,
         },
         source: source(a),

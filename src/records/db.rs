@@ -58,9 +58,14 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// An earlier version kept a row per record, its JSON in `body`: re-encode them in batches
-/// and drop that table. A row whose JSON does not parse is left out.
+/// and drop that table. A row whose JSON does not parse is left out. The records keep their
+/// numbers into an empty `chunks`; into one that already holds batches (an older process
+/// that went on writing its table) they are numbered after the newest, so no number is
+/// taken twice.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let old: Option<String> = conn
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Looked for inside the transaction: two connections opening at once move it once.
+    let old: Option<String> = tx
         .query_row(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'records'",
             [],
@@ -70,11 +75,20 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     if old.is_none() {
         return Ok(());
     }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let newest: Option<i64> = tx.query_row("SELECT max(hi) FROM chunks", [], |r| r.get(0))?;
+    let mut next = newest.map(|m| u64::try_from(m).unwrap_or(0) + 1);
     {
         let mut q = tx.prepare("SELECT body FROM records ORDER BY seq")?;
         let mut rows = q.query([])?;
         let (mut bytes, mut n) = (Vec::new(), 0);
+        let mut flush = |bytes: &mut Vec<u8>| -> rusqlite::Result<()> {
+            if let Some(first) = next {
+                next = Some(wire::number(bytes, first));
+            }
+            insert(&tx, bytes)?;
+            bytes.clear();
+            Ok(())
+        };
         while let Some(row) = rows.next()? {
             let body: String = row.get(0)?;
             if let Ok(r) = serde_json::from_str::<Record>(&body) {
@@ -82,12 +96,12 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
                 n += 1;
             }
             if n == MIGRATE_BATCH {
-                insert(&tx, &bytes)?;
-                (bytes, n) = (Vec::new(), 0);
+                flush(&mut bytes)?;
+                n = 0;
             }
         }
         if n > 0 {
-            insert(&tx, &bytes)?;
+            flush(&mut bytes)?;
         }
     }
     tx.execute_batch("DROP TABLE records;")?;
@@ -109,7 +123,7 @@ fn insert(conn: &Connection, bytes: &[u8]) -> rusqlite::Result<()> {
     };
     let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO chunks (hi, lo, at_min, at_max, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO chunks (hi, lo, at_min, at_max, body) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![big(hi), big(lo), at_min, at_max, bytes])?;
     Ok(())
@@ -136,7 +150,16 @@ pub fn write(conn: &mut Connection, batch: &mut [u8]) -> rusqlite::Result<()> {
 
 /// Delete what is older than `days` or past the newest `rows`: whole batches, and the records
 /// of the batch the row bound cuts through.
-pub fn prune(conn: &Connection, days: u32, rows: usize, now_ms: i64) -> rusqlite::Result<()> {
+///
+/// In one `IMMEDIATE` transaction: a read never sees the cut batch missing, and another
+/// process on the file never numbers a batch in between.
+pub fn prune(conn: &mut Connection, days: u32, rows: usize, now_ms: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    prune_in(&tx, days, rows, now_ms)?;
+    tx.commit()
+}
+
+fn prune_in(conn: &Connection, days: u32, rows: usize, now_ms: i64) -> rusqlite::Result<()> {
     let oldest = now_ms.saturating_sub(i64::from(days) * 86_400_000);
     // From the oldest batch on, up to the first with a record inside the retention.
     let mut expired = None;
@@ -201,17 +224,20 @@ pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<(u64, String)
         "SELECT at_max, body FROM chunks
          WHERE (?1 IS NULL OR lo < ?1)
            AND (?2 IS NULL OR at_min <= ?2)
-           AND (?3 IS NULL OR at_max >= ?3)
          ORDER BY hi DESC",
     )?;
     let before = f.before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
     let needles = needles(f);
-    let mut rows = q.query(params![before, f.until, f.since])?;
+    let mut rows = q.query(params![before, f.until])?;
     while let Some(row) = rows.next()? {
-        if f.since
-            .is_some_and(|t| row.get::<_, i64>(0).unwrap_or(0) < t.saturating_sub(SLACK_MS))
-        {
-            break;
+        if let Some(since) = f.since {
+            let at_max: i64 = row.get(0)?;
+            if at_max < since.saturating_sub(SLACK_MS) {
+                break;
+            }
+            if at_max < since {
+                continue;
+            }
         }
         let body = row.get_ref(1)?.as_blob()?;
         if !needles.iter().flatten().all(|n| holds(body, n)) {
@@ -460,15 +486,14 @@ mod tests {
 
     #[test]
     fn pruning_cuts_through_a_batch_and_drops_old_ones_whole() {
-        let conn = file(20);
+        let mut conn = file(20);
         // The newest 4: the batch of 16-18 keeps 17 and 18.
-        prune(&conn, 7, 4, 0).unwrap();
+        prune(&mut conn, 7, 4, 0).unwrap();
         assert_eq!(newest(&conn, 100), [20, 19, 18, 17]);
         // Seven days after 1,850: the batch of 17-18 (`at` 1,700 … 1,800) is past it.
         let now = 1_850 + 7 * 86_400_000;
-        prune(&conn, 7, 100, now).unwrap();
+        prune(&mut conn, 7, 100, now).unwrap();
         assert_eq!(newest(&conn, 100), [20, 19]);
-        let mut conn = conn;
         append(&mut conn, &record(0, 5, None, "m/p"));
         assert_eq!(newest(&conn, 1), [21], "numbering goes on");
     }
@@ -504,7 +529,29 @@ mod tests {
         append(&mut conn, &record(0, 5, None, "m/p"));
         assert_eq!(newest(&conn, 1), [10]);
         drop(conn);
-        assert_eq!(newest(&open(&path).unwrap(), 100), [10, 9, 4, 3]);
+        // An older process that went on writing its own table (a graceful upgrade's overlap):
+        // its records are moved at the next open, numbered after the newest.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE records (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, body TEXT NOT NULL);",
+            )
+            .unwrap();
+            let body = serde_json::to_string(&record(1, 7, None, "m/p")).unwrap();
+            conn.execute(
+                "INSERT INTO records (seq, id, body) VALUES (1, 'x', ?1)",
+                [body],
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let late: Value = serde_json::from_str(&get(&conn, "r1").unwrap().unwrap()).unwrap();
+        assert_eq!(
+            (late["seq"].as_u64(), late["at"].as_i64()),
+            (Some(11), Some(7))
+        );
+        drop(conn);
+        assert_eq!(newest(&open(&path).unwrap(), 100), [11, 10, 9, 4, 3]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -272,34 +272,18 @@ impl Keeper {
     /// then number them, write them to disk and only then into memory: a record that can be
     /// read by its id can be found by a listing too.
     fn run(self) {
-        let mut conn = self.path.as_deref().map(db::open);
-        let mut next = 1;
-        let mut pruned: Option<Instant> = None;
-        let mut complained: Option<Instant> = None;
+        let mut disk = Disk {
+            conn: self.path.as_deref().map(db::open),
+            next: 1,
+            pruned: None,
+            complained: None,
+        };
         let mut batch = Vec::new();
         while let Some((count, acks)) = self.gather(&mut batch) {
             if count > 0 {
-                let written = match &mut conn {
-                    None => Ok(()),
-                    Some(Err(e)) => Err(e.to_string()),
-                    Some(Ok(c)) => self
-                        .persist(c, &mut batch, &mut pruned)
-                        .map_err(|e| e.to_string()),
-                };
-                next = if conn.is_some() && written.is_ok() {
-                    wire::split(&batch)
-                        .last()
-                        .map_or(next, |r| wire::seq_and_at(&batch[r]).0 + 1)
-                } else {
-                    wire::number(&mut batch, next)
-                };
-                if let Err(e) = written {
-                    if complained.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-                        complained = Some(Instant::now());
-                        tracing::error!(error = %e, "request records were not written to disk");
-                    }
-                }
+                disk.write(&mut batch);
                 self.keep(&batch, count);
+                disk.prune(&self.cfg);
             }
             batch.clear();
             for done in acks {
@@ -347,25 +331,60 @@ impl Keeper {
             g.count -= oldest;
         }
     }
+}
 
-    /// Write the batch (numbered after the newest on disk: another process may share the file,
-    /// as during a graceful upgrade) and prune now and then.
-    fn persist(
-        &self,
-        conn: &mut Connection,
-        batch: &mut [u8],
-        pruned: &mut Option<Instant>,
-    ) -> rusqlite::Result<()> {
-        db::write(conn, batch)?;
-        if pruned.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-            *pruned = Some(Instant::now());
-            db::prune(
-                conn,
-                self.cfg.retention_days,
-                self.cfg.retention_rows,
-                crate::store::now_ms(),
-            )?;
+/// The keeper's side of the records file: its connection (`None`: memory only), the number
+/// after the last record when the file cannot be written, when it last pruned and complained.
+struct Disk {
+    conn: Option<rusqlite::Result<Connection>>,
+    next: u64,
+    pruned: Option<Instant>,
+    complained: Option<Instant>,
+}
+
+impl Disk {
+    /// Number the batch and write it: numbered after the newest in the file when written
+    /// there (another process may share it, as during a graceful upgrade), else after the
+    /// last one here.
+    fn write(&mut self, batch: &mut [u8]) {
+        let written = match &mut self.conn {
+            None => Ok(false),
+            Some(Err(e)) => Err(e.to_string()),
+            Some(Ok(c)) => db::write(c, batch)
+                .map(|()| true)
+                .map_err(|e| e.to_string()),
+        };
+        self.next = match written {
+            Ok(true) => wire::split(batch)
+                .last()
+                .map_or(self.next, |r| wire::seq_and_at(&batch[r]).0 + 1),
+            _ => wire::number(batch, self.next),
+        };
+        if let Err(e) = written {
+            self.complain("request records were not written to disk", &e);
         }
-        Ok(())
+    }
+
+    /// Delete what is past the retention, once a [`PRUNE_EVERY`].
+    fn prune(&mut self, cfg: &RecordsConfig) {
+        let Some(Ok(conn)) = &mut self.conn else {
+            return;
+        };
+        if self.pruned.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.pruned = Some(Instant::now());
+        let now = crate::store::now_ms();
+        if let Err(e) = db::prune(conn, cfg.retention_days, cfg.retention_rows, now) {
+            self.complain("old request records were not deleted", &e.to_string());
+        }
+    }
+
+    /// Log a failure, at most once a [`PRUNE_EVERY`].
+    fn complain(&mut self, what: &str, e: &str) {
+        if self.complained.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            self.complained = Some(Instant::now());
+            tracing::error!(error = %e, "{what}");
+        }
     }
 }
