@@ -239,3 +239,33 @@ async fn stats_sum_a_known_mix_per_provider_and_model() {
         .unwrap();
     assert_eq!(r.status, 401);
 }
+
+/// `persist: false`: the newest batches in memory and no file. Listing, filters, paging, lookup
+/// and stats come from memory, and what memory let go is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_only_records_keep_the_newest_and_write_no_file() {
+    let p1 = mock("p1").await;
+    let gw = Gateway::start(&format!(
+        "records: {{persist: false, memory: 3}}\nproviders:\n{}models:\n  gpt-4o: [{{provider: p1}}]\n",
+        provider("p1", &p1)
+    ))
+    .await;
+    for i in 0..5 {
+        chat_as(&gw, "gpt-4o", &format!("mem-{i}")).await;
+        // On record before the next is sent: a batch each, so memory holds exactly 3.
+        recorded(&gw, &format!("mem-{i}")).await;
+    }
+    let all = admin_get(&gw, "/admin/requests?limit=10").await;
+    assert_eq!(ids(&all), ["mem-4", "mem-3", "mem-2"]);
+    let page = admin_get(&gw, "/admin/requests?limit=2&provider=p1&model=gpt-4o").await;
+    assert_eq!(ids(&page), ["mem-4", "mem-3"]);
+    let next = page.json()["next"].as_u64().unwrap();
+    let rest = admin_get(&gw, &format!("/admin/requests?limit=10&before={next}")).await;
+    assert_eq!(ids(&rest), ["mem-2"]);
+    let none = admin_get(&gw, "/admin/requests?limit=10&provider=p").await;
+    assert!(ids(&none).is_empty(), "{}", none.text());
+    assert_eq!(admin_get(&gw, "/admin/requests/mem-0").await.status, 404);
+    let stats = admin_get(&gw, "/admin/stats?window=5m").await.json();
+    assert_eq!(stats["totals"]["requests"], 3, "{stats}");
+    assert!(!gw.dir.join("detour-records.db").exists());
+}
