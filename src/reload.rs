@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde_yaml::Value;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Sections a reload may not change.
 const FIXED: [&str; 6] = ["server", "listen", "admin", "store", "auth", "records"];
@@ -139,17 +140,24 @@ impl Reloader {
     }
 }
 
-/// Until the reload service listens, a `SIGHUP` is caught and dropped rather than ending the
-/// process (its default): the handler tokio installs stays for the process's life.
+/// Set by every `SIGHUP` from [`catch_sighup_early`] on, and taken by the reload service: a
+/// signal that arrives before the service listens (a reload right after the start) is
+/// applied when it starts, not lost.
+static HUP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Until the reload service listens, a `SIGHUP` is caught and noted ([`HUP`]) rather than
+/// ending the process (its default); the handler stays for the process's life.
 pub fn catch_sighup_early() {
-    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        rt.block_on(async {
-            let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-        });
+    let flag = HUP.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, flag.clone()) {
+        eprintln!("detour: cannot catch SIGHUP: {e}");
     }
+}
+
+/// Whether a `SIGHUP` came since the last call (always, where [`catch_sighup_early`] was not
+/// called: every wake-up of the signal stream is then one).
+fn hup_pending() -> bool {
+    HUP.get().is_none_or(|f| f.swap(false, Ordering::AcqRel))
 }
 
 #[async_trait]
@@ -163,10 +171,17 @@ impl BackgroundService for Reloader {
                 return;
             }
         };
+        // One that came before this listened.
+        if HUP.get().is_some() && hup_pending() {
+            self.on_signal();
+        }
         loop {
             tokio::select! {
                 got = hup.recv() => match got {
-                    Some(()) => self.on_signal(),
+                    // Signals that came together are one reload.
+                    Some(()) => if hup_pending() {
+                        self.on_signal()
+                    },
                     None => return,
                 },
                 _ = shutdown.changed() => return,
@@ -178,6 +193,15 @@ impl BackgroundService for Reloader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sighup_before_the_reload_service_listens_is_kept_for_it() {
+        catch_sighup_early();
+        let _ = hup_pending(); // whatever came before
+        assert!(signal_hook::low_level::raise(signal_hook::consts::SIGHUP).is_ok());
+        assert!(hup_pending(), "caught and noted, the process still here");
+        assert!(!hup_pending(), "taken once");
+    }
 
     #[test]
     fn a_hash_is_16_hex_digits_of_the_text() {
