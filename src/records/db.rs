@@ -75,8 +75,7 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     if old.is_none() {
         return Ok(());
     }
-    let newest: Option<i64> = tx.query_row("SELECT max(hi) FROM chunks", [], |r| r.get(0))?;
-    let mut next = newest.map(|m| u64::try_from(m).unwrap_or(0) + 1);
+    let mut next = last_seq(&tx)?.map(|m| m + 1);
     {
         let mut q = tx.prepare("SELECT body FROM records ORDER BY seq")?;
         let mut rows = q.query([])?;
@@ -137,15 +136,21 @@ pub fn attempt_model<'a>(source: &'a str, provider: &str) -> &'a str {
         .unwrap_or(source)
 }
 
+/// The newest record's number in the file.
+fn last_seq(conn: &Connection) -> rusqlite::Result<Option<u64>> {
+    let max: Option<i64> = conn.query_row("SELECT max(hi) FROM chunks", [], |r| r.get(0))?;
+    Ok(max.map(|m| u64::try_from(m).unwrap_or(0)))
+}
+
 /// Number a batch (records in [`wire`]'s encoding) after the newest in the file and write it
 /// as one row, in one `IMMEDIATE` transaction: two processes on one file (a graceful upgrade's
-/// overlap) never share a number.
-pub fn write(conn: &mut Connection, batch: &mut [u8]) -> rusqlite::Result<()> {
+/// overlap) never share a number. The number after the batch's last.
+pub fn write(conn: &mut Connection, batch: &mut [u8]) -> rusqlite::Result<u64> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let max: Option<i64> = tx.query_row("SELECT max(hi) FROM chunks", [], |r| r.get(0))?;
-    wire::number(batch, max.map_or(1, |m| u64::try_from(m).unwrap_or(0) + 1));
+    let next = wire::number(batch, last_seq(&tx)?.map_or(1, |m| m + 1));
     insert(&tx, batch)?;
-    tx.commit()
+    tx.commit()?;
+    Ok(next)
 }
 
 /// Delete what is older than `days` or past the newest `rows`: whole batches, and the records
@@ -177,8 +182,9 @@ fn prune_in(conn: &Connection, days: u32, rows: usize, now_ms: i64) -> rusqlite:
         conn.execute("DELETE FROM chunks WHERE hi <= ?1", [hi])?;
     }
     let rows = i64::try_from(rows).unwrap_or(i64::MAX);
-    let max: Option<i64> = conn.query_row("SELECT max(hi) FROM chunks", [], |r| r.get(0))?;
-    let Some(cut) = max.map(|m| m.saturating_sub(rows)) else {
+    let Some(cut) =
+        last_seq(conn)?.map(|m| i64::try_from(m).unwrap_or(i64::MAX).saturating_sub(rows))
+    else {
         return Ok(());
     };
     conn.execute("DELETE FROM chunks WHERE hi <= ?1", [cut])?;
@@ -198,6 +204,27 @@ fn prune_in(conn: &Connection, days: u32, rows: usize, now_ms: i64) -> rusqlite:
         insert(conn, &kept)?;
     }
     Ok(())
+}
+
+/// What a batch is to a read of the records that ended at or after `since`, newest batch first.
+enum Bound {
+    /// It may hold some.
+    Read,
+    /// It holds none.
+    Skip,
+    /// Neither it nor any older batch holds any (as far as `at` follows `seq`).
+    Stop,
+}
+
+/// [`Bound`] of the batch whose newest record ended at `at_max`.
+fn bound(at_max: i64, since: i64) -> Bound {
+    if at_max < since.saturating_sub(SLACK_MS) {
+        Bound::Stop
+    } else if at_max < since {
+        Bound::Skip
+    } else {
+        Bound::Read
+    }
 }
 
 /// Whether a batch's bytes hold `needle` anywhere.
@@ -231,12 +258,10 @@ pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<(u64, String)
     let mut rows = q.query(params![before, f.until])?;
     while let Some(row) = rows.next()? {
         if let Some(since) = f.since {
-            let at_max: i64 = row.get(0)?;
-            if at_max < since.saturating_sub(SLACK_MS) {
-                break;
-            }
-            if at_max < since {
-                continue;
+            match bound(row.get(0)?, since) {
+                Bound::Stop => break,
+                Bound::Skip => continue,
+                Bound::Read => {}
             }
         }
         let body = row.get_ref(1)?.as_blob()?;
@@ -315,12 +340,10 @@ pub fn window(conn: &Connection, since: i64) -> rusqlite::Result<Vec<StatRow>> {
     let mut rows = q.query([])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        let at_max: i64 = row.get(0)?;
-        if at_max < since.saturating_sub(SLACK_MS) {
-            break;
-        }
-        if at_max < since {
-            continue;
+        match bound(row.get(0)?, since) {
+            Bound::Stop => break,
+            Bound::Skip => continue,
+            Bound::Read => {}
         }
         let body = row.get_ref(1)?.as_blob()?;
         out.extend(

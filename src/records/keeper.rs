@@ -190,7 +190,7 @@ impl Recorder {
     /// a stopping process calls it last, so that the answers it gave are on record. False when
     /// the wait ran out.
     pub fn flush(&self, wait: Duration) -> bool {
-        if lock(&self.idle).is_some() {
+        if !self.woken.load(Ordering::Acquire) {
             return true; // the keeper never started: nothing was queued
         }
         let (done, heard) = sync_channel(1);
@@ -348,16 +348,12 @@ impl Disk {
     /// last one here.
     fn write(&mut self, batch: &mut [u8]) {
         let written = match &mut self.conn {
-            None => Ok(false),
+            None => Ok(None),
             Some(Err(e)) => Err(e.to_string()),
-            Some(Ok(c)) => db::write(c, batch)
-                .map(|()| true)
-                .map_err(|e| e.to_string()),
+            Some(Ok(c)) => db::write(c, batch).map(Some).map_err(|e| e.to_string()),
         };
         self.next = match written {
-            Ok(true) => wire::split(batch)
-                .last()
-                .map_or(self.next, |r| wire::seq_and_at(&batch[r]).0 + 1),
+            Ok(Some(next)) => next,
             _ => wire::number(batch, self.next),
         };
         if let Err(e) = written {
