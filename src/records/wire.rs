@@ -20,7 +20,7 @@
 use super::{AttemptRecord, Record};
 
 /// Where a record's `seq` is, from its start.
-pub const SEQ_AT: usize = 4;
+const SEQ_AT: usize = 4;
 /// Where its `at` is.
 const AT_AT: usize = 12;
 
@@ -185,7 +185,7 @@ fn borrow_attempt(a: &AttemptRecord) -> Attempt<'_> {
 }
 
 /// Number the record that starts `rec`.
-pub fn set_seq(rec: &mut [u8], seq: u64) {
+fn set_seq(rec: &mut [u8], seq: u64) {
     if let Some(slot) = rec.get_mut(SEQ_AT..SEQ_AT + 8) {
         slot.copy_from_slice(&seq.to_le_bytes());
     }
